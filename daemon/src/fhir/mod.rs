@@ -1,0 +1,22 @@
+//! FHIR R4 vocabulary shared by ingest, policy and the API: record sections, NHS numbers, and
+//! the facts about each resource that access decisions need, extracted once at write time.
+
+mod facts;
+mod nhs_number;
+mod section;
+
+pub use facts::{
+    extract_facts, is_valid_id, parse_fhir_date_time, split_reference, Coding, ConsentFacts,
+    FactsError, ItemFacts, PatientRef, PATIENT_SCOPED_TYPES, SHARED_TYPES,
+};
+pub use nhs_number::{is_valid_nhs_number, NHS_NUMBER_SYSTEM};
+pub use section::{Section, Tier};
+
+/// SNOMED CT.
+pub const SNOMED: &str = "http://snomed.info/sct";
+/// HL7 v3 confidentiality codes used in `meta.security`.
+pub const CONFIDENTIALITY_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality";
+/// The MIG code system for a patient's sharing tier (`dissent`, `core`, `core-and-additional`).
+pub const SHARING_PREFERENCE_SYSTEM: &str = "urn:mig:sharing-preference";
+/// ODS organisation codes.
+pub const ODS_SYSTEM: &str = "https://fhir.nhs.uk/Id/ods-organization-code";
