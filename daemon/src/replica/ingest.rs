@@ -1,0 +1,302 @@
+//! Ingest: FHIR Bulk Data NDJSON and R4 `transaction`/`batch` Bundles. A batch (one NDJSON
+//! input or one Bundle) is a single SQLite transaction: the first bad line or entry rejects
+//! the whole batch, naming its number (counted from 1), and nothing of it is applied.
+
+use std::collections::HashMap;
+use std::io::BufRead;
+
+use rusqlite::{params, OptionalExtension, Transaction};
+use serde_json::Value;
+
+use super::{Replica, ReplicaError};
+use crate::fhir::{extract_facts, split_reference, PatientRef};
+
+/// The longest NDJSON line accepted (one resource).
+pub const MAX_LINE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Why a batch was rejected. Nothing of a rejected batch is stored.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// An NDJSON line is malformed or unusable.
+    #[error("line {line}: {reason}")]
+    Line { line: u64, reason: String },
+    /// A Bundle entry is malformed or unusable.
+    #[error("entry {entry}: {reason}")]
+    Entry { entry: usize, reason: String },
+    /// The Bundle itself is malformed.
+    #[error("bundle: {0}")]
+    Bundle(String),
+    /// The input could not be read.
+    #[error("reading the input: {0}")]
+    Read(#[source] std::io::Error),
+    /// The replica failed; the batch was rolled back.
+    #[error(transparent)]
+    Replica(#[from] ReplicaError),
+}
+
+/// What a committed batch changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ImportSummary {
+    /// Resources inserted or replaced.
+    pub upserted: u64,
+    /// Resources deleted (other than by a patient purge).
+    pub deleted: u64,
+    /// Patients purged with everything of theirs.
+    pub purged_patients: u64,
+}
+
+fn sql(operation: &'static str) -> impl FnOnce(rusqlite::Error) -> ReplicaError {
+    move |e| ReplicaError::Sqlite(operation, e)
+}
+
+/// A rejection reason before it is tied to a line or entry number.
+enum Problem {
+    Invalid(String),
+    Replica(ReplicaError),
+}
+
+impl From<ReplicaError> for Problem {
+    fn from(e: ReplicaError) -> Problem {
+        Problem::Replica(e)
+    }
+}
+
+impl Replica {
+    /// Imports one NDJSON batch (a Bulk Data file): one resource per line, blank lines ignored.
+    pub fn import_ndjson(&mut self, mut input: impl BufRead) -> Result<ImportSummary, IngestError> {
+        let tx = self.conn.transaction().map_err(sql("starting an import"))?;
+        let mut summary = ImportSummary::default();
+        let mut buffer = Vec::new();
+        let mut line = 0u64;
+        loop {
+            buffer.clear();
+            let read = std::io::Read::take(&mut input, MAX_LINE_BYTES + 1)
+                .read_until(b'\n', &mut buffer)
+                .map_err(IngestError::Read)?;
+            if read == 0 {
+                break;
+            }
+            line += 1;
+            let at_line = |reason: String| IngestError::Line { line, reason };
+            if buffer.len() as u64 > MAX_LINE_BYTES {
+                return Err(at_line(format!("longer than {MAX_LINE_BYTES} bytes")));
+            }
+            let text = std::str::from_utf8(&buffer)
+                .map_err(|_| at_line("not valid UTF-8".into()))?
+                .trim();
+            if text.is_empty() {
+                continue;
+            }
+            let value: Value =
+                serde_json::from_str(text).map_err(|e| at_line(format!("not valid JSON: {e}")))?;
+            upsert(&tx, &value, text).map_err(|problem| match problem {
+                Problem::Invalid(reason) => at_line(reason),
+                Problem::Replica(e) => IngestError::Replica(e),
+            })?;
+            summary.upserted += 1;
+        }
+        tx.commit().map_err(sql("committing an import"))?;
+        Ok(summary)
+    }
+
+    /// Applies an R4 `transaction` or `batch` Bundle atomically: `PUT Type/id` upserts,
+    /// `DELETE Type/id` removes, and `DELETE Patient/id` purges the patient and all of theirs.
+    pub fn apply_bundle(&mut self, bundle: &[u8]) -> Result<ImportSummary, IngestError> {
+        let bundle: Value = serde_json::from_slice(bundle)
+            .map_err(|e| IngestError::Bundle(format!("not valid JSON: {e}")))?;
+        if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
+            return Err(IngestError::Bundle("resourceType is not Bundle".into()));
+        }
+        match bundle.get("type").and_then(Value::as_str) {
+            Some("transaction" | "batch") => {}
+            other => {
+                return Err(IngestError::Bundle(format!(
+                    "type {other:?} is not transaction or batch"
+                )))
+            }
+        }
+        let entries = match bundle.get("entry") {
+            None => &[][..],
+            Some(Value::Array(entries)) => &entries[..],
+            Some(_) => return Err(IngestError::Bundle("entry is not an array".into())),
+        };
+        let local_ids = local_identities(entries);
+        let tx = self.conn.transaction().map_err(sql("starting a bundle"))?;
+        let mut summary = ImportSummary::default();
+        for (index, entry) in entries.iter().enumerate() {
+            let number = index + 1;
+            apply_entry(&tx, entry, &local_ids, &mut summary).map_err(|problem| match problem {
+                Problem::Invalid(reason) => IngestError::Entry {
+                    entry: number,
+                    reason,
+                },
+                Problem::Replica(e) => IngestError::Replica(e),
+            })?;
+        }
+        tx.commit().map_err(sql("committing a bundle"))?;
+        Ok(summary)
+    }
+}
+
+/// `fullUrl` (`urn:uuid:…`) → `Type/id`, so references between new entries resolve.
+fn local_identities(entries: &[Value]) -> HashMap<String, String> {
+    entries
+        .iter()
+        .filter_map(|entry| {
+            let full_url = entry.get("fullUrl")?.as_str()?;
+            let resource = entry.get("resource")?;
+            let resource_type = resource.get("resourceType")?.as_str()?;
+            let id = resource.get("id")?.as_str()?;
+            full_url
+                .starts_with("urn:")
+                .then(|| (full_url.to_owned(), format!("{resource_type}/{id}")))
+        })
+        .collect()
+}
+
+fn rewrite_local_references(value: &mut Value, local_ids: &HashMap<String, String>) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(reference)) = map.get_mut("reference") {
+                if let Some(resolved) = local_ids.get(reference.as_str()) {
+                    *reference = resolved.clone();
+                }
+            }
+            map.values_mut()
+                .for_each(|v| rewrite_local_references(v, local_ids));
+        }
+        Value::Array(items) => items
+            .iter_mut()
+            .for_each(|v| rewrite_local_references(v, local_ids)),
+        _ => {}
+    }
+}
+
+fn apply_entry(
+    tx: &Transaction<'_>,
+    entry: &Value,
+    local_ids: &HashMap<String, String>,
+    summary: &mut ImportSummary,
+) -> Result<(), Problem> {
+    let invalid = |reason: &str| Problem::Invalid(reason.to_owned());
+    let request = entry
+        .get("request")
+        .ok_or_else(|| invalid("has no request"))?;
+    let method = request
+        .get("method")
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid("request has no method"))?;
+    let url = request
+        .get("url")
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid("request has no url"))?;
+    let (url_type, url_id) = split_reference(url)
+        .filter(|_| !url.contains("://") && !url.contains('?'))
+        .ok_or_else(|| Problem::Invalid(format!("request url {url:?} is not Type/id")))?;
+    match method {
+        "PUT" => {
+            let mut resource = entry
+                .get("resource")
+                .cloned()
+                .ok_or_else(|| invalid("PUT without a resource"))?;
+            let resource_type = resource.get("resourceType").and_then(Value::as_str);
+            let id = resource.get("id").and_then(Value::as_str);
+            if resource_type != Some(url_type) || id != Some(url_id) {
+                return Err(Problem::Invalid(format!(
+                    "request url {url:?} does not match the resource's type and id"
+                )));
+            }
+            if !local_ids.is_empty() {
+                rewrite_local_references(&mut resource, local_ids);
+            }
+            let body = resource.to_string();
+            upsert(tx, &resource, &body)?;
+            summary.upserted += 1;
+        }
+        "DELETE" if url_type == "Patient" => {
+            purge_patient(tx, url_id)?;
+            summary.purged_patients += 1;
+        }
+        "DELETE" => {
+            tx.prepare_cached("DELETE FROM resource WHERE type = ?1 AND id = ?2")
+                .and_then(|mut stmt| stmt.execute([url_type, url_id]))
+                .map_err(sql("deleting a resource"))?;
+            summary.deleted += 1;
+        }
+        other => {
+            return Err(Problem::Invalid(format!(
+                "method {other} is not supported (use PUT or DELETE)"
+            )))
+        }
+    }
+    Ok(())
+}
+
+/// Removes a patient and everything of theirs; `secure_delete` overwrites the freed pages.
+fn purge_patient(tx: &Transaction<'_>, patient_id: &str) -> Result<(), Problem> {
+    tx.execute("DELETE FROM resource WHERE patient_id = ?1", [patient_id])
+        .and_then(|_| {
+            tx.execute(
+                "DELETE FROM resource WHERE type = 'Patient' AND id = ?1",
+                [patient_id],
+            )
+        })
+        .and_then(|_| tx.execute("DELETE FROM patient WHERE id = ?1", [patient_id]))
+        .map_err(sql("purging a patient"))?;
+    Ok(())
+}
+
+fn upsert(tx: &Transaction<'_>, resource: &Value, body: &str) -> Result<(), Problem> {
+    let facts = extract_facts(resource).map_err(|e| Problem::Invalid(e.0))?;
+    let patient_id = match (&facts.nhs_number, &facts.patient) {
+        (Some(nhs_number), _) => {
+            let owner: Option<String> = tx
+                .prepare_cached("SELECT id FROM patient WHERE nhs_number = ?1")
+                .and_then(|mut stmt| stmt.query_row([nhs_number], |row| row.get(0)).optional())
+                .map_err(sql("checking an NHS number"))?;
+            if let Some(owner) = owner.filter(|owner| *owner != facts.id) {
+                return Err(Problem::Invalid(format!(
+                    "NHS number {nhs_number} already belongs to Patient/{owner}"
+                )));
+            }
+            tx.prepare_cached(
+                "INSERT INTO patient (id, nhs_number) VALUES (?1, ?2)
+                 ON CONFLICT (id) DO UPDATE SET nhs_number = excluded.nhs_number",
+            )
+            .and_then(|mut stmt| stmt.execute([&facts.id, nhs_number]))
+            .map_err(sql("storing a patient"))?;
+            Some(facts.id.clone())
+        }
+        (None, Some(PatientRef::Id(id))) => Some(id.clone()),
+        (None, Some(PatientRef::NhsNumber(nhs_number))) => {
+            let id: Option<String> = tx
+                .prepare_cached("SELECT id FROM patient WHERE nhs_number = ?1")
+                .and_then(|mut stmt| stmt.query_row([nhs_number], |row| row.get(0)).optional())
+                .map_err(sql("resolving an NHS number"))?;
+            Some(id.ok_or_else(|| {
+                Problem::Invalid(format!(
+                    "no patient with NHS number {nhs_number} in the replica or earlier in this batch"
+                ))
+            })?)
+        }
+        (None, None) => None,
+    };
+    let facts_json = serde_json::to_string(&facts)
+        .map_err(|e| Problem::Invalid(format!("cannot record facts: {e}")))?;
+    tx.prepare_cached(
+        "INSERT INTO resource (type, id, patient_id, facts, body) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (type, id) DO UPDATE SET
+            patient_id = excluded.patient_id, facts = excluded.facts, body = excluded.body",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            facts.resource_type,
+            facts.id,
+            patient_id,
+            facts_json,
+            body
+        ])
+    })
+    .map_err(sql("storing a resource"))?;
+    Ok(())
+}

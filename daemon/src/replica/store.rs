@@ -1,0 +1,266 @@
+//! Opening the encrypted database, and reading patients and their items.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use zeroize::Zeroizing;
+
+use super::schema;
+use crate::fhir::ItemFacts;
+
+/// Why the replica could not be opened or read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    /// `create` found a database already there.
+    #[error("replica {0} already exists; refusing to overwrite it")]
+    AlreadyExists(PathBuf),
+    /// `open` found no database.
+    #[error("replica {0} does not exist (run `migctl init` first)")]
+    Missing(PathBuf),
+    /// The key does not decrypt the file (or it is not a replica at all).
+    #[error("replica {0} cannot be decrypted with the key the TPM released (wrong key or not a MIG replica)")]
+    WrongKey(PathBuf),
+    /// The file was written by a newer migd.
+    #[error("replica schema version {found} is newer than this migd supports ({supported}); install the newer migd")]
+    SchemaTooNew { found: i64, supported: i64 },
+    /// A stored row could not be decoded (the file was altered outside migd).
+    #[error("replica row {0} is corrupt")]
+    CorruptRow(String),
+    /// SQLite failed during the named operation.
+    #[error("replica: {0}: {1}")]
+    Sqlite(&'static str, #[source] rusqlite::Error),
+}
+
+fn sql(operation: &'static str) -> impl FnOnce(rusqlite::Error) -> ReplicaError {
+    move |e| ReplicaError::Sqlite(operation, e)
+}
+
+/// Opens a connection and keys it; a wrong key is reported here, not at the first query.
+fn open_keyed(path: &Path, key: &[u8; 32], flags: OpenFlags) -> Result<Connection, ReplicaError> {
+    let conn = Connection::open_with_flags(path, flags).map_err(sql("opening the database"))?;
+    conn.execute_batch("PRAGMA cipher_log_level = NONE;")
+        .map_err(sql("quietening SQLCipher"))?;
+    let statement = Zeroizing::new(format!("PRAGMA key = \"x'{}'\";", hex::encode(key)));
+    conn.execute_batch(&statement)
+        .map_err(sql("setting the key"))?;
+    // SQLCipher only checks the key when it first reads a page.
+    conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
+        .map_err(|_| ReplicaError::WrongKey(path.to_owned()))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA secure_delete = ON;
+         PRAGMA temp_store = MEMORY;
+         PRAGMA foreign_keys = ON;
+         PRAGMA busy_timeout = 5000;",
+    )
+    .map_err(sql("setting pragmas"))?;
+    Ok(conn)
+}
+
+/// The replica's single writer.
+pub struct Replica {
+    pub(super) conn: Connection,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica").field("path", &self.path).finish()
+    }
+}
+
+impl Replica {
+    /// Creates a new, empty replica; refuses to touch an existing file.
+    pub fn create(path: &Path, key: &[u8; 32]) -> Result<Replica, ReplicaError> {
+        if path.exists() {
+            return Err(ReplicaError::AlreadyExists(path.to_owned()));
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut conn = open_keyed(path, key, flags)?;
+        schema::migrate(&mut conn)?;
+        Ok(Replica {
+            conn,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Opens an existing replica and applies any pending migrations.
+    pub fn open(path: &Path, key: &[u8; 32]) -> Result<Replica, ReplicaError> {
+        if !path.exists() {
+            return Err(ReplicaError::Missing(path.to_owned()));
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut conn = open_keyed(path, key, flags)?;
+        schema::migrate(&mut conn)?;
+        Ok(Replica {
+            conn,
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A read connection over the same file (WAL lets it read while the writer writes).
+    pub fn reader(&self, key: &[u8; 32]) -> Result<ReplicaReader, ReplicaError> {
+        ReplicaReader::open(&self.path, key)
+    }
+
+    /// Counts what is stored.
+    pub fn stats(&self) -> Result<ReplicaStats, ReplicaError> {
+        stats(&self.conn)
+    }
+}
+
+/// How much the replica holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ReplicaStats {
+    pub patients: u64,
+    pub resources: u64,
+}
+
+fn stats(conn: &Connection) -> Result<ReplicaStats, ReplicaError> {
+    let count = |sql_text: &str| -> Result<u64, ReplicaError> {
+        conn.query_row(sql_text, [], |row| row.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(sql("counting"))
+    };
+    Ok(ReplicaStats {
+        patients: count("SELECT count(*) FROM patient")?,
+        resources: count("SELECT count(*) FROM resource")?,
+    })
+}
+
+/// A patient as stored.
+#[derive(Debug, Clone)]
+pub struct PatientRow {
+    pub id: String,
+    pub nhs_number: String,
+    /// The Patient resource as received (JSON).
+    pub body: String,
+}
+
+/// One stored resource with its facts.
+#[derive(Debug, Clone)]
+pub struct StoredItem {
+    pub facts: ItemFacts,
+    /// The resource as received (JSON).
+    pub body: String,
+}
+
+/// A read-only connection.
+pub struct ReplicaReader {
+    conn: Connection,
+}
+
+impl std::fmt::Debug for ReplicaReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReplicaReader")
+    }
+}
+
+impl ReplicaReader {
+    pub fn open(path: &Path, key: &[u8; 32]) -> Result<ReplicaReader, ReplicaError> {
+        if !path.exists() {
+            return Err(ReplicaError::Missing(path.to_owned()));
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = open_keyed(path, key, flags)?;
+        Ok(ReplicaReader { conn })
+    }
+
+    pub fn patient_by_nhs_number(
+        &self,
+        nhs_number: &str,
+    ) -> Result<Option<PatientRow>, ReplicaError> {
+        self.conn
+            .prepare_cached(
+                "SELECT p.id, p.nhs_number, r.body FROM patient p
+                 JOIN resource r ON r.type = 'Patient' AND r.id = p.id
+                 WHERE p.nhs_number = ?1",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_row([nhs_number], |row| {
+                    Ok(PatientRow {
+                        id: row.get(0)?,
+                        nhs_number: row.get(1)?,
+                        body: row.get(2)?,
+                    })
+                })
+                .optional()
+            })
+            .map_err(sql("finding a patient"))
+    }
+
+    /// Every resource that belongs to the patient (their Patient resource excluded).
+    pub fn patient_items(&self, patient_id: &str) -> Result<Vec<StoredItem>, ReplicaError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT type, id, facts, body FROM resource WHERE patient_id = ?1 AND type <> 'Patient'")
+            .map_err(sql("reading a patient's items"))?;
+        let rows = stmt
+            .query_map([patient_id], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                ))
+            })
+            .map_err(sql("reading a patient's items"))?;
+        rows.map(|row| {
+            let (resource_type, id, facts, body) = row.map_err(sql("reading a patient's items"))?;
+            decode(resource_type, id, &facts, body)
+        })
+        .collect()
+    }
+
+    /// Resources by `Type/id`, for shared resources (Medication, Practitioner, …) that released
+    /// items reference. Unknown references are skipped.
+    pub fn resources(&self, references: &[String]) -> Result<Vec<StoredItem>, ReplicaError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT facts, body FROM resource WHERE type = ?1 AND id = ?2")
+            .map_err(sql("reading referenced resources"))?;
+        let mut found = Vec::new();
+        for reference in references {
+            let Some((resource_type, id)) = reference.split_once('/') else {
+                continue;
+            };
+            let row = stmt
+                .query_row([resource_type, id], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+                })
+                .optional()
+                .map_err(sql("reading referenced resources"))?;
+            if let Some((facts, body)) = row {
+                found.push(decode(
+                    resource_type.to_owned(),
+                    id.to_owned(),
+                    &facts,
+                    body,
+                )?);
+            }
+        }
+        Ok(found)
+    }
+
+    pub fn stats(&self) -> Result<ReplicaStats, ReplicaError> {
+        stats(&self.conn)
+    }
+}
+
+fn decode(
+    resource_type: String,
+    id: String,
+    facts: &str,
+    body: String,
+) -> Result<StoredItem, ReplicaError> {
+    let facts: ItemFacts = serde_json::from_str(facts)
+        .map_err(|_| ReplicaError::CorruptRow(format!("{resource_type}/{id}")))?;
+    Ok(StoredItem { facts, body })
+}
