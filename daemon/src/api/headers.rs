@@ -1,0 +1,120 @@
+//! The `Ssp-*` headers GP Connect clients send on every interaction.
+
+use http::HeaderMap;
+
+use crate::policy::ErrorCode;
+
+/// The checked headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SspHeaders {
+    pub trace_id: String,
+    pub from_asid: String,
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
+/// The trace id, if the request carries a well-formed one (used even on refusals).
+pub fn trace_id(headers: &HeaderMap) -> Option<String> {
+    header(headers, "ssp-traceid")
+        .and_then(|v| uuid::Uuid::parse_str(v).ok())
+        .map(|u| u.hyphenated().to_string())
+}
+
+/// Checks the headers for an interaction; the error carries the code and, for the audit, why.
+pub fn check(
+    headers: &HeaderMap,
+    expected_interaction: &str,
+    appliance_asid: &str,
+) -> Result<SspHeaders, (ErrorCode, &'static str)> {
+    let trace_id =
+        trace_id(headers).ok_or((ErrorCode::BadRequest, "Ssp-TraceID missing or not a UUID"))?;
+    let from_asid = header(headers, "ssp-from")
+        .filter(|v| v.len() == 12 && v.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or((
+            ErrorCode::BadRequest,
+            "Ssp-From missing or not a 12-digit ASID",
+        ))?;
+    let to = header(headers, "ssp-to").ok_or((ErrorCode::BadRequest, "Ssp-To missing"))?;
+    if to != appliance_asid {
+        return Err((
+            ErrorCode::AccessDenied,
+            "Ssp-To is not this appliance's ASID",
+        ));
+    }
+    let interaction = header(headers, "ssp-interactionid")
+        .ok_or((ErrorCode::BadRequest, "Ssp-InteractionID missing"))?;
+    if interaction != expected_interaction {
+        return Err((
+            ErrorCode::BadRequest,
+            "Ssp-InteractionID does not match the route",
+        ));
+    }
+    Ok(SspHeaders {
+        trace_id,
+        from_asid: from_asid.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ASID: &str = "200000000123";
+    const INTERACTION: &str = "urn:nhs:names:services:gpconnect:fhir:rest:search:patient-1";
+
+    fn good() -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "Ssp-TraceID",
+            "0f8fad5b-d9cb-469f-a165-70867728950e".parse().unwrap(),
+        );
+        headers.insert("Ssp-From", "200000000999".parse().unwrap());
+        headers.insert("Ssp-To", ASID.parse().unwrap());
+        headers.insert("Ssp-InteractionID", INTERACTION.parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn accepts_good_headers() {
+        let checked = check(&good(), INTERACTION, ASID).unwrap();
+        assert_eq!(checked.from_asid, "200000000999");
+    }
+
+    #[test]
+    fn maps_each_bad_header_to_its_code() {
+        let cases: [(&str, Option<&str>, ErrorCode); 7] = [
+            ("Ssp-TraceID", None, ErrorCode::BadRequest),
+            ("Ssp-TraceID", Some("trace-1"), ErrorCode::BadRequest),
+            ("Ssp-From", Some("12345"), ErrorCode::BadRequest),
+            ("Ssp-To", None, ErrorCode::BadRequest),
+            ("Ssp-To", Some("200000000124"), ErrorCode::AccessDenied),
+            ("Ssp-InteractionID", None, ErrorCode::BadRequest),
+            (
+                "Ssp-InteractionID",
+                Some("urn:nhs:names:services:gpconnect:fhir:operation:gpc.getstructuredrecord-1"),
+                ErrorCode::BadRequest,
+            ),
+        ];
+        for (name, value, expected) in cases {
+            let mut headers = good();
+            match value {
+                Some(v) => {
+                    headers.insert(name, v.parse().unwrap());
+                }
+                None => {
+                    headers.remove(name);
+                }
+            }
+            assert_eq!(
+                check(&headers, INTERACTION, ASID).unwrap_err().0,
+                expected,
+                "{name}={value:?}"
+            );
+        }
+    }
+}

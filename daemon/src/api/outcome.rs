@@ -1,0 +1,62 @@
+//! Refusals as R4 `OperationOutcome`s carrying the GP Connect error code. The partner sees the
+//! code and a fixed sentence for it, never internal error text.
+
+use serde_json::{json, Value};
+
+use crate::policy::ErrorCode;
+
+/// The GP Connect error code system.
+pub const ERROR_CODE_SYSTEM: &str =
+    "https://fhir.nhs.uk/STU3/CodeSystem/Spine-ErrorOrWarningCode-1";
+
+/// The one sentence a partner is told for each code.
+fn diagnostics(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::AccessDenied => "Access to this record is not permitted for this request.",
+        ErrorCode::BadRequest => {
+            "The request is malformed: check the headers and the access token."
+        }
+        ErrorCode::InvalidIdentifierSystem => "The patient identifier is not an NHS number.",
+        ErrorCode::InvalidNhsNumber => "The NHS number is not valid.",
+        ErrorCode::InvalidParameter => "A request parameter is unknown or malformed.",
+        ErrorCode::PatientNotFound => "No patient with that NHS number is registered here.",
+        ErrorCode::NoPatientConsent => "The patient has not consented to this record being shared.",
+    }
+}
+
+fn issue_code(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::AccessDenied | ErrorCode::NoPatientConsent => "forbidden",
+        ErrorCode::PatientNotFound => "not-found",
+        ErrorCode::BadRequest
+        | ErrorCode::InvalidIdentifierSystem
+        | ErrorCode::InvalidNhsNumber
+        | ErrorCode::InvalidParameter => "invalid",
+    }
+}
+
+/// The OperationOutcome body for a refusal.
+pub fn operation_outcome(code: ErrorCode) -> Value {
+    json!({
+        "resourceType": "OperationOutcome",
+        "meta": {"profile": ["https://fhir.nhs.uk/STU3/StructureDefinition/GPConnect-OperationOutcome-1"]},
+        "issue": [{
+            "severity": "error",
+            "code": issue_code(code),
+            "details": {"coding": [{
+                "system": ERROR_CODE_SYSTEM,
+                "code": code.code(),
+                "display": code.code().replace('_', " ").to_lowercase()
+            }]},
+            "diagnostics": diagnostics(code)
+        }]
+    })
+}
+
+/// For 5xx and limit responses: a generic outcome with no GP Connect code.
+pub fn unavailable_outcome(issue: &str, diagnostics: &str) -> Value {
+    json!({
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": issue, "diagnostics": diagnostics}]
+    })
+}
