@@ -6,8 +6,10 @@
 //! (`secure_delete`). What it does not: decide who may read (that is `policy`).
 
 mod ingest;
+mod pool;
 mod schema;
 mod store;
 
 pub use ingest::{ImportSummary, IngestError};
+pub use pool::ReaderPool;
 pub use store::{PatientRow, Replica, ReplicaError, ReplicaReader, ReplicaStats, StoredItem};
