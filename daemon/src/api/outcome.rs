@@ -24,17 +24,6 @@ fn diagnostics(code: ErrorCode) -> &'static str {
     }
 }
 
-fn issue_code(code: ErrorCode) -> &'static str {
-    match code {
-        ErrorCode::AccessDenied | ErrorCode::NoPatientConsent => "forbidden",
-        ErrorCode::PatientNotFound => "not-found",
-        ErrorCode::BadRequest
-        | ErrorCode::InvalidIdentifierSystem
-        | ErrorCode::InvalidNhsNumber
-        | ErrorCode::InvalidParameter => "invalid",
-    }
-}
-
 /// The OperationOutcome body for a refusal.
 pub fn operation_outcome(code: ErrorCode) -> Value {
     json!({
@@ -42,11 +31,11 @@ pub fn operation_outcome(code: ErrorCode) -> Value {
         "meta": {"profile": ["https://fhir.nhs.uk/STU3/StructureDefinition/GPConnect-OperationOutcome-1"]},
         "issue": [{
             "severity": "error",
-            "code": issue_code(code),
+            "code": code.issue_type(),
             "details": {"coding": [{
                 "system": ERROR_CODE_SYSTEM,
                 "code": code.code(),
-                "display": code.code().replace('_', " ").to_lowercase()
+                "display": code.display()
             }]},
             "diagnostics": diagnostics(code)
         }]

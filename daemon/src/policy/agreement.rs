@@ -98,3 +98,33 @@ impl Agreement {
         Section::CommunicationPreferences,
     ];
 }
+
+impl Agreement {
+    /// Whether the agreement is in force at `now` (unix seconds): `expires` is the last day,
+    /// inclusive, so it lapses at the following midnight UTC.
+    pub fn in_force(&self, now: i64) -> bool {
+        match self.expires {
+            None => true,
+            Some(last_day) => {
+                let lapses = last_day.midnight().assume_utc().unix_timestamp() + 86_400;
+                now < lapses
+            }
+        }
+    }
+
+    /// Whether `ods` (a `requesting_organization`) is the partner itself or one of its sites.
+    /// ODS codes compare ignoring ASCII case: they are case-insensitive identifiers.
+    pub fn accepts_organisation(&self, ods: &str) -> bool {
+        !ods.is_empty()
+            && (self.ods.eq_ignore_ascii_case(ods)
+                || self.sites.iter().any(|site| site.eq_ignore_ascii_case(ods)))
+    }
+
+    /// The sections an override may release: the agreement's, or the default.
+    pub fn sections_under_override(&self) -> BTreeSet<Section> {
+        match &self.override_sections {
+            Some(sections) => sections.clone(),
+            None => Agreement::DEFAULT_OVERRIDE_SECTIONS.into_iter().collect(),
+        }
+    }
+}

@@ -1,43 +1,69 @@
-//! The access decision (SPEC §5) and item filtering. Pure: no I/O, no clock, no async; the
-//! current time is an argument, so every rule can be tested exhaustively.
+//! The access decision (SPEC §5) and item filtering (SPEC §6). Pure: no I/O, no clock, no async,
+//! no logging; the current time is an argument, so every rule can be tested exhaustively.
+//!
+//! Validates: the partner's agreement, organisation, role, the patient's preferences and
+//! permission, and which sections and items may leave. Does not validate: certificates,
+//! headers, the JWT, NHS numbers or Parameters (the TLS and API layers do, before `decide`).
+//!
+//! Rules chosen where SPEC is silent (kept in docs/ as well):
+//! - `Agreement::expires` is the last day in force (UTC); it lapses at the next midnight UTC.
+//! - ODS codes compare ignoring ASCII case.
+//! - Refusal order: no agreement, agreement expired, organisation, role (all ACCESS_DENIED),
+//!   patient unknown (PATIENT_NOT_FOUND), dissent (NO_PATIENT_CONSENT), permission.
+//! - Override checks, each ACCESS_DENIED: the role may override; a reason is given (the API
+//!   passes an absent or unknown `override_reason` as `None`); the justification, trimmed, is
+//!   10 to 500 characters (Unicode scalar values). The audited justification is the trimmed one.
+//! - With no `permission_to_view`, a standing consent counts if its actor is the partner's ODS
+//!   code (covering all its sites) or the requesting organisation (a site named on its own).
+//! - The patient's tier applies under an override too (SPEC §5 step 7 intersects both).
+//! - Withholding (step 8) is computed over all of the patient's items and the shared resources
+//!   they reference, then spread to every referrer, transitively.
+//! - Sensitive concept lists match codings in system `http://snomed.info/sct` only, by exact
+//!   concept id (no subsumption: the lists must hold every concept meant).
+//! - A Patient search asks with no sections: the decision is the same, only nothing is listed.
+//!
+//! Preference rules are in [`preferences`](crate::policy::preferences()) 's module docs.
 
 mod agreement;
+mod decide;
+mod preferences;
+mod request;
+mod sensitive;
+
+#[cfg(test)]
+mod tests;
 
 pub use agreement::{Agreement, PartnerType, RoleSet};
+pub use decide::{decide, is_practice_confidential, withheld_items};
+pub use preferences::{
+    preferences, type1_opt_out_in_items, Preferences, SharingPreference, StandingConsent,
+    SNOMED_CORE_SYNONYM, SNOMED_DISSENT_SYNONYM, STANDING_CONSENT_CATEGORY, TYPE1_OPT_OUT_CODE,
+};
+pub use request::{
+    AccessRequest, Basis, Decision, ErrorCode, OverrideReason, PatientData, Permission, Refusal,
+    Release, JUSTIFICATION_CHARS,
+};
+pub use sensitive::{check_concept_id, parse_concept_list, SensitiveCategory, SensitiveCodes};
 
-/// The refusal codes of SPEC §5, as GP Connect names them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ErrorCode {
-    AccessDenied,
-    BadRequest,
-    InvalidIdentifierSystem,
-    InvalidNhsNumber,
-    InvalidParameter,
-    PatientNotFound,
-    NoPatientConsent,
-}
-
-impl ErrorCode {
-    pub fn code(self) -> &'static str {
-        match self {
-            ErrorCode::AccessDenied => "ACCESS_DENIED",
-            ErrorCode::BadRequest => "BAD_REQUEST",
-            ErrorCode::InvalidIdentifierSystem => "INVALID_IDENTIFIER_SYSTEM",
-            ErrorCode::InvalidNhsNumber => "INVALID_NHS_NUMBER",
-            ErrorCode::InvalidParameter => "INVALID_PARAMETER",
-            ErrorCode::PatientNotFound => "PATIENT_NOT_FOUND",
-            ErrorCode::NoPatientConsent => "NO_PATIENT_CONSENT",
-        }
-    }
-
-    pub fn http_status(self) -> u16 {
-        match self {
-            ErrorCode::AccessDenied | ErrorCode::NoPatientConsent => 403,
-            ErrorCode::BadRequest
-            | ErrorCode::InvalidIdentifierSystem
-            | ErrorCode::InvalidNhsNumber => 400,
-            ErrorCode::InvalidParameter => 422,
-            ErrorCode::PatientNotFound => 404,
-        }
-    }
+/// Errors loading sensitive-category concept lists.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    /// A line of a concept list file is not a SNOMED CT concept id.
+    #[error("{file} line {line}: {reason}: {text:?}")]
+    ConceptListLine {
+        /// The file (or "shipped NAME.txt").
+        file: String,
+        /// Counted from 1.
+        line: usize,
+        /// The line, cut to 80 characters.
+        text: String,
+        reason: &'static str,
+    },
+    /// An extra concept id from config is not a SNOMED CT concept id.
+    #[error("extra {category} concept {code:?}: {reason}")]
+    ConceptId {
+        category: &'static str,
+        code: String,
+        reason: &'static str,
+    },
 }
