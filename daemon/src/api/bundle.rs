@@ -141,7 +141,7 @@ fn section_list(list: &SectionList<'_>, parts: &RecordParts<'_>) -> Value {
 }
 
 /// Removes every Reference whose target is not in `included` (contained `#` references stay).
-fn strip_outside_references(value: &mut Value, included: &HashSet<String>) {
+pub(crate) fn strip_outside_references(value: &mut Value, included: &HashSet<String>) {
     let is_outside = |v: &Value| -> bool {
         match v.get("reference").and_then(Value::as_str) {
             Some(r) if r.starts_with('#') => false,

@@ -1,5 +1,9 @@
 //! The partner FHIR API (SPEC §3): routing, the `Ssp-*` headers and access token, the access
 //! decision, the audit record, and the consent-filtered response.
+//!
+//! Every partner request ends in exactly one audit event, written durably before the response
+//! leaves; if the audit cannot be written the partner gets 503 and no record data. Refusals
+//! carry only the SPEC §5 code; the reason goes to the audit.
 
 pub mod bundle;
 pub mod capability;
@@ -7,3 +11,664 @@ pub mod headers;
 pub mod jwt;
 pub mod outcome;
 pub mod parameters;
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+
+use crate::fhir::{Section, NHS_NUMBER_SYSTEM};
+use crate::policy::{
+    decide, AccessRequest, Agreement, Basis, Decision, ErrorCode, OverrideReason, PatientData,
+    Permission, SensitiveCodes,
+};
+use crate::replica::{ReaderPool, ReplicaError, StoredItem};
+use capability::{PATIENT_SEARCH_INTERACTION, STRUCTURED_RECORD_INTERACTION};
+
+pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
+pub const METADATA_INTERACTION: &str = "urn:nhs:names:services:gpconnect:fhir:rest:read:metadata-1";
+
+/// Who this appliance is, as partners see it.
+#[derive(Debug, Clone)]
+pub struct Appliance {
+    pub ods: String,
+    pub name: String,
+    pub asid: String,
+    /// The FHIR base URL: the JWT audience.
+    pub fhir_base: String,
+}
+
+/// The authenticated client: the agreement its certificate maps to, if any.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub agreement: Option<Arc<Agreement>>,
+    /// SHA-256 of the client certificate (hex).
+    pub certificate_sha256: String,
+}
+
+/// Everything the audit trail needs about one partner request.
+#[derive(Debug, Clone, Default)]
+pub struct AccessEvent {
+    pub time: String,
+    pub interaction: String,
+    pub trace_id: Option<String>,
+    pub partner_ods: Option<String>,
+    pub certificate_sha256: String,
+    pub claims: Option<jwt::Claims>,
+    pub nhs_number: Option<String>,
+    pub basis: Option<String>,
+    pub override_reason: Option<String>,
+    pub override_justification: Option<String>,
+    pub permitted: bool,
+    pub error_code: Option<ErrorCode>,
+    /// Why it was refused, in plain words; never sent to the partner.
+    pub refusal_reason: Option<String>,
+    pub sections: Vec<Section>,
+    /// A permitted override: an alert goes to the privacy officer with the record.
+    pub alert: bool,
+}
+
+/// The audit could not be written; nothing may be released.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the audit trail cannot be written")]
+pub struct AuditUnavailable;
+
+/// Where access events go. `record` resolves only once the event is durable.
+pub trait AuditSink: Send + Sync {
+    fn record(
+        &self,
+        event: AccessEvent,
+    ) -> Pin<Box<dyn Future<Output = Result<(), AuditUnavailable>> + Send>>;
+}
+
+/// The API service.
+pub struct Api {
+    pub appliance: Appliance,
+    pub replica: Arc<ReaderPool>,
+    pub audit: Arc<dyn AuditSink>,
+    pub sensitive: Arc<SensitiveCodes>,
+    /// Reports whether TPM, replica and listeners are healthy, for `/healthz`.
+    pub health: Arc<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api")
+            .field("appliance", &self.appliance)
+            .finish()
+    }
+}
+
+/// A response on its way out, with the event that must be audited first.
+struct Outcome {
+    status: StatusCode,
+    body: Bytes,
+    event: AccessEvent,
+}
+
+fn now_unix() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn rfc3339(unix: i64) -> String {
+    use time::format_description::well_known::Rfc3339;
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+fn fhir_response(status: StatusCode, body: Bytes, trace_id: Option<&str>) -> Response<Bytes> {
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(FHIR_JSON),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    if let Some(value) = trace_id.and_then(|t| header::HeaderValue::from_str(t).ok()) {
+        headers.insert("ssp-traceid", value);
+    }
+    response
+}
+
+fn refusal(code: ErrorCode, reason: impl Into<String>, mut event: AccessEvent) -> Outcome {
+    event.permitted = false;
+    event.error_code = Some(code);
+    event.refusal_reason = Some(reason.into());
+    Outcome {
+        status: StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::FORBIDDEN),
+        body: Bytes::from(outcome::operation_outcome(code).to_string()),
+        event,
+    }
+}
+
+/// A fixed response outside the GP Connect codes (404 route, 405, 500, 503).
+pub fn plain_outcome(status: StatusCode, issue: &str, diagnostics: &str) -> Response<Bytes> {
+    fhir_response(
+        status,
+        Bytes::from(outcome::unavailable_outcome(issue, diagnostics).to_string()),
+        None,
+    )
+}
+
+impl Api {
+    /// Serves one request from an authenticated client.
+    pub async fn handle(&self, caller: &Caller, request: Request<Bytes>) -> Response<Bytes> {
+        let path = request.uri().path();
+        let method = request.method().clone();
+        if path == "/healthz" {
+            return self.healthz(&method);
+        }
+        let interaction = match (method.clone(), path) {
+            (Method::GET, "/fhir/metadata") => METADATA_INTERACTION,
+            (Method::POST, "/fhir/Patient/$gpc.getstructuredrecord") => {
+                STRUCTURED_RECORD_INTERACTION
+            }
+            (Method::GET, "/fhir/Patient") => PATIENT_SEARCH_INTERACTION,
+            (_, "/fhir/metadata" | "/fhir/Patient/$gpc.getstructuredrecord" | "/fhir/Patient") => {
+                return plain_outcome(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "not-supported",
+                    "Method not allowed.",
+                );
+            }
+            _ => return plain_outcome(StatusCode::NOT_FOUND, "not-found", "No such endpoint."),
+        };
+        let now = now_unix();
+        let trace_id = headers::trace_id(request.headers());
+        let event = AccessEvent {
+            time: rfc3339(now),
+            interaction: interaction.to_owned(),
+            trace_id: trace_id.clone(),
+            partner_ods: caller.agreement.as_ref().map(|a| a.ods.clone()),
+            certificate_sha256: caller.certificate_sha256.clone(),
+            ..AccessEvent::default()
+        };
+        let outcome = match caller.agreement.clone() {
+            // SPEC §5 step 1 comes before anything about the request.
+            None => refusal(
+                ErrorCode::AccessDenied,
+                "client certificate matches no registered partner",
+                event,
+            ),
+            Some(agreement) if interaction == METADATA_INTERACTION => {
+                self.metadata(&agreement, event, now)
+            }
+            Some(agreement) => {
+                self.clinical(agreement, request, interaction, event, now)
+                    .await
+            }
+        };
+        let Outcome {
+            status,
+            body,
+            event,
+        } = outcome;
+        let permitted = event.permitted;
+        if self.audit.record(event).await.is_err() {
+            tracing::error!("audit unavailable: refusing a partner request with 503");
+            return plain_outcome(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "transient",
+                "The service is temporarily unavailable.",
+            );
+        }
+        if permitted {
+            tracing::debug!(interaction, "released");
+        }
+        fhir_response(status, body, trace_id.as_deref())
+    }
+
+    fn healthz(&self, method: &Method) -> Response<Bytes> {
+        if method != Method::GET {
+            return plain_outcome(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "not-supported",
+                "Method not allowed.",
+            );
+        }
+        let (status, body) = if (self.health)() {
+            (StatusCode::OK, "ok")
+        } else {
+            (StatusCode::SERVICE_UNAVAILABLE, "unhealthy")
+        };
+        let mut response = Response::new(Bytes::from_static(body.as_bytes()));
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        response
+    }
+
+    fn metadata(&self, agreement: &Agreement, mut event: AccessEvent, now: i64) -> Outcome {
+        if !agreement.in_force(now) {
+            return refusal(
+                ErrorCode::AccessDenied,
+                "data sharing agreement expired",
+                event,
+            );
+        }
+        event.permitted = true;
+        let statement = capability::capability_statement(
+            &self.appliance.fhir_base,
+            &self.appliance.name,
+            &event.time,
+        );
+        Outcome {
+            status: StatusCode::OK,
+            body: Bytes::from(statement.to_string()),
+            event,
+        }
+    }
+
+    async fn clinical(
+        &self,
+        agreement: Arc<Agreement>,
+        request: Request<Bytes>,
+        interaction: &'static str,
+        mut event: AccessEvent,
+        now: i64,
+    ) -> Outcome {
+        // SPEC §5 step 2: headers, token, then the body or query.
+        if let Err((code, reason)) =
+            headers::check(request.headers(), interaction, &self.appliance.asid)
+        {
+            return refusal(code, reason, event);
+        }
+        let token = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let Some(token) = token else {
+            return refusal(
+                ErrorCode::BadRequest,
+                "Authorization Bearer token missing",
+                event,
+            );
+        };
+        let claims = match jwt::parse(token.trim(), &self.appliance.fhir_base, now) {
+            Ok(claims) => claims,
+            Err(e) => return refusal(ErrorCode::BadRequest, e.to_string(), event),
+        };
+        event.claims = Some(claims.clone());
+        let wanted = if interaction == STRUCTURED_RECORD_INTERACTION {
+            parameters::parse(request.body()).map_err(|e| {
+                let code = match &e {
+                    parameters::ParametersError::Malformed(_) => ErrorCode::BadRequest,
+                    parameters::ParametersError::IdentifierSystem => {
+                        ErrorCode::InvalidIdentifierSystem
+                    }
+                    parameters::ParametersError::NhsNumber => ErrorCode::InvalidNhsNumber,
+                    parameters::ParametersError::Parameter(_) => ErrorCode::InvalidParameter,
+                };
+                (code, e.to_string())
+            })
+        } else {
+            patient_search_query(request.uri().query())
+        };
+        let wanted = match wanted {
+            Ok(wanted) => wanted,
+            Err((code, reason)) => return refusal(code, reason, event),
+        };
+        event.nhs_number = Some(wanted.nhs_number.clone());
+        let access = AccessRequest {
+            requesting_ods: claims.organisation_ods.clone(),
+            job_role: claims.job_role.clone(),
+            permission: permission(&claims),
+            sections: wanted.sections.clone(),
+            now,
+        };
+
+        let replica = self.replica.clone();
+        let sensitive = self.sensitive.clone();
+        let appliance = self.appliance.clone();
+        let assembled_at = event.time.clone();
+        let search = interaction == PATIENT_SEARCH_INTERACTION;
+        let work = tokio::task::spawn_blocking(move || {
+            assemble(
+                &replica,
+                &sensitive,
+                &appliance,
+                &agreement,
+                &access,
+                &wanted,
+                &assembled_at,
+                search,
+            )
+        })
+        .await;
+        let assembled = match work {
+            Ok(Ok(assembled)) => assembled,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "replica read failed");
+                event.refusal_reason = Some("replica unavailable".into());
+                return Outcome {
+                    status: StatusCode::INTERNAL_SERVER_ERROR,
+                    body: Bytes::from(
+                        outcome::unavailable_outcome("exception", "Internal error.").to_string(),
+                    ),
+                    event,
+                };
+            }
+            Err(_) => {
+                event.refusal_reason = Some("request task failed".into());
+                return Outcome {
+                    status: StatusCode::INTERNAL_SERVER_ERROR,
+                    body: Bytes::from(
+                        outcome::unavailable_outcome("exception", "Internal error.").to_string(),
+                    ),
+                    event,
+                };
+            }
+        };
+        match assembled {
+            Assembled::Refused { code, reason } => refusal(code, reason, event),
+            Assembled::Released {
+                basis,
+                sections,
+                alert,
+                body,
+            } => {
+                event.permitted = true;
+                event.basis = Some(basis.name().to_owned());
+                if let Basis::Override {
+                    reason,
+                    justification,
+                } = &basis
+                {
+                    event.override_reason = Some(reason.name().to_owned());
+                    event.override_justification = Some(justification.clone());
+                }
+                event.sections = sections;
+                event.alert = alert;
+                Outcome {
+                    status: StatusCode::OK,
+                    body: Bytes::from(body),
+                    event,
+                }
+            }
+        }
+    }
+}
+
+fn permission(claims: &jwt::Claims) -> Option<Permission> {
+    match claims.permission_to_view.as_deref() {
+        Some("granted") => Some(Permission::Granted),
+        Some("override") => Some(Permission::Override {
+            reason: claims
+                .override_reason
+                .as_deref()
+                .and_then(OverrideReason::from_name),
+            justification: claims.override_justification.clone(),
+        }),
+        _ => None,
+    }
+}
+
+/// `GET /fhir/Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|NNNNNNNNNN`.
+fn patient_search_query(
+    query: Option<&str>,
+) -> Result<parameters::RecordRequest, (ErrorCode, String)> {
+    let mut identifier = None;
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode(value).ok_or((
+            ErrorCode::BadRequest,
+            "query is not valid percent-encoding".to_owned(),
+        ))?;
+        match name {
+            "identifier" if identifier.is_none() => identifier = Some(value),
+            "identifier" => {
+                return Err((ErrorCode::InvalidParameter, "identifier is repeated".into()))
+            }
+            other => {
+                return Err((
+                    ErrorCode::InvalidParameter,
+                    format!("unknown search parameter {other:?}"),
+                ))
+            }
+        }
+    }
+    let identifier = identifier.ok_or((
+        ErrorCode::InvalidParameter,
+        "identifier is missing".to_owned(),
+    ))?;
+    let Some((system, value)) = identifier.split_once('|') else {
+        return Err((
+            ErrorCode::InvalidIdentifierSystem,
+            "identifier has no system".into(),
+        ));
+    };
+    if system != NHS_NUMBER_SYSTEM {
+        return Err((
+            ErrorCode::InvalidIdentifierSystem,
+            format!("identifier system {system:?}"),
+        ));
+    }
+    if !crate::fhir::is_valid_nhs_number(value) {
+        return Err((
+            ErrorCode::InvalidNhsNumber,
+            "identifier value is not a valid NHS number".into(),
+        ));
+    }
+    Ok(parameters::RecordRequest {
+        nhs_number: value.to_owned(),
+        sections: BTreeSet::new(),
+        include_resolved_allergies: false,
+        medication_from: None,
+    })
+}
+
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+enum Assembled {
+    Refused {
+        code: ErrorCode,
+        reason: String,
+    },
+    Released {
+        basis: Basis,
+        sections: Vec<Section>,
+        alert: bool,
+        body: String,
+    },
+}
+
+/// Reads the patient, decides, and renders the response body. Blocking (SQLite).
+#[allow(clippy::too_many_arguments)]
+fn assemble(
+    replica: &ReaderPool,
+    sensitive: &SensitiveCodes,
+    appliance: &Appliance,
+    agreement: &Agreement,
+    access: &AccessRequest,
+    wanted: &parameters::RecordRequest,
+    assembled_at: &str,
+    search: bool,
+) -> Result<Assembled, ReplicaError> {
+    replica.with(|reader| {
+        let Some(patient) = reader.patient_by_nhs_number(&wanted.nhs_number)? else {
+            let decision = decide(Some(agreement), access, None, sensitive);
+            return Ok(match decision {
+                // GP Connect: an unknown patient is an empty searchset, not an error.
+                Decision::Refused(r) if search && r.code == ErrorCode::PatientNotFound => {
+                    Assembled::Released {
+                        basis: Basis::Granted,
+                        sections: Vec::new(),
+                        alert: false,
+                        body: searchset(None, assembled_at),
+                    }
+                }
+                Decision::Refused(r) => Assembled::Refused {
+                    code: r.code,
+                    reason: r.reason,
+                },
+                Decision::Permitted(_) => Assembled::Refused {
+                    code: ErrorCode::PatientNotFound,
+                    reason: "patient not in the replica".into(),
+                },
+            });
+        };
+        let items = reader.patient_items(&patient.id)?;
+        let mut shared_refs: Vec<String> = items
+            .iter()
+            .flat_map(|i| i.facts.references.iter().cloned())
+            .collect();
+        shared_refs.sort();
+        shared_refs.dedup();
+        shared_refs.retain(|r| {
+            let t = r.split('/').next().unwrap_or_default();
+            crate::fhir::SHARED_TYPES.contains(&t)
+        });
+        let shared = reader.resources(&shared_refs)?;
+        let data = PatientData::from_items(
+            items.iter().map(|i| i.facts.clone()).collect(),
+            shared.iter().map(|s| s.facts.clone()).collect(),
+        );
+        let release = match decide(Some(agreement), access, Some(&data), sensitive) {
+            Decision::Refused(r) => {
+                return Ok(Assembled::Refused {
+                    code: r.code,
+                    reason: r.reason,
+                })
+            }
+            Decision::Permitted(release) => release,
+        };
+        if search {
+            return Ok(Assembled::Released {
+                basis: release.basis,
+                sections: Vec::new(),
+                alert: release.alert,
+                body: searchset(Some(&patient.body), assembled_at),
+            });
+        }
+        let released: Vec<&StoredItem> = release
+            .released_items
+            .iter()
+            .filter_map(|&i| items.get(i))
+            .filter(|item| wanted_by_filters(item, wanted))
+            .collect();
+        // Shared resources go out only if a released item references them and policy kept them.
+        let referenced: BTreeSet<&String> = released
+            .iter()
+            .flat_map(|i| i.facts.references.iter())
+            .collect();
+        let preferences = crate::policy::preferences(&data.consents, access.now);
+        let withheld = crate::policy::withheld_items(&data, &preferences, sensitive);
+        let shared_out: Vec<StoredItem> = shared
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| {
+                referenced.contains(&s.facts.reference())
+                    && !withheld.get(data.items.len() + i).copied().unwrap_or(true)
+            })
+            .map(|(_, s)| s.clone())
+            .collect();
+        let lists = wanted
+            .sections
+            .iter()
+            .map(|&section| bundle::SectionList {
+                section,
+                items: released
+                    .iter()
+                    .copied()
+                    .filter(|i| Section::for_resource_type(&i.facts.resource_type) == Some(section))
+                    .collect(),
+                withheld: release.section_has_warning(section),
+            })
+            .collect();
+        let body = bundle::structured_record(&bundle::RecordParts {
+            patient_id: &patient.id,
+            patient_body: &patient.body,
+            practice_ods: &appliance.ods,
+            practice_name: &appliance.name,
+            lists,
+            shared: &shared_out,
+            assembled_at,
+        });
+        Ok(Assembled::Released {
+            basis: release.basis,
+            sections: release.released_sections.into_iter().collect(),
+            alert: release.alert,
+            body,
+        })
+    })
+}
+
+/// The request's own filters (not confidentiality): resolved allergies, medication start date.
+fn wanted_by_filters(item: &StoredItem, wanted: &parameters::RecordRequest) -> bool {
+    match item.facts.resource_type.as_str() {
+        "AllergyIntolerance" => {
+            wanted.include_resolved_allergies
+                || !matches!(item.facts.status.as_deref(), Some("resolved" | "inactive"))
+        }
+        "MedicationStatement" | "MedicationRequest" => {
+            match (wanted.medication_from, item.facts.date) {
+                (Some(from), Some(date)) => date >= from,
+                _ => true,
+            }
+        }
+        _ => true,
+    }
+}
+
+fn searchset(patient: Option<&str>, assembled_at: &str) -> String {
+    let entries = match patient.and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok()) {
+        Some(mut patient) => {
+            let full_url = format!("Patient/{}", patient["id"].as_str().unwrap_or_default());
+            bundle::strip_outside_references(
+                &mut patient,
+                &[full_url.clone()].into_iter().collect(),
+            );
+            vec![
+                serde_json::json!({"fullUrl": full_url, "resource": patient, "search": {"mode": "match"}}),
+            ]
+        }
+        None => Vec::new(),
+    };
+    serde_json::json!({
+        "resourceType": "Bundle",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "meta": {"lastUpdated": assembled_at},
+        "type": "searchset",
+        "total": entries.len(),
+        "entry": entries,
+    })
+    .to_string()
+}

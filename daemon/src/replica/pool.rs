@@ -19,7 +19,9 @@ pub struct ReaderPool {
 
 impl std::fmt::Debug for ReaderPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReaderPool").field("path", &self.path).finish()
+        f.debug_struct("ReaderPool")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
