@@ -11,6 +11,7 @@ pub mod headers;
 pub mod jwt;
 pub mod outcome;
 pub mod parameters;
+pub mod upstream;
 
 use std::collections::BTreeSet;
 use std::future::Future;
