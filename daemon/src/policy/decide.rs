@@ -183,8 +183,8 @@ pub fn is_practice_confidential(item: &ItemFacts) -> bool {
         .any(|label| label.system == CONFIDENTIALITY_SYSTEM && matches!(&*label.code, "R" | "V"))
 }
 
-/// Which of the patient's items are withheld, whatever their section (one flag per item, in
-/// order): practice-confidential items, items in a sensitive category the patient has not
+/// Which of the patient's items, then which of their shared resources, are withheld, whatever
+/// their section (one flag per item, in order, followed by one per `PatientData::shared`): practice-confidential items, items in a sensitive category the patient has not
 /// consented to, and, transitively, every item that references a withheld item or a withheld
 /// shared resource. Computed over all items so that a reference into a section that was not
 /// requested still withholds the referrer.
@@ -237,6 +237,5 @@ pub fn withheld_items(
             }
         }
     }
-    withheld.truncate(patient.items.len());
     withheld
 }

@@ -1,0 +1,884 @@
+//! The partner API end to end below TLS: real replica (SQLCipher), real policy, the handler
+//! as hyper calls it, and an audit sink that records what it is given.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use mig::api::{jwt, AccessEvent, Api, Appliance, AuditSink, AuditUnavailable, Caller};
+use mig::fhir::Section;
+use mig::policy::{Agreement, PartnerType, RoleSet, SensitiveCodes};
+use mig::replica::{ReaderPool, Replica};
+use serde_json::{json, Value};
+
+const KEY: [u8; 32] = [9; 32];
+const ASID: &str = "200000000123";
+const BASE: &str = "https://mig.a81001.example.nhs.uk/fhir";
+const PARTNER: &str = "RX8";
+const CARER_ORG: &str = "8JK42";
+const RECORD: &str = "urn:nhs:names:services:gpconnect:fhir:operation:gpc.getstructuredrecord-1";
+const SEARCH: &str = "urn:nhs:names:services:gpconnect:fhir:rest:search:patient-1";
+const TRACE: &str = "0f8fad5b-d9cb-469f-a165-70867728950e";
+
+// Test NHS numbers (999 range, Modulus 11 valid).
+const CORE_AND_ADDITIONAL: &str = "9990000018";
+const CORE_ONLY: &str = "9990000026";
+const DISSENT: &str = "9990000034";
+const STI_CONSENT: &str = "9990000042";
+const STANDING: &str = "9990000050";
+const NOT_REGISTERED: &str = "9990000069";
+
+#[derive(Default)]
+struct RecordingAudit {
+    events: Mutex<Vec<AccessEvent>>,
+    broken: AtomicBool,
+}
+
+impl AuditSink for RecordingAudit {
+    fn record(
+        &self,
+        event: AccessEvent,
+    ) -> Pin<Box<dyn Future<Output = Result<(), AuditUnavailable>> + Send>> {
+        let result = if self.broken.load(Ordering::SeqCst) {
+            Err(AuditUnavailable)
+        } else {
+            self.events.lock().unwrap().push(event);
+            Ok(())
+        };
+        Box::pin(async move { result })
+    }
+}
+
+fn consent(id: &str, patient: &str, date: &str, category: (&str, &str), provision: Value) -> Value {
+    json!({"resourceType": "Consent", "id": id, "status": "active",
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": category.0, "code": category.1}]}],
+        "patient": {"reference": format!("Patient/{patient}")}, "dateTime": date, "provision": provision})
+}
+
+fn tier(id: &str, patient: &str, code: &str) -> Value {
+    consent(
+        id,
+        patient,
+        "2024-01-01T09:00:00Z",
+        ("urn:mig:sharing-preference", code),
+        json!({"type": "permit"}),
+    )
+}
+
+fn clinical(patient: &str) -> Vec<Value> {
+    let subject = json!({"reference": format!("Patient/{patient}")});
+    let sct = |code: &str| json!({"coding": [{"system": "http://snomed.info/sct", "code": code}]});
+    vec![
+        json!({"resourceType": "AllergyIntolerance", "id": format!("{patient}-allergy"), "patient": subject, "code": sct("91936005"),
+            "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical", "code": "active"}]}}),
+        json!({"resourceType": "AllergyIntolerance", "id": format!("{patient}-old-allergy"), "patient": subject, "code": sct("300913006"),
+            "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical", "code": "resolved"}]}}),
+        json!({"resourceType": "MedicationStatement", "id": format!("{patient}-statin"), "subject": subject, "status": "active",
+            "medicationReference": {"reference": "Medication/atorvastatin"}, "effectivePeriod": {"start": "2023-05-01"}}),
+        json!({"resourceType": "MedicationStatement", "id": format!("{patient}-old-med"), "subject": subject, "status": "completed",
+            "medicationReference": {"reference": "Medication/atorvastatin"}, "effectivePeriod": {"start": "2015-05-01"}}),
+        json!({"resourceType": "Condition", "id": format!("{patient}-asthma"), "subject": subject, "code": sct("195967001")}),
+        json!({"resourceType": "Condition", "id": format!("{patient}-chlamydia"), "subject": subject, "code": sct("105629000")}),
+        json!({"resourceType": "MedicationRequest", "id": format!("{patient}-azithromycin"), "subject": subject, "status": "completed",
+            "intent": "order", "medicationReference": {"reference": "Medication/azithromycin"},
+            "reasonReference": [{"reference": format!("Condition/{patient}-chlamydia")}], "authoredOn": "2024-02-01"}),
+        json!({"resourceType": "Procedure", "id": format!("{patient}-top"), "subject": subject, "status": "completed", "code": sct("71388002"),
+            "meta": {"security": [{"system": "http://snomed.info/sct", "code": "999004361000000107"}]}}),
+        json!({"resourceType": "Condition", "id": format!("{patient}-confidential"), "subject": subject, "code": sct("35489007"),
+            "meta": {"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "R"}]}}),
+        json!({"resourceType": "Immunization", "id": format!("{patient}-flu"), "patient": subject, "status": "completed",
+            "vaccineCode": sct("1181000221105"), "occurrenceDateTime": "2024-10-01"}),
+        json!({"resourceType": "Encounter", "id": format!("{patient}-visit"), "subject": subject, "status": "finished",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"}}),
+        json!({"resourceType": "Observation", "id": format!("{patient}-bp"), "subject": subject, "status": "final", "code": sct("75367002")}),
+        json!({"resourceType": "ServiceRequest", "id": format!("{patient}-referral"), "subject": subject, "status": "active", "intent": "order"}),
+        json!({"resourceType": "CarePlan", "id": format!("{patient}-eol"), "subject": subject, "status": "active", "intent": "plan"}),
+        json!({"resourceType": "Flag", "id": format!("{patient}-bsl"), "subject": subject, "status": "active", "code": sct("1104061000000102")}),
+    ]
+}
+
+fn practice() -> Vec<Value> {
+    let mut resources = vec![
+        json!({"resourceType": "Medication", "id": "atorvastatin", "code": {"coding": [{"system": "http://snomed.info/sct", "code": "320000009"}]}}),
+        json!({"resourceType": "Medication", "id": "azithromycin", "code": {"coding": [{"system": "http://snomed.info/sct", "code": "324252006"}]}}),
+    ];
+    let kinds: [(&str, &str, Vec<Value>); 5] = [
+        (
+            CORE_AND_ADDITIONAL,
+            "p-full",
+            vec![tier("p-full-pref", "p-full", "core-and-additional")],
+        ),
+        (
+            CORE_ONLY,
+            "p-core",
+            vec![tier("p-core-pref", "p-core", "core")],
+        ),
+        (
+            DISSENT,
+            "p-dissent",
+            vec![
+                tier("p-dissent-old", "p-dissent", "core-and-additional"),
+                consent(
+                    "p-dissent-new",
+                    "p-dissent",
+                    "2025-03-01T09:00:00Z",
+                    ("http://snomed.info/sct", "416409005"),
+                    json!({"type": "deny"}),
+                ),
+            ],
+        ),
+        (
+            STI_CONSENT,
+            "p-sti",
+            vec![
+                tier("p-sti-pref", "p-sti", "core-and-additional"),
+                consent(
+                    "p-sti-consent",
+                    "p-sti",
+                    "2024-02-01T09:00:00Z",
+                    ("http://loinc.org", "59284-0"),
+                    json!({"type": "permit", "securityLabel": [{"system": "http://snomed.info/sct", "code": "999004381000000103"}]}),
+                ),
+            ],
+        ),
+        (
+            STANDING,
+            "p-standing",
+            vec![
+                tier("p-standing-pref", "p-standing", "core-and-additional"),
+                consent(
+                    "p-standing-carer",
+                    "p-standing",
+                    "2024-02-01T09:00:00Z",
+                    ("http://snomed.info/sct", "319951000000105"),
+                    json!({"type": "permit", "period": {"start": "2024-01-01", "end": "2099-01-01"},
+                    "actor": [{"reference": {"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": CARER_ORG}}}]}),
+                ),
+            ],
+        ),
+    ];
+    for (nhs, id, consents) in kinds {
+        resources.push(json!({"resourceType": "Patient", "id": id,
+            "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs}],
+            "name": [{"family": "Test", "given": [id]}], "gender": "female", "birthDate": "1970-01-01",
+            "generalPractitioner": [{"reference": "Practitioner/not-in-replica"}]}));
+        resources.extend(consents);
+        resources.extend(clinical(id));
+    }
+    resources
+}
+
+fn agreement(ods: &str, partner_type: PartnerType) -> Agreement {
+    Agreement {
+        ods: ods.into(),
+        name: "Partner".into(),
+        partner_type,
+        sites: BTreeSet::new(),
+        sections: Section::ALL.into_iter().collect(),
+        roles: RoleSet::Only(["R8000".to_string(), "R0260".to_string()].into()),
+        override_roles: RoleSet::Only(["R8000".to_string()].into()),
+        override_sections: None,
+        expires: None,
+    }
+}
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    api: Api,
+    audit: Arc<RecordingAudit>,
+}
+
+fn harness() -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("replica.db");
+    let mut replica = Replica::create(&path, &KEY).unwrap();
+    let ndjson: String = practice().iter().map(|r| format!("{r}\n")).collect();
+    replica.import_ndjson(ndjson.as_bytes()).unwrap();
+    let audit = Arc::new(RecordingAudit::default());
+    let api = Api {
+        appliance: Appliance {
+            ods: "A81001".into(),
+            name: "The Surgery".into(),
+            asid: ASID.into(),
+            fhir_base: BASE.into(),
+        },
+        replica: Arc::new(ReaderPool::new(path, zeroize::Zeroizing::new(KEY)).unwrap()),
+        audit: audit.clone(),
+        sensitive: Arc::new(SensitiveCodes::shipped().unwrap()),
+        health: Arc::new(|| true),
+    };
+    Harness {
+        _dir: dir,
+        api,
+        audit,
+    }
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn token(edit: impl FnOnce(&mut Value)) -> String {
+    let mut claims = jwt::example_claims(BASE, PARTNER, "R8000", now());
+    edit(&mut claims);
+    jwt::encode_unsigned(&claims)
+}
+
+fn record_body(nhs: &str, sections: &[&str]) -> String {
+    let mut parameters = vec![json!({"name": "patientNHSNumber",
+        "valueIdentifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs}})];
+    for s in sections {
+        parameters.push(match *s {
+            "includeAllergies" => json!({"name": s, "part": [{"name": "includeResolvedAllergies", "valueBoolean": false}]}),
+            _ => json!({"name": s}),
+        });
+    }
+    json!({"resourceType": "Parameters", "parameter": parameters}).to_string()
+}
+
+const ALL_SECTIONS: [&str; 10] = [
+    "includeAllergies",
+    "includeMedication",
+    "includeProblems",
+    "includeImmunisations",
+    "includeConsultations",
+    "includeInvestigations",
+    "includeReferrals",
+    "includeProcedures",
+    "includeEndOfLife",
+    "includeCommunicationPreferences",
+];
+
+fn post_record(body: String, jwt: &str) -> Request<Bytes> {
+    Request::post("/fhir/Patient/$gpc.getstructuredrecord")
+        .header("Ssp-TraceID", TRACE)
+        .header("Ssp-From", "200000000999")
+        .header("Ssp-To", ASID)
+        .header("Ssp-InteractionID", RECORD)
+        .header("Authorization", format!("Bearer {jwt}"))
+        .body(Bytes::from(body))
+        .unwrap()
+}
+
+fn search(nhs_query: &str, jwt: &str) -> Request<Bytes> {
+    Request::get(format!("/fhir/Patient?identifier={nhs_query}"))
+        .header("Ssp-TraceID", TRACE)
+        .header("Ssp-From", "200000000999")
+        .header("Ssp-To", ASID)
+        .header("Ssp-InteractionID", SEARCH)
+        .header("Authorization", format!("Bearer {jwt}"))
+        .body(Bytes::new())
+        .unwrap()
+}
+
+fn partner(agreement: Agreement) -> Caller {
+    Caller {
+        agreement: Some(Arc::new(agreement)),
+        certificate_sha256: "ab".repeat(32),
+    }
+}
+
+fn ambulance() -> Caller {
+    partner(agreement(PARTNER, PartnerType::Ambulance))
+}
+
+async fn send(
+    h: &Harness,
+    caller: &Caller,
+    request: Request<Bytes>,
+) -> (u16, Value, Response<Bytes>) {
+    let response = h.api.handle(caller, request).await;
+    let body: Value = serde_json::from_slice(response.body()).unwrap_or(Value::Null);
+    (response.status().as_u16(), body, response)
+}
+
+fn error_code(body: &Value) -> &str {
+    body["issue"][0]["details"]["coding"][0]["code"]
+        .as_str()
+        .unwrap_or("")
+}
+
+fn resource_ids(bundle: &Value) -> BTreeSet<String> {
+    bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            format!(
+                "{}/{}",
+                e["resource"]["resourceType"].as_str().unwrap(),
+                e["resource"]["id"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+fn list<'a>(bundle: &'a Value, code: &str) -> &'a Value {
+    bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["resource"])
+        .find(|r| r["resourceType"] == "List" && r["code"]["coding"][0]["code"] == code)
+        .unwrap_or_else(|| panic!("no List {code}"))
+}
+
+fn last_event(h: &Harness) -> AccessEvent {
+    h.audit.events.lock().unwrap().last().cloned().unwrap()
+}
+
+#[tokio::test]
+async fn unregistered_certificate_is_refused_and_audited() {
+    let h = harness();
+    let caller = Caller {
+        agreement: None,
+        certificate_sha256: "cd".repeat(32),
+    };
+    let (status, body, _) = send(
+        &h,
+        &caller,
+        post_record(
+            record_body(CORE_AND_ADDITIONAL, &ALL_SECTIONS),
+            &token(|_| {}),
+        ),
+    )
+    .await;
+    assert_eq!((status, error_code(&body)), (403, "ACCESS_DENIED"));
+    let event = last_event(&h);
+    assert!(!event.permitted);
+    assert_eq!(event.certificate_sha256, "cd".repeat(32));
+}
+
+#[tokio::test]
+async fn metadata_needs_no_token_but_a_registered_partner() {
+    let h = harness();
+    let request = || Request::get("/fhir/metadata").body(Bytes::new()).unwrap();
+    let (status, body, response) = send(&h, &ambulance(), request()).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["resourceType"], "CapabilityStatement");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/fhir+json; charset=utf-8"
+    );
+    let (status, _, _) = send(
+        &h,
+        &Caller {
+            agreement: None,
+            certificate_sha256: String::new(),
+        },
+        request(),
+    )
+    .await;
+    assert_eq!(status, 403);
+}
+
+#[tokio::test]
+async fn malformed_requests_get_their_codes() {
+    let h = harness();
+    let good = record_body(CORE_AND_ADDITIONAL, &ALL_SECTIONS);
+    type Edit = Box<dyn Fn(&mut Request<Bytes>)>;
+    let cases: Vec<(Edit, u16, &str)> = vec![
+        (
+            Box::new(|r| {
+                r.headers_mut().remove("Ssp-TraceID");
+            }),
+            400,
+            "BAD_REQUEST",
+        ),
+        (
+            Box::new(|r| {
+                r.headers_mut().insert("Ssp-From", "12".parse().unwrap());
+            }),
+            400,
+            "BAD_REQUEST",
+        ),
+        (
+            Box::new(|r| {
+                r.headers_mut()
+                    .insert("Ssp-To", "200000000999".parse().unwrap());
+            }),
+            403,
+            "ACCESS_DENIED",
+        ),
+        (
+            Box::new(|r| {
+                r.headers_mut()
+                    .insert("Ssp-InteractionID", SEARCH.parse().unwrap());
+            }),
+            400,
+            "BAD_REQUEST",
+        ),
+        (
+            Box::new(|r| {
+                r.headers_mut().remove("Authorization");
+            }),
+            400,
+            "BAD_REQUEST",
+        ),
+        (
+            Box::new(|r| {
+                r.headers_mut().insert(
+                    "Authorization",
+                    format!(
+                        "Bearer {}",
+                        token(|c| c["aud"] = json!("https://other/fhir"))
+                    )
+                    .parse()
+                    .unwrap(),
+                );
+            }),
+            400,
+            "BAD_REQUEST",
+        ),
+        (
+            Box::new(|r| {
+                r.headers_mut().insert(
+                    "Authorization",
+                    format!(
+                        "Bearer {}",
+                        token(|c| {
+                            c["iat"] = json!(now() - 1000);
+                            c["exp"] = json!(now() - 800);
+                        })
+                    )
+                    .parse()
+                    .unwrap(),
+                );
+            }),
+            400,
+            "BAD_REQUEST",
+        ),
+        (
+            Box::new(|r| *r.body_mut() = Bytes::from(record_body("9990000019", &[]))),
+            400,
+            "INVALID_NHS_NUMBER",
+        ),
+        (
+            Box::new(|r| {
+                *r.body_mut() = Bytes::from(
+                    record_body(CORE_AND_ADDITIONAL, &[])
+                        .replace("https://fhir.nhs.uk/Id/nhs-number", "urn:example:mrn"),
+                )
+            }),
+            400,
+            "INVALID_IDENTIFIER_SYSTEM",
+        ),
+        (
+            Box::new(|r| {
+                *r.body_mut() =
+                    Bytes::from(record_body(CORE_AND_ADDITIONAL, &["includeEverything"]))
+            }),
+            422,
+            "INVALID_PARAMETER",
+        ),
+        (
+            Box::new(|r| *r.body_mut() = Bytes::from_static(b"<Parameters/>")),
+            400,
+            "BAD_REQUEST",
+        ),
+    ];
+    for (index, (edit, status, code)) in cases.into_iter().enumerate() {
+        let mut request = post_record(good.clone(), &token(|_| {}));
+        edit(&mut request);
+        let (got, body, response) = send(&h, &ambulance(), request).await;
+        assert_eq!((got, error_code(&body)), (status, code), "case {index}");
+        assert_eq!(body["resourceType"], "OperationOutcome");
+        assert!(
+            !body.to_string().contains("JWT:"),
+            "internal detail leaked in case {index}"
+        );
+        if index > 0 {
+            assert_eq!(response.headers()["ssp-traceid"], TRACE, "case {index}");
+        }
+        assert_eq!(last_event(&h).error_code.map(|c| c.code()), Some(code));
+    }
+}
+
+#[tokio::test]
+async fn organisation_role_and_expiry_are_checked_against_the_agreement() {
+    let h = harness();
+    let body = || record_body(CORE_AND_ADDITIONAL, &ALL_SECTIONS);
+    let (status, b, _) = send(
+        &h,
+        &ambulance(),
+        post_record(
+            body(),
+            &token(|c| c["requesting_organization"]["identifier"][0]["value"] = json!("RYZ")),
+        ),
+    )
+    .await;
+    assert_eq!((status, error_code(&b)), (403, "ACCESS_DENIED"));
+    let (status, b, _) = send(
+        &h,
+        &ambulance(),
+        post_record(
+            body(),
+            &token(|c| {
+                c["requesting_practitioner"]["practitionerRole"][0]["role"]["coding"][0]["code"] =
+                    json!("R9999")
+            }),
+        ),
+    )
+    .await;
+    assert_eq!((status, error_code(&b)), (403, "ACCESS_DENIED"));
+    let mut expired = agreement(PARTNER, PartnerType::Ambulance);
+    expired.expires = Some(time::macros::date!(2020 - 01 - 01));
+    let (status, b, _) = send(&h, &partner(expired), post_record(body(), &token(|_| {}))).await;
+    assert_eq!((status, error_code(&b)), (403, "ACCESS_DENIED"));
+    assert!(last_event(&h).refusal_reason.unwrap().contains("expired"));
+}
+
+#[tokio::test]
+async fn unknown_patient_is_not_found_but_an_empty_search() {
+    let h = harness();
+    let (status, body, _) = send(
+        &h,
+        &ambulance(),
+        post_record(record_body(NOT_REGISTERED, &ALL_SECTIONS), &token(|_| {})),
+    )
+    .await;
+    assert_eq!((status, error_code(&body)), (404, "PATIENT_NOT_FOUND"));
+    let query = format!("https://fhir.nhs.uk/Id/nhs-number%7C{NOT_REGISTERED}");
+    let (status, body, _) = send(&h, &ambulance(), search(&query, &token(|_| {}))).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (body["type"].as_str(), body["total"].as_u64()),
+        (Some("searchset"), Some(0))
+    );
+}
+
+#[tokio::test]
+async fn patient_search_returns_demographics_only() {
+    let h = harness();
+    let query = format!("https://fhir.nhs.uk/Id/nhs-number|{CORE_AND_ADDITIONAL}");
+    let (status, body, _) = send(&h, &ambulance(), search(&query, &token(|_| {}))).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["total"], 1);
+    let patient = &body["entry"][0]["resource"];
+    assert_eq!(patient["resourceType"], "Patient");
+    assert!(
+        patient.get("generalPractitioner").is_none(),
+        "dangling reference kept"
+    );
+    let (status, body, _) = send(
+        &h,
+        &ambulance(),
+        search("urn:example:mrn|123", &token(|_| {})),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (400, "INVALID_IDENTIFIER_SYSTEM")
+    );
+    let (status, body, _) = send(
+        &h,
+        &ambulance(),
+        search(
+            &format!("https://fhir.nhs.uk/Id/nhs-number|{DISSENT}"),
+            &token(|_| {}),
+        ),
+    )
+    .await;
+    assert_eq!((status, error_code(&body)), (403, "NO_PATIENT_CONSENT"));
+}
+
+#[tokio::test]
+async fn dissent_beats_every_permission_including_override() {
+    let h = harness();
+    for permission in [json!("granted"), json!("override"), Value::Null] {
+        let jwt = token(|c| {
+            c["permission_to_view"] = permission.clone();
+            c["override_reason"] = json!("emergency");
+            c["override_justification"] = json!("Unconscious patient, allergy status needed");
+        });
+        let (status, body, _) = send(
+            &h,
+            &ambulance(),
+            post_record(record_body(DISSENT, &ALL_SECTIONS), &jwt),
+        )
+        .await;
+        assert_eq!(
+            (status, error_code(&body)),
+            (403, "NO_PATIENT_CONSENT"),
+            "{permission}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn without_permission_only_a_standing_consent_admits() {
+    let h = harness();
+    let jwt = |ods: &'static str| {
+        token(move |c| {
+            c.as_object_mut().unwrap().remove("permission_to_view");
+            c["requesting_organization"]["identifier"][0]["value"] = json!(ods);
+        })
+    };
+    let (status, body, _) = send(
+        &h,
+        &ambulance(),
+        post_record(record_body(STANDING, &["includeMedication"]), &jwt(PARTNER)),
+    )
+    .await;
+    assert_eq!((status, error_code(&body)), (403, "NO_PATIENT_CONSENT"));
+
+    let carer = partner(agreement(CARER_ORG, PartnerType::SocialCare));
+    let (status, body, _) = send(
+        &h,
+        &carer,
+        post_record(
+            record_body(STANDING, &["includeMedication"]),
+            &jwt(CARER_ORG),
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(last_event(&h).basis.as_deref(), Some("standing-consent"));
+    let (status, _, _) = send(
+        &h,
+        &carer,
+        post_record(
+            record_body(CORE_AND_ADDITIONAL, &["includeMedication"]),
+            &jwt(CARER_ORG),
+        ),
+    )
+    .await;
+    assert_eq!(
+        status, 403,
+        "a standing consent is for its own patient only"
+    );
+}
+
+#[tokio::test]
+async fn core_tier_releases_only_core_sections() {
+    let h = harness();
+    let (status, bundle, _) = send(
+        &h,
+        &ambulance(),
+        post_record(record_body(CORE_ONLY, &ALL_SECTIONS), &token(|_| {})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let ids = resource_ids(&bundle);
+    assert!(ids.contains("AllergyIntolerance/p-core-allergy"));
+    assert!(ids.contains("MedicationStatement/p-core-statin"));
+    assert!(ids.contains("Medication/atorvastatin"));
+    assert!(!ids
+        .iter()
+        .any(|id| id.starts_with("Condition/") || id.starts_with("Immunization/")));
+    let problems = list(&bundle, "717711000000103");
+    assert_eq!(problems["emptyReason"]["coding"][0]["code"], "withheld");
+    assert_eq!(problems["extension"][0]["valueCode"], "confidential-items");
+    assert_eq!(
+        problems["note"][0]["text"],
+        "Items excluded due to confidentiality and/or patient preferences."
+    );
+    assert_eq!(
+        last_event(&h).sections,
+        [Section::Allergies, Section::Medications]
+    );
+}
+
+#[tokio::test]
+async fn sensitive_and_confidential_items_never_leave_without_consent() {
+    let h = harness();
+    let (status, bundle, _) = send(
+        &h,
+        &ambulance(),
+        post_record(
+            record_body(CORE_AND_ADDITIONAL, &ALL_SECTIONS),
+            &token(|_| {}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let ids = resource_ids(&bundle);
+    assert!(ids.contains("Condition/p-full-asthma"));
+    assert!(ids.contains("CarePlan/p-full-eol") && ids.contains("Flag/p-full-bsl"));
+    let text = bundle.to_string();
+    for withheld in [
+        "p-full-chlamydia",
+        "p-full-azithromycin",
+        "p-full-top",
+        "p-full-confidential",
+        "azithromycin",
+        "Consent",
+    ] {
+        assert!(!text.contains(withheld), "{withheld} leaked");
+    }
+    assert_eq!(
+        list(&bundle, "717711000000103")["extension"][0]["valueCode"],
+        "confidential-items"
+    );
+    assert!(list(&bundle, "717711000000103")
+        .get("emptyReason")
+        .is_none());
+    assert!(
+        list(&bundle, "1102181000000102").get("extension").is_none(),
+        "immunisations lost nothing"
+    );
+    assert!(!text.contains("\"total\""));
+    // Request filters: resolved allergies and old medication are left out when not asked for.
+    assert!(!ids.contains("AllergyIntolerance/p-full-old-allergy"));
+}
+
+#[tokio::test]
+async fn specific_consent_releases_its_category_only() {
+    let h = harness();
+    let (status, bundle, _) = send(
+        &h,
+        &ambulance(),
+        post_record(record_body(STI_CONSENT, &ALL_SECTIONS), &token(|_| {})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let ids = resource_ids(&bundle);
+    assert!(ids.contains("Condition/p-sti-chlamydia"));
+    assert!(ids.contains("MedicationRequest/p-sti-azithromycin"));
+    assert!(!ids.contains("Procedure/p-sti-top"));
+    assert!(!ids.contains("Condition/p-sti-confidential"));
+}
+
+#[tokio::test]
+async fn override_is_limited_audited_and_alerts() {
+    let h = harness();
+    let jwt = |role: &'static str, justification: &'static str| {
+        token(move |c| {
+            c["permission_to_view"] = json!("override");
+            c["override_reason"] = json!("emergency");
+            c["override_justification"] = json!(justification);
+            c["requesting_practitioner"]["practitionerRole"][0]["role"]["coding"][0]["code"] =
+                json!(role);
+        })
+    };
+    let (status, bundle, _) = send(
+        &h,
+        &ambulance(),
+        post_record(
+            record_body(CORE_AND_ADDITIONAL, &ALL_SECTIONS),
+            &jwt("R8000", "Patient unconscious at scene"),
+        ),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let ids = resource_ids(&bundle);
+    assert!(
+        ids.contains("MedicationStatement/p-full-statin") && ids.contains("CarePlan/p-full-eol")
+    );
+    assert!(
+        !ids.iter().any(|id| id.starts_with("Condition/")),
+        "problems are not override sections"
+    );
+    let event = last_event(&h);
+    assert!(event.alert && event.permitted);
+    assert_eq!(event.basis.as_deref(), Some("override"));
+    assert_eq!(event.override_reason.as_deref(), Some("emergency"));
+    assert_eq!(
+        event.override_justification.as_deref(),
+        Some("Patient unconscious at scene")
+    );
+
+    let (status, body, _) = send(
+        &h,
+        &ambulance(),
+        post_record(
+            record_body(CORE_AND_ADDITIONAL, &ALL_SECTIONS),
+            &jwt("R0260", "Patient unconscious at scene"),
+        ),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (403, "ACCESS_DENIED"),
+        "role may not override"
+    );
+    let (status, body, _) = send(
+        &h,
+        &ambulance(),
+        post_record(
+            record_body(CORE_AND_ADDITIONAL, &ALL_SECTIONS),
+            &jwt("R8000", "urgent"),
+        ),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (403, "ACCESS_DENIED"),
+        "justification too short"
+    );
+    assert!(!last_event(&h).alert);
+}
+
+#[tokio::test]
+async fn nothing_is_released_when_the_audit_cannot_be_written() {
+    let h = harness();
+    h.audit.broken.store(true, Ordering::SeqCst);
+    let (status, body, _) = send(
+        &h,
+        &ambulance(),
+        post_record(
+            record_body(CORE_AND_ADDITIONAL, &ALL_SECTIONS),
+            &token(|_| {}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 503);
+    assert!(
+        !body.to_string().contains("p-full"),
+        "record data released without audit"
+    );
+}
+
+#[tokio::test]
+async fn medication_search_date_and_resolved_allergies_filter() {
+    let h = harness();
+    let body = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "patientNHSNumber", "valueIdentifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": CORE_AND_ADDITIONAL}},
+        {"name": "includeAllergies", "part": [{"name": "includeResolvedAllergies", "valueBoolean": true}]},
+        {"name": "includeMedication", "part": [{"name": "medicationSearchFromDate", "valueDate": "2020-01-01"}]}]});
+    let (status, bundle, _) = send(
+        &h,
+        &ambulance(),
+        post_record(body.to_string(), &token(|_| {})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let ids = resource_ids(&bundle);
+    assert!(ids.contains("AllergyIntolerance/p-full-old-allergy"));
+    assert!(ids.contains("MedicationStatement/p-full-statin"));
+    assert!(!ids.contains("MedicationStatement/p-full-old-med"));
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_are_refused() {
+    let h = harness();
+    let (status, _, _) = send(
+        &h,
+        &ambulance(),
+        Request::get("/fhir/Observation")
+            .body(Bytes::new())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _, _) = send(
+        &h,
+        &ambulance(),
+        Request::delete("/fhir/Patient").body(Bytes::new()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, 405);
+    let (status, _, response) = send(
+        &h,
+        &ambulance(),
+        Request::get("/healthz").body(Bytes::new()).unwrap(),
+    )
+    .await;
+    assert_eq!((status, &response.body()[..]), (200, &b"ok"[..]));
+}
