@@ -1,0 +1,211 @@
+//! The project's load generator: N keep-alive mTLS connections sending one request template as
+//! fast as answers come back, for a fixed time; reports rate and latency percentiles. Used by
+//! the benchmarks against migd and, with the same bytes, against nginx.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+/// The request every connection repeats.
+#[derive(Debug, Clone)]
+pub struct RequestTemplate {
+    pub method: http::Method,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+/// A client identity and the server to trust.
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    pub server_name: String,
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// What one run measured.
+#[derive(Debug, Clone, Default)]
+pub struct LoadReport {
+    pub requests: u64,
+    pub errors: u64,
+    pub non_2xx: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl LoadReport {
+    pub fn rate(&self) -> f64 {
+        self.requests as f64 / self.seconds.max(f64::EPSILON)
+    }
+}
+
+impl std::fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.0} req/s ({} requests, {} non-2xx, {} errors in {:.1} s), p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, {:.1} KB/response",
+            self.rate(),
+            self.requests,
+            self.non_2xx,
+            self.errors,
+            self.seconds,
+            self.p50_ms,
+            self.p99_ms,
+            self.max_ms,
+            self.bytes as f64 / self.requests.max(1) as f64 / 1024.0
+        )
+    }
+}
+
+/// Builds a rustls client config presenting the client certificate.
+pub fn client_config(tls: &ClientTls) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(tls.ca_pem.as_bytes()) {
+        roots
+            .add(cert.map_err(|e| format!("CA PEM: {e}"))?)
+            .map_err(|e| format!("CA: {e}"))?;
+    }
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(tls.cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("client cert PEM: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(tls.key_pem.as_bytes()).map_err(|e| format!("client key PEM: {e}"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| format!("client identity: {e}"))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Runs `connections` keep-alive HTTP/1.1 connections for `duration`.
+pub async fn run(
+    addr: SocketAddr,
+    tls: &ClientTls,
+    request: &RequestTemplate,
+    connections: usize,
+    duration: Duration,
+) -> Result<LoadReport, String> {
+    let config = client_config(tls)?;
+    let server_name = ServerName::try_from(tls.server_name.clone()).map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let config = config.clone();
+        let server_name = server_name.clone();
+        let request = request.clone();
+        tasks.push(tokio::spawn(async move { connection(addr, config, server_name, request, deadline).await }));
+    }
+    let mut report = LoadReport::default();
+    let mut latencies: Vec<u32> = Vec::new();
+    for task in tasks {
+        let (stats, lat) = task.await.map_err(|e| e.to_string())?;
+        report.requests += stats.requests;
+        report.errors += stats.errors;
+        report.non_2xx += stats.non_2xx;
+        report.bytes += stats.bytes;
+        latencies.extend(lat);
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let percentile = |p: f64| -> f64 {
+        if latencies.is_empty() {
+            return 0.0;
+        }
+        let index = ((latencies.len() as f64 - 1.0) * p).round() as usize;
+        latencies[index.min(latencies.len() - 1)] as f64 / 1000.0
+    };
+    report.p50_ms = percentile(0.50);
+    report.p99_ms = percentile(0.99);
+    report.max_ms = percentile(1.0);
+    Ok(report)
+}
+
+#[derive(Default)]
+struct ConnectionStats {
+    requests: u64,
+    errors: u64,
+    non_2xx: u64,
+    bytes: u64,
+}
+
+async fn connection(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    server_name: ServerName<'static>,
+    template: RequestTemplate,
+    deadline: Instant,
+) -> (ConnectionStats, Vec<u32>) {
+    let mut stats = ConnectionStats::default();
+    let mut latencies = Vec::new();
+    while Instant::now() < deadline {
+        let connector = tokio_rustls::TlsConnector::from(config.clone());
+        let stream = match tokio::net::TcpStream::connect(addr).await {
+            Ok(tcp) => {
+                let _ = tcp.set_nodelay(true);
+                connector.connect(server_name.clone(), tcp).await
+            }
+            Err(e) => Err(e),
+        };
+        let Ok(stream) = stream else {
+            stats.errors += 1;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(io).await else {
+            stats.errors += 1;
+            continue;
+        };
+        tokio::spawn(conn);
+        while Instant::now() < deadline {
+            let mut builder = http::Request::builder()
+                .method(template.method.clone())
+                .uri(&template.path)
+                .header("host", server_name.to_str().as_ref());
+            for (name, value) in &template.headers {
+                builder = builder.header(name, value);
+            }
+            let Ok(request) = builder.body(Full::new(template.body.clone())) else {
+                stats.errors += 1;
+                return (stats, latencies);
+            };
+            let sent = Instant::now();
+            let response = match sender.send_request(request).await {
+                Ok(response) => response,
+                Err(_) => {
+                    stats.errors += 1;
+                    break;
+                }
+            };
+            let status = response.status();
+            match response.into_body().collect().await {
+                Ok(body) => {
+                    latencies.push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                    stats.requests += 1;
+                    stats.bytes += body.to_bytes().len() as u64;
+                    if !status.is_success() {
+                        stats.non_2xx += 1;
+                    }
+                }
+                Err(_) => {
+                    stats.errors += 1;
+                    break;
+                }
+            }
+        }
+    }
+    (stats, latencies)
+}
