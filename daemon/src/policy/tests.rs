@@ -1043,7 +1043,12 @@ fn type1_opt_out_is_read_from_consent_and_observation_and_does_not_affect_direct
     erroneous.status = Some("entered-in-error".into());
     assert!(!type1_opt_out_in_items(&[erroneous]));
 
+    let by_observation = patient(vec![], vec![observation.clone()]);
+    assert!(by_observation.type1_opt_out());
+    assert!(!patient(vec![], vec![item("Condition", "c1")]).type1_opt_out());
+
     let patient = patient(consents, vec![observation, item("Condition", "c1")]);
+    assert!(patient.type1_opt_out());
     let release = release(decide_for(&granted(), &patient));
     assert_eq!(release.released_items, [0, 1]);
 }
@@ -1083,4 +1088,55 @@ fn error_codes_have_spec_names_and_statuses() {
         assert_eq!(ErrorCode::from_code(name), Some(code));
         assert_eq!(serde_json::to_string(&code).unwrap(), format!("\"{name}\""));
     }
+}
+
+/// Cost of one decision for a typical patient (~150 resources). Ignored by default; run with
+/// `cargo test -p mig --lib policy::tests::decision_cost -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn decision_cost_for_a_typical_patient() {
+    let types = [
+        "AllergyIntolerance",
+        "MedicationRequest",
+        "MedicationStatement",
+        "Condition",
+        "Observation",
+        "Observation",
+        "Observation",
+        "Encounter",
+        "Immunization",
+        "Procedure",
+    ];
+    let mut items = Vec::new();
+    for i in 0..150 {
+        let resource_type = types[i % types.len()];
+        let mut facts = coded(
+            item(resource_type, &format!("i{i}")),
+            SNOMED,
+            if i % 37 == 0 { CHLAMYDIA } else { "22298006" },
+        );
+        facts.references = vec![format!("Encounter/i{}", 7 + (i / 10) * 10)];
+        items.push(facts);
+    }
+    let mut consents = vec![tier("core-and-additional", now() - DAY)];
+    consents.push(specific(SensitiveCategory::Gender, true, now() - DAY));
+    let patient = patient(consents, items);
+    let codes = sensitive();
+    let agreement = agreement();
+    let request = granted();
+    let rounds = 2_000;
+    let started = std::time::Instant::now();
+    let mut released_count = 0;
+    for _ in 0..rounds {
+        if let Decision::Permitted(release) =
+            decide(Some(&agreement), &request, Some(&patient), &codes)
+        {
+            released_count += release.released_items.len();
+        }
+    }
+    let per = started.elapsed() / rounds;
+    eprintln!(
+        "decide: {per:?} per decision, {} items released of 150",
+        released_count / rounds as usize
+    );
 }
