@@ -5,7 +5,8 @@ use std::collections::{BTreeSet, HashMap};
 
 use super::{
     preferences, AccessRequest, Agreement, Basis, Decision, ErrorCode, PatientData, Permission,
-    Preferences, Refusal, Release, SensitiveCodes, SharingPreference, JUSTIFICATION_CHARS,
+    Preferences, Refusal, Release, SensitiveCategory, SensitiveCodes, SharingPreference,
+    JUSTIFICATION_CHARS,
 };
 use crate::fhir::{ItemFacts, Section, Tier, CONFIDENTIALITY_SYSTEM};
 
@@ -199,12 +200,18 @@ pub fn withheld_items(
         .iter()
         .map(|item| {
             is_practice_confidential(item)
-                || sensitive
-                    .categories_of(item)
-                    .iter()
-                    .any(|c| !preferences.specific_consents.contains(c))
+                || SensitiveCategory::ALL.into_iter().any(|category| {
+                    !preferences.specific_consents.contains(&category)
+                        && sensitive.is_in(item, category)
+                })
         })
         .collect();
+
+    if !withheld.iter().any(|&w| w) {
+        // The common case: nothing to spread, so skip building the reference graph.
+        withheld.truncate(patient.items.len());
+        return withheld;
+    }
 
     // Reverse edges: for each node, the nodes that reference it.
     let mut by_reference: HashMap<String, Vec<usize>> = HashMap::new();

@@ -20,9 +20,15 @@
 //!   they reference, then spread to every referrer, transitively.
 //! - Sensitive concept lists match codings in system `http://snomed.info/sct` only, by exact
 //!   concept id (no subsumption: the lists must hold every concept meant).
-//! - A Patient search asks with no sections: the decision is the same, only nothing is listed.
+//! - A Patient search asks with no sections: the decision is the same, only nothing is listed
+//!   (the API turns PATIENT_NOT_FOUND into an empty searchset there, as SPEC §3 says).
+//! - Only `meta.security` codings in the v3 Confidentiality system count as `R`/`V`.
+//! - `decide` withholds referrers of *withheld* items only (SPEC §5 step 8). A released item may
+//!   still reference an item that is merely outside the released sections (a MedicationRequest
+//!   whose Condition is in an unrequested or tier-denied section): the API must not emit such
+//!   references (SPEC §4: no dangling references).
 //!
-//! Preference rules are in [`preferences`](crate::policy::preferences()) 's module docs.
+//! Preference rules (newest wins, ties, periods, Type 1) are in `preferences.rs`'s header.
 
 mod agreement;
 mod decide;

@@ -162,12 +162,7 @@ pub fn preferences(consents: &[ConsentFacts], now: i64) -> Preferences {
         })
         .collect();
 
-    let type1_opt_out = consents.iter().any(|c| {
-        c.active
-            && c.categories
-                .iter()
-                .any(|k| k.is(SNOMED, TYPE1_OPT_OUT_CODE))
-    });
+    let type1_opt_out = consents.iter().any(is_type1_opt_out);
 
     Preferences {
         sharing,
@@ -176,6 +171,15 @@ pub fn preferences(consents: &[ConsentFacts], now: i64) -> Preferences {
         standing_consents,
         type1_opt_out,
     }
+}
+
+/// Whether a Consent records a Type 1 opt-out.
+pub(super) fn is_type1_opt_out(consent: &ConsentFacts) -> bool {
+    consent.active
+        && consent
+            .categories
+            .iter()
+            .any(|k| k.is(SNOMED, TYPE1_OPT_OUT_CODE))
 }
 
 /// Whether any Observation among a patient's items records a Type 1 opt-out (one marked

@@ -53,6 +53,16 @@ pub enum Permission {
     },
 }
 
+impl Permission {
+    /// The `permission_to_view` claim value.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Permission::Granted => "granted",
+            Permission::Override { .. } => "override",
+        }
+    }
+}
+
 /// Bounds on `override_justification`, in characters, after trimming surrounding whitespace.
 pub const JUSTIFICATION_CHARS: std::ops::RangeInclusive<usize> = 10..=500;
 
@@ -95,6 +105,16 @@ impl PatientData {
             items,
             shared,
         }
+    }
+
+    /// Whether the patient has a Type 1 opt-out, by Consent or by Observation (for statistical
+    /// extracts; it does not affect direct care).
+    pub fn type1_opt_out(&self) -> bool {
+        super::type1_opt_out_in_items(&self.items)
+            || self
+                .consents
+                .iter()
+                .any(super::preferences::is_type1_opt_out)
     }
 }
 
@@ -218,7 +238,7 @@ pub struct Refusal {
 pub enum Basis {
     /// `permission_to_view` `granted`.
     Granted,
-    /// No `permission_to_view`; a standing consent for this ODS code (as recorded) is in force.
+    /// No `permission_to_view`; a standing consent for this ODS code (upper-cased) is in force.
     StandingConsent { ods: String },
     /// A permitted override; `justification` is trimmed.
     Override {

@@ -161,13 +161,16 @@ impl SensitiveCodes {
     pub fn categories_of(&self, item: &ItemFacts) -> BTreeSet<SensitiveCategory> {
         SensitiveCategory::ALL
             .into_iter()
-            .filter(|&category| {
-                item.security
-                    .iter()
-                    .any(|label| label.is(SNOMED, category.refset_id()))
-                    || item.codes.iter().any(|code| self.contains(category, code))
-            })
+            .filter(|&category| self.is_in(item, category))
             .collect()
+    }
+
+    /// Whether an item is in one category.
+    pub fn is_in(&self, item: &ItemFacts, category: SensitiveCategory) -> bool {
+        item.security
+            .iter()
+            .any(|label| label.is(SNOMED, category.refset_id()))
+            || item.codes.iter().any(|code| self.contains(category, code))
     }
 }
 
