@@ -370,7 +370,7 @@ mod tests {
                 "permission_to_view",
             ),
             (
-                Box::new(|c| c["override_reason"] = json!("curiosity")),
+                Box::new(|c| c["override_reason"] = json!(3)),
                 "override_reason",
             ),
             (

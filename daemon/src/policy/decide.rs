@@ -209,7 +209,6 @@ pub fn withheld_items(
 
     if !withheld.iter().any(|&w| w) {
         // The common case: nothing to spread, so skip building the reference graph.
-        withheld.truncate(patient.items.len());
         return withheld;
     }
 
