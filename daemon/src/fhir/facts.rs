@@ -400,7 +400,18 @@ fn consent_facts(object: &serde_json::Map<String, Value>) -> Result<ConsentFacts
             period.and_then(|p| p.get("start")),
             "provision.period.start",
         )?,
-        period_end: date(period.and_then(|p| p.get("end")), "provision.period.end")?,
+        // A date-only end means the whole of that day.
+        period_end: date(period.and_then(|p| p.get("end")), "provision.period.end")?.map(|end| {
+            let date_only = period
+                .and_then(|p| p.get("end"))
+                .and_then(Value::as_str)
+                .is_some_and(|t| t.len() <= 10);
+            if date_only {
+                end + 86_399
+            } else {
+                end
+            }
+        }),
     })
 }
 
@@ -508,6 +519,10 @@ mod tests {
             facts.patient,
             Some(PatientRef::NhsNumber("9434765919".into()))
         );
-        assert!(consent.period_end > consent.period_start);
+        assert_eq!(
+            consent.period_end,
+            parse_fhir_date_time("2025-01-01T23:59:59Z"),
+            "a date-only end covers its whole day"
+        );
     }
 }
