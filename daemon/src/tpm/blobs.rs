@@ -262,9 +262,8 @@ pub(crate) fn read(
             .find(|o| manifest.public_sha256.get(o.name()) == Some(&digest));
         let reason = match holder {
             Some(other) => format!(
-                "it holds the {} key's public part: {} and {} were swapped",
+                "it is the {} key's public part ({}): the files were swapped or copied over",
                 other.name(),
-                object.public_file(),
                 other.public_file()
             ),
             None => "it does not match the key recorded at provisioning (altered or replaced)"
