@@ -33,6 +33,9 @@ fn edit(state: &Path, name: &str, change: impl FnOnce(&mut Vec<u8>)) {
     std::fs::write(&path, bytes).unwrap();
 }
 
+/// How a case damages its copy of the state directory.
+type Damage = Box<dyn Fn(&Path)>;
+
 /// Asserts a one-line error of the expected kind that names `file`.
 fn assert_names(error: &TpmError, file: &str, also: &str) {
     let text = error.to_string();
@@ -55,7 +58,7 @@ fn damaged_missing_and_swapped_key_files_are_named() {
     let tpm = Tpm::connect(&swtpm.settings(&[16])).unwrap();
     tpm.provision(good.path()).unwrap();
 
-    let cases: Vec<(&str, Box<dyn Fn(&Path)>, &str, &str)> = vec![
+    let cases: Vec<(&str, Damage, &str, &str)> = vec![
         (
             "public part altered",
             Box::new(|s| edit(s, "tls.pub", |b| b[20] ^= 1)),
