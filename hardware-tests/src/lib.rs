@@ -231,7 +231,7 @@ fn tpm_io(e: tss_esapi::Error) -> io::Error {
 }
 
 /// A port P with P+1 also free (swtpm's control channel), chosen by the kernel.
-fn free_port_pair() -> io::Result<u16> {
+pub fn free_port_pair() -> io::Result<u16> {
     for _ in 0..50 {
         let data = TcpListener::bind("127.0.0.1:0")?;
         let port = data.local_addr()?.port();

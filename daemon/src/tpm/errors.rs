@@ -104,6 +104,9 @@ pub enum TpmError {
         /// What tpm2-tss or the TPM reported.
         source: tss_esapi::Error,
     },
+    /// The TPM service thread could not be started.
+    #[error("cannot start the TPM service thread: {0}; the system is short of memory or threads, restart migd")]
+    Thread(#[source] std::io::Error),
     /// The TPM service thread is gone, so no request can be served.
     #[error("the TPM service thread has stopped; restart migd")]
     ServiceStopped,

@@ -115,11 +115,7 @@ impl Tpm {
         let thread = std::thread::Builder::new()
             .name("mig-tpm".into())
             .spawn(move || serve(conf, tcti, pcrs, owner_auth, receiver, ready_tx))
-            .map_err(|source| TpmError::Io {
-                operation: "start the TPM thread for",
-                path: "mig-tpm".into(),
-                source,
-            })?;
+            .map_err(TpmError::Thread)?;
         let outcome = ready_rx.recv().unwrap_or(Err(TpmError::ServiceStopped));
         let guard = Arc::new(ThreadGuard {
             thread: Some(thread),

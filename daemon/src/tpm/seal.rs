@@ -2,8 +2,8 @@
 //! from config) at provisioning, and unsealed once per start through a policy session.
 //!
 //! Validates: the PCRs now equal those at sealing (the TPM enforces it; we only name the PCR that
-//! moved). The unseal session is salted with the storage primary and encrypts its response, so
-//! the key does not cross the TPM bus in clear.
+//! moved). Sessions that carry the key (GetRandom, Create, Unseal) are salted with the storage
+//! primary and encrypt it, so the key never crosses the TPM bus in clear.
 
 use std::collections::BTreeMap;
 
@@ -136,13 +136,68 @@ fn policy_digest(context: &mut Context, pcrs: &[u8]) -> Result<Digest, TpmError>
 
 /// Creates the sealed replica key under `primary`: 32 bytes from TPM2_GetRandom, sealed to the
 /// current values of `pcrs`. Returns the blobs; the secret itself never leaves this function.
+/// Both commands run in a session salted with the primary that encrypts the secret on the bus.
 pub(crate) fn create(
     context: &mut Context,
     primary: KeyHandle,
     pcrs: &[u8],
 ) -> Result<(Public, Private), TpmError> {
+    let policy = policy_digest(context, pcrs)?;
+    let session = start_salted_hmac_session(context, primary)?;
+    let result = create_in_session(context, primary, session, policy);
+    flush_session(context, session);
+    result
+}
+
+/// A HMAC session salted with `salt_key` (ECDH), so its key is unknown to a bus observer.
+fn start_salted_hmac_session(
+    context: &mut Context,
+    salt_key: KeyHandle,
+) -> Result<AuthSession, TpmError> {
+    context
+        .start_auth_session(
+            Some(salt_key),
+            None,
+            None,
+            SessionType::Hmac,
+            SymmetricDefinition::AES_128_CFB,
+            HashingAlgorithm::Sha256,
+        )
+        .map_err(tpm_err("start an encrypted session"))?
+        .ok_or_else(|| {
+            TpmError::tpm(
+                "start an encrypted session",
+                tss_esapi::Error::WrapperError(tss_esapi::WrapperErrorKind::WrongValueFromTpm),
+            )
+        })
+}
+
+/// Sets which direction a session encrypts: the first parameter of the response (`encrypt`)
+/// and/or of the command (`decrypt`); the TPM refuses decrypt on a command without one.
+fn set_encryption(
+    context: &mut Context,
+    session: AuthSession,
+    encrypt: bool,
+    decrypt: bool,
+) -> Result<(), TpmError> {
+    let (attributes, mask) = SessionAttributesBuilder::new()
+        .with_encrypt(encrypt)
+        .with_decrypt(decrypt)
+        .build();
+    context
+        .tr_sess_set_attributes(session, attributes, mask)
+        .map_err(tpm_err("set session attributes"))
+}
+
+fn create_in_session(
+    context: &mut Context,
+    primary: KeyHandle,
+    session: AuthSession,
+    policy: Digest,
+) -> Result<(Public, Private), TpmError> {
+    set_encryption(context, session, true, false)?;
     let secret = context
-        .get_random(REPLICA_KEY_LEN)
+        .execute_with_session(Some(session), |ctx| ctx.get_random(REPLICA_KEY_LEN))
         .map_err(tpm_err("get random bytes for the replica key"))?;
     if secret.value().len() != REPLICA_KEY_LEN {
         return Err(TpmError::tpm(
@@ -152,7 +207,6 @@ pub(crate) fn create(
     }
     let sensitive =
         SensitiveData::try_from(secret.value()).map_err(tpm_err("seal the replica key"))?;
-    let policy = policy_digest(context, pcrs)?;
     let attributes = ObjectAttributesBuilder::new()
         .with_fixed_tpm(true)
         .with_fixed_parent(true)
@@ -171,8 +225,10 @@ pub(crate) fn create(
         .with_keyed_hash_unique_identifier(Digest::default())
         .build()
         .map_err(tpm_err("build the sealed object template"))?;
+    set_encryption(context, session, false, true)?;
+    // The salted session also authorizes the primary (its auth value is empty).
     let created = context
-        .execute_with_session(Some(AuthSession::Password), |ctx| {
+        .execute_with_session(Some(session), |ctx| {
             ctx.create(primary, public, None, Some(sensitive), None, None)
         })
         .map_err(tpm_err("seal the replica key"))?;

@@ -177,7 +177,13 @@ impl Service {
         };
         let tls_spki = spki_of(&tls_blob)?;
         let audit_spki = spki_of(&audit_blob)?;
-        if manifest.pcrs != self.pcrs {
+        // Order does not matter to the TPM (a selection is a bitmap).
+        let sorted = |pcrs: &[u8]| {
+            let mut pcrs = pcrs.to_vec();
+            pcrs.sort_unstable();
+            pcrs
+        };
+        if sorted(&manifest.pcrs) != sorted(&self.pcrs) {
             return Err(TpmError::PcrSelectionChanged {
                 sealed: manifest.pcrs,
                 configured: self.pcrs.clone(),
