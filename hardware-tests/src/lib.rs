@@ -2,8 +2,16 @@
 //! or the TPM named by `MIG_TEST_TCTI` (e.g. `device:/dev/tpmrm0`) when that is set.
 //!
 //! Also small TPM manipulations tests need (extend a PCR, change the owner password), done over
-//! a separate connection: swtpm serves one connection at a time, so call them while no
-//! `mig::tpm::Tpm` is connected.
+//! a separate connection.
+//!
+//! swtpm serves ONE client connection at a time: a second client (another `Tpm`, `migctl`
+//! while `migd` runs, `raw_context`) blocks until the first disconnects. Drop the `Tpm` (or stop
+//! migd) first; a real TPM behind `/dev/tpmrm0` has no such limit.
+//!
+//! Run: `cargo test -p hardware-tests` (each test starts its own swtpm, in parallel), or
+//! `MIG_TEST_TCTI=device:/dev/tpmrm0 cargo test -p hardware-tests` against a real TPM. Tests
+//! that would change a real TPM's state (owner password, lockout, reset) always use swtpm;
+//! against a real TPM the PCR test extends only PCR 16 (the debug PCR).
 
 use std::fs::File;
 use std::io;

@@ -55,7 +55,7 @@ fn assert_names(error: &TpmError, file: &str, also: &str) {
 fn damaged_missing_and_swapped_key_files_are_named() {
     let swtpm = Swtpm::start().unwrap();
     let good = tempfile::tempdir().unwrap();
-    let tpm = Tpm::connect(&swtpm.settings(&[16])).unwrap();
+    let tpm = Tpm::connect(&swtpm.settings(&[7])).unwrap();
     tpm.provision(good.path()).unwrap();
 
     let cases: Vec<(&str, Damage, &str, &str)> = vec![

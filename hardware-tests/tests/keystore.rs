@@ -12,7 +12,7 @@ use mig::tpm::{KeyRole, Tpm, TpmError};
 fn provisioned_keys_sign_verifiably_and_unseal_a_32_byte_key() {
     let swtpm = Swtpm::start().unwrap();
     let state = tempfile::tempdir().unwrap();
-    let tpm = Tpm::connect(&swtpm.settings(&[16])).unwrap();
+    let tpm = Tpm::connect(&swtpm.settings(&[7])).unwrap();
     tpm.provision(state.path()).unwrap();
     tpm.load(state.path()).unwrap();
 
@@ -84,7 +84,7 @@ fn keys_and_replica_key_survive_a_tpm_restart_and_a_new_process() {
 fn provisioning_twice_refuses_and_leaves_the_keys_alone() {
     let swtpm = Swtpm::start().unwrap();
     let state = tempfile::tempdir().unwrap();
-    let tpm = Tpm::connect(&swtpm.settings(&[16])).unwrap();
+    let tpm = Tpm::connect(&swtpm.settings(&[7])).unwrap();
     tpm.provision(state.path()).unwrap();
     let before = std::fs::read(hardware_tests::key_file(state.path(), "tls.priv")).unwrap();
 
@@ -110,7 +110,7 @@ fn provisioning_twice_refuses_and_leaves_the_keys_alone() {
 fn sixty_four_concurrent_signatures_all_verify() {
     let swtpm = Swtpm::start().unwrap();
     let state = tempfile::tempdir().unwrap();
-    let tpm = Tpm::connect(&swtpm.settings(&[16])).unwrap();
+    let tpm = Tpm::connect(&swtpm.settings(&[7])).unwrap();
     tpm.provision(state.path()).unwrap();
     tpm.load(state.path()).unwrap();
     let tls = tpm.signer(KeyRole::Tls).unwrap();
@@ -155,7 +155,7 @@ fn sixty_four_concurrent_signatures_all_verify() {
 fn operations_before_load_and_after_provision_fail_clearly() {
     let swtpm = Swtpm::start().unwrap();
     let state = tempfile::tempdir().unwrap();
-    let tpm = Tpm::connect(&swtpm.settings(&[16])).unwrap();
+    let tpm = Tpm::connect(&swtpm.settings(&[7])).unwrap();
     let error = tpm.load(state.path()).unwrap_err();
     assert!(matches!(error, TpmError::NotProvisioned { .. }), "{error}");
     assert!(error.to_string().contains("migctl init"), "{error}");

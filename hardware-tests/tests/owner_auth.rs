@@ -11,7 +11,7 @@ fn provisioning_and_loading_work_with_the_configured_owner_password() {
     let state = tempfile::tempdir().unwrap();
     let settings = TpmSettings {
         owner_auth: owner_auth(b"owner secret"),
-        ..swtpm.settings(&[16])
+        ..swtpm.settings(&[7])
     };
     let spki = {
         let tpm = Tpm::connect(&settings).unwrap();
@@ -37,7 +37,7 @@ fn a_wrong_or_missing_owner_password_is_named() {
     for configured in [owner_auth(b"wrong"), None] {
         let settings = TpmSettings {
             owner_auth: configured,
-            ..swtpm.settings(&[16])
+            ..swtpm.settings(&[7])
         };
         let tpm = Tpm::connect(&settings).unwrap();
         let error = tpm.provision(state.path()).unwrap_err();
@@ -48,7 +48,7 @@ fn a_wrong_or_missing_owner_password_is_named() {
     }
     let settings = TpmSettings {
         owner_auth: owner_auth(b"owner secret"),
-        ..swtpm.settings(&[16])
+        ..swtpm.settings(&[7])
     };
     Tpm::connect(&settings)
         .unwrap()
@@ -56,7 +56,7 @@ fn a_wrong_or_missing_owner_password_is_named() {
         .unwrap();
     let settings = TpmSettings {
         owner_auth: owner_auth(b"wrong"),
-        ..swtpm.settings(&[16])
+        ..swtpm.settings(&[7])
     };
     let error = Tpm::connect(&settings)
         .unwrap()
