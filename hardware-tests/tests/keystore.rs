@@ -207,3 +207,26 @@ fn a_missing_tpm_or_bad_tcti_is_one_clear_line() {
         Err(TpmError::BadPcrSelection { .. })
     ));
 }
+
+#[test]
+fn objects_left_in_swtpm_by_a_killed_client_do_not_block_start_up() {
+    // tpm2_createprimary exits without flushing, as a killed migd would: it fills swtpm's three
+    // transient slots.
+    let swtpm = Swtpm::start_software().unwrap();
+    let context_dir = tempfile::tempdir().unwrap();
+    for i in 0..3 {
+        let status = std::process::Command::new("tpm2_createprimary")
+            .args(["-Q", "-C", "o", "-c"])
+            .arg(context_dir.path().join(format!("{i}.ctx")))
+            .env("TPM2TOOLS_TCTI", swtpm.tcti())
+            .env("TSS2_LOG", "all+NONE")
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let state = tempfile::tempdir().unwrap();
+    let tpm = Tpm::connect(&swtpm.settings(&[7])).unwrap();
+    tpm.provision(state.path()).unwrap();
+    tpm.load(state.path()).unwrap();
+    tpm.unseal_replica_key().unwrap();
+}

@@ -199,7 +199,10 @@ fn serve(
     ready: SyncSender<Result<(), TpmError>>,
 ) {
     match tss_esapi::Context::new(conf) {
-        Ok(context) => {
+        Ok(mut context) => {
+            if tcti.starts_with("swtpm") {
+                service::flush_leftover_objects(&mut context);
+            }
             if ready.send(Ok(())).is_ok() {
                 Service::new(context, pcrs, owner_auth).run(requests);
             }

@@ -56,6 +56,28 @@ pub(crate) enum Request {
     },
 }
 
+/// Flushes transient objects a previous client left loaded. Only for swtpm, which has no
+/// resource manager: a killed migd (or tpm2-tools) leaves objects in its 3 slots and the next
+/// start would fail with TPM_RC_OBJECT_MEMORY. Behind /dev/tpmrm0 or tabrmd each client sees
+/// only its own objects, so there is nothing to do and nothing of others' may be touched.
+pub(crate) fn flush_leftover_objects(context: &mut Context) {
+    use tss_esapi::constants::tss::TPM2_TRANSIENT_FIRST;
+    use tss_esapi::constants::CapabilityType;
+    use tss_esapi::structures::CapabilityData;
+
+    // Best effort: if any step fails, the commands that follow report the real problem.
+    let Ok((CapabilityData::Handles(handles), _)) =
+        context.get_capability(CapabilityType::Handles, TPM2_TRANSIENT_FIRST, 64)
+    else {
+        return;
+    };
+    for handle in handles.into_inner() {
+        if let Ok(object) = context.tr_from_tpm_public(handle) {
+            let _ = context.flush_context(object);
+        }
+    }
+}
+
 /// The state the thread owns.
 pub(crate) struct Service {
     context: Context,
