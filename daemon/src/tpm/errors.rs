@@ -30,6 +30,14 @@ pub enum TpmError {
         /// What is wrong with them.
         reason: &'static str,
     },
+    /// A PCR selection string (config or command line) does not parse.
+    #[error("PCR selection {text:?} is not valid: {reason}; write it as sha256:7 or sha256:0,2,7")]
+    BadPcrSelectionText {
+        /// The text as given.
+        text: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// The state directory holds no TPM keys at all.
     #[error("the appliance is not provisioned: no TPM keys in {}; run `migctl init` first", dir.display())]
     NotProvisioned {

@@ -58,6 +58,26 @@ impl std::fmt::Debug for TpmSettings {
     }
 }
 
+/// Parses a PCR selection as written in config and on the `migctl init --pcrs` command line:
+/// `sha256:7` or `sha256:0,2,7` (tpm2-tools syntax; only the SHA-256 bank is supported).
+pub fn parse_pcr_selection(text: &str) -> Result<Vec<u8>, TpmError> {
+    let bad = |reason| TpmError::BadPcrSelectionText {
+        text: text.to_string(),
+        reason,
+    };
+    let list = text
+        .trim()
+        .strip_prefix("sha256:")
+        .ok_or_else(|| bad("it must start with the bank, sha256:"))?;
+    let pcrs = list
+        .split(',')
+        .map(|n| n.trim().parse::<u8>())
+        .collect::<Result<Vec<u8>, _>>()
+        .map_err(|_| bad("PCRs are numbers 0-23 separated by commas"))?;
+    seal::selection(&pcrs)?;
+    Ok(pcrs)
+}
+
 /// Which signing key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KeyRole {
@@ -231,5 +251,41 @@ impl Signer for TpmSigner {
 
     fn public_key_spki_der(&self) -> Vec<u8> {
         self.spki.clone()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pcr_selections_parse_in_tpm2_tools_syntax() {
+        assert_eq!(parse_pcr_selection("sha256:7").unwrap(), vec![7]);
+        assert_eq!(
+            parse_pcr_selection(" sha256:0, 2,7 ").unwrap(),
+            vec![0, 2, 7]
+        );
+        for bad in [
+            "7",
+            "sha1:7",
+            "sha256:",
+            "sha256:24",
+            "sha256:7,7",
+            "sha256:x",
+        ] {
+            let error = parse_pcr_selection(bad).unwrap_err();
+            assert!(!error.to_string().contains('\n'), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn settings_debug_hides_the_owner_password() {
+        let settings = TpmSettings {
+            tcti: "device:/dev/tpmrm0".into(),
+            pcrs: vec![7],
+            owner_auth: Some(Zeroizing::new(b"hunter2".to_vec())),
+        };
+        assert!(!format!("{settings:?}").contains("hunter2"));
     }
 }
