@@ -148,3 +148,43 @@ fn damaged_missing_and_swapped_key_files_are_named() {
     tpm.load(good.path()).unwrap();
     tpm.unseal_replica_key().unwrap();
 }
+
+#[test]
+fn keys_from_before_a_tpm_clear_are_refused_with_the_likely_cause() {
+    let swtpm = Swtpm::start_software().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    Tpm::connect(&swtpm.settings(&[7]))
+        .unwrap()
+        .provision(state.path())
+        .unwrap();
+
+    // TPM2_Clear (as `tpm2_clear` or the firmware's "clear TPM" does) replaces the owner seed.
+    let mut context = swtpm.raw_context().unwrap();
+    context
+        .execute_with_session(
+            Some(tss_esapi::interface_types::session_handles::AuthSession::Password),
+            |ctx| ctx.clear(tss_esapi::handles::AuthHandle::Lockout),
+        )
+        .unwrap();
+    drop(context);
+
+    let error = Tpm::connect(&swtpm.settings(&[7]))
+        .unwrap()
+        .load(state.path())
+        .unwrap_err();
+    assert_names(&error, "tls.priv", "the TPM was cleared since provisioning");
+}
+
+#[test]
+fn a_missing_tpm_device_is_named() {
+    hardware_tests::quiet_tss_logs();
+    let settings = mig::tpm::TpmSettings {
+        tcti: "device:/dev/no-such-tpm".into(),
+        pcrs: vec![7],
+        owner_auth: None,
+    };
+    let error = Tpm::connect(&settings).unwrap_err();
+    assert!(matches!(error, TpmError::NoTpm { .. }), "{error:?}");
+    assert!(error.to_string().contains("/dev/no-such-tpm"), "{error}");
+    assert!(error.to_string().contains("enabled in firmware"), "{error}");
+}
