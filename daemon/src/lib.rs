@@ -6,3 +6,4 @@ pub mod fhir;
 pub mod keys;
 pub mod policy;
 pub mod replica;
+pub mod tpm;
