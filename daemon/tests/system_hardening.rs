@@ -114,6 +114,36 @@ fn child_entry() {
                     .unwrap();
             say(format!("read_outside_from_new_thread={}", res(thread)));
         }
+        "mlock" => {
+            use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
+            // A finite limit: refused up front, since MCL_FUTURE would make later allocations fail.
+            let (_, hard) = getrlimit(Resource::RLIMIT_MEMLOCK).unwrap();
+            if hard != RLIM_INFINITY {
+                setrlimit(Resource::RLIMIT_MEMLOCK, hard, hard).unwrap();
+                say(format!("finite={}", system::lock_memory().is_ok()));
+            } else {
+                setrlimit(Resource::RLIMIT_MEMLOCK, 8 << 20, RLIM_INFINITY).unwrap();
+                say(format!("finite={}", system::lock_memory().is_ok()));
+            }
+            // Raising the hard limit needs CAP_SYS_RESOURCE, which some sandboxes withhold.
+            if setrlimit(Resource::RLIMIT_MEMLOCK, RLIM_INFINITY, RLIM_INFINITY).is_ok() {
+                say(format!(
+                    "infinite={:?}",
+                    system::lock_memory().map_err(|e| e.to_string())
+                ));
+            } else {
+                say("infinite=unavailable".into());
+            }
+            // Touch fresh memory after locking: MCL_FUTURE|MCL_ONFAULT locks it as it faults in.
+            let v = vec![1u8; 4 << 20];
+            say(format!(
+                "touched={}",
+                v.iter().map(|&b| b as usize).sum::<usize>()
+            ));
+            say("ready".into());
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -236,4 +266,40 @@ fn landlock_allows_inside_and_denies_outside() {
     assert_eq!(value(&lines, "read_etc"), eacces);
     assert_eq!(value(&lines, "read_outside_from_new_thread"), eacces);
     assert!(!outside.join("new.txt").exists());
+}
+
+#[test]
+fn memory_locked_only_with_unlimited_memlock() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!(
+            "SKIPPED memory_locked_only_with_unlimited_memlock: needs root to raise RLIMIT_MEMLOCK"
+        );
+        return;
+    }
+    let (mut child, mut out) = spawn("mlock", &[]);
+    let lines = read_until(&mut out, Some("ready"));
+    assert_eq!(value(&lines, "finite"), "false", "{lines:?}");
+    if value(&lines, "infinite") == "unavailable" {
+        eprintln!(
+            "SKIPPED the locking half of memory_locked_only_with_unlimited_memlock: cannot raise \
+             RLIMIT_MEMLOCK here (no CAP_SYS_RESOURCE); the refusal half ran"
+        );
+        drop(child.stdin.take());
+        assert!(child.wait().unwrap().success());
+        return;
+    }
+    assert_eq!(value(&lines, "infinite"), "Ok(())", "{lines:?}");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let locked_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmLck:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(
+        locked_kb >= 4096,
+        "VmLck {locked_kb} kB after touching 4 MiB"
+    );
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
 }

@@ -2,7 +2,7 @@
 //! one JSON response per line, with the caller identified by its kernel peer credentials.
 //!
 //! Validates: who connects (SO_PEERCRED: root, migd's own user, or a member of the admin group,
-//! primary or supplementary), line length (16 MiB) and that each line is JSON. Does not
+//! primary or supplementary: SO_PEERGROUPS, else /proc/<pid>/status), line length (16 MiB) and that each line is JSON. Does not
 //! validate what a request asks for: that is the handler's job (`AdminHandler`).
 //!
 //! Wire format, both directions UTF-8, `\n`-terminated, any number of requests per connection,
@@ -110,21 +110,61 @@ struct PeerPolicy {
 }
 
 impl PeerPolicy {
-    fn allows(&self, uid: u32, gid: u32, pid: i32) -> bool {
+    /// `groups` is a lazy lookup of the peer's supplementary groups, only run when needed.
+    fn allows(&self, uid: u32, gid: u32, groups: impl FnOnce() -> Vec<u32>) -> bool {
         if uid == 0 || uid == self.own_uid {
             return true;
         }
         let Some(admin) = self.admin_gid else {
             return false;
         };
-        gid == admin || supplementary_groups(pid).contains(&admin)
+        gid == admin || groups().contains(&admin)
     }
 }
 
-/// The `Groups:` line of /proc/<pid>/status. The peer may have exited (or its pid been
-/// reused) since it connected; then this fails closed to "no supplementary groups", or names a
-/// process that connected nothing, which gains that process nothing as the answer goes to the
-/// socket, not to it.
+/// SO_PEERGROUPS (Linux 4.13), asm-generic value (x86, arm, riscv); libc does not export it.
+const SO_PEERGROUPS: libc::c_int = 59;
+
+/// The peer's supplementary groups as of connect(), from the kernel (SO_PEERGROUPS). Preferred
+/// to /proc: no race with the peer exiting, and works where /proc hides other users'
+/// processes (the unit's ProtectProc=invisible).
+#[allow(unsafe_code)]
+fn peer_groups(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Vec<u32>> {
+    use std::os::fd::AsRawFd;
+    let width = std::mem::size_of::<libc::gid_t>();
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    for _ in 0..2 {
+        let mut len = libc::socklen_t::try_from(groups.len() * width)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        // SAFETY: `groups` is valid for writes of `len` bytes; the kernel writes at most `len`
+        // bytes and stores the length it wrote (or needs, with ERANGE) in `len`.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let count = len as usize / width;
+        if rc == 0 {
+            groups.truncate(count.min(groups.len()));
+            return Ok(groups);
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ERANGE) || count <= groups.len() {
+            return Err(err);
+        }
+        groups.resize(count, 0);
+    }
+    Err(std::io::Error::from_raw_os_error(libc::ERANGE))
+}
+
+/// Fallback when SO_PEERGROUPS fails: the `Groups:` line of /proc/<pid>/status. The peer may
+/// have exited (or its pid been reused) since it connected; then this fails closed to "no
+/// supplementary groups", or names a process that connected nothing, which gains that process
+/// nothing as the answer goes to the socket, not to it.
 fn supplementary_groups(pid: i32) -> Vec<u32> {
     if pid <= 0 {
         return Vec::new();
@@ -371,7 +411,17 @@ async fn serve_connection(
         pid: cred.pid().unwrap_or(0),
         connection,
     };
-    if !policy.allows(peer.uid, peer.gid, peer.pid) {
+    let groups = || {
+        use std::os::fd::AsFd;
+        peer_groups(read.as_ref().as_fd()).unwrap_or_else(|e| {
+            tracing::debug!(
+                "SO_PEERGROUPS failed ({e}); reading /proc/{}/status",
+                peer.pid
+            );
+            supplementary_groups(peer.pid)
+        })
+    };
+    if !policy.allows(peer.uid, peer.gid, groups) {
         tracing::warn!(
             "admin socket: refused uid {} gid {} pid {}: not root, not migd's user, not in group {:?}",
             peer.uid,
@@ -644,15 +694,35 @@ mod tests {
             group: "g".into(),
             admin_gid: Some(4242),
         };
-        assert!(p.allows(0, 0, 0));
-        assert!(p.allows(999, 1, 0));
-        assert!(p.allows(1000, 4242, 0));
-        assert!(!p.allows(1000, 1000, 0));
+        let none = Vec::new;
+        assert!(p.allows(0, 0, none));
+        assert!(p.allows(999, 1, none));
+        assert!(p.allows(1000, 4242, none));
+        assert!(!p.allows(1000, 1000, none));
+        assert!(p.allows(1000, 1000, || vec![7, 4242]));
         let closed = PeerPolicy {
             own_uid: 999,
             group: "g".into(),
             admin_gid: None,
         };
-        assert!(!closed.allows(1000, 4242, 0));
+        assert!(!closed.allows(1000, 4242, || vec![4242]));
+    }
+
+    #[test]
+    fn peer_groups_match_proc_for_a_local_pair() {
+        use std::os::fd::AsFd;
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut from_socket = peer_groups(a.as_fd()).unwrap();
+        let mut from_proc = supplementary_groups(std::process::id() as i32);
+        from_socket.sort_unstable();
+        from_proc.sort_unstable();
+        assert_eq!(from_socket, from_proc);
+        let mut own: Vec<u32> = nix::unistd::getgroups()
+            .unwrap()
+            .iter()
+            .map(|g| g.as_raw())
+            .collect();
+        own.sort_unstable();
+        assert_eq!(from_socket, own);
     }
 }

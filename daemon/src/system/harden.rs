@@ -14,10 +14,18 @@ use super::SystemError;
 /// Non-dumpable also makes /proc/<pid>/ files root-owned and refuses ptrace from the same uid.
 /// Note: a later setuid() resets dumpable, so [`drop_privileges`] calls this again.
 pub fn disable_core_dumps() -> Result<(), SystemError> {
-    setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(|source| SystemError::Harden {
-        operation: "setrlimit(RLIMIT_CORE, 0)",
+    // Under systemd LimitCORE=0 has already done this, and the unit's syscall filter may then
+    // refuse setrlimit: only call it when there is something to change.
+    let current = getrlimit(Resource::RLIMIT_CORE).map_err(|source| SystemError::Harden {
+        operation: "getrlimit(RLIMIT_CORE)",
         source,
     })?;
+    if current != (0, 0) {
+        setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(|source| SystemError::Harden {
+            operation: "setrlimit(RLIMIT_CORE, 0)",
+            source,
+        })?;
+    }
     nix::sys::prctl::set_dumpable(false).map_err(|source| SystemError::Harden {
         operation: "prctl(PR_SET_DUMPABLE, 0)",
         source,
@@ -127,4 +135,43 @@ pub fn drop_privileges(user: &str) -> Result<Option<DroppedTo>, SystemError> {
         gid: entry.gid.as_raw(),
         groups: groups.iter().map(|g| g.as_raw()).collect(),
     }))
+}
+
+/// What [`harden_process`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HardeningReport {
+    /// The user switched to, if started as root.
+    pub dropped_to: Option<DroppedTo>,
+    /// Whether memory is locked (false: see the warning in the log).
+    pub memory_locked: bool,
+}
+
+/// Steps 2–4 of the start-up order (see `system`): core dumps off and non-dumpable (fatal on
+/// failure), switch to `service_user` when root (fatal on failure; a warning when root and no
+/// user is configured), then lock memory (a warning on failure).
+pub fn harden_process(service_user: Option<&str>) -> Result<HardeningReport, SystemError> {
+    disable_core_dumps()?;
+    let dropped_to = match service_user {
+        Some(user) => drop_privileges(user)?,
+        None => {
+            if Uid::effective().is_root() {
+                tracing::warn!(
+                    "running as root: set service.user in the config (the packaged unit runs \
+                     migd as user mig)"
+                );
+            }
+            None
+        }
+    };
+    let memory_locked = match lock_memory() {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!("memory not locked, key pages could be swapped out: {e}");
+            false
+        }
+    };
+    Ok(HardeningReport {
+        dropped_to,
+        memory_locked,
+    })
 }

@@ -17,7 +17,10 @@ pub mod notify;
 pub mod sandbox;
 pub mod signals;
 
-pub use harden::{disable_core_dumps, drop_privileges, is_dumpable, lock_memory, DroppedTo};
+pub use harden::{
+    disable_core_dumps, drop_privileges, harden_process, is_dumpable, lock_memory, DroppedTo,
+    HardeningReport,
+};
 pub use sandbox::{Sandbox, SandboxAccess, SandboxReport, SandboxRule};
 pub use signals::{SignalEvent, Signals};
 
