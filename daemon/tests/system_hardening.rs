@@ -114,6 +114,62 @@ fn child_entry() {
                     .unwrap();
             say(format!("read_outside_from_new_thread={}", res(thread)));
         }
+        "landlock_config" => {
+            let config =
+                mig::config::Config::load(Path::new(&std::env::var("MIG_CONFIG").unwrap()))
+                    .unwrap();
+            let report = Sandbox::for_config(&config)
+                .restrict_current_thread()
+                .unwrap();
+            say(format!("enforced={}", report.enforced));
+            let res = |r: std::io::Result<()>| match r {
+                Ok(()) => "ok".to_string(),
+                Err(e) => format!("err:{}", e.raw_os_error().unwrap_or(0)),
+            };
+            say(format!(
+                "config={}",
+                res(std::fs::read(&config.source_path).map(drop))
+            ));
+            say(format!(
+                "state_write={}",
+                res(std::fs::write(config.state_dir.join("replica.db"), b"x"))
+            ));
+            say(format!(
+                "state_rename={}",
+                res(std::fs::rename(
+                    config.state_dir.join("replica.db"),
+                    config.state_dir.join("sub/replica.db")
+                ))
+            ));
+            let admin_dir = config.admin.socket.parent().unwrap().to_path_buf();
+            say(format!(
+                "socket_bind={}",
+                res(std::os::unix::net::UnixListener::bind(&config.admin.socket).map(drop))
+            ));
+            say(format!(
+                "proc_self={}",
+                res(std::fs::read("/proc/self/status").map(drop))
+            ));
+            say(format!(
+                "urandom={}",
+                res({
+                    use std::io::Read;
+                    std::fs::File::open("/dev/urandom")
+                        .and_then(|mut f| f.read_exact(&mut [0u8; 8]))
+                })
+            ));
+            say(format!(
+                "tmp_write={}",
+                res(std::fs::write(
+                    admin_dir.parent().unwrap().join("elsewhere.txt"),
+                    b"x"
+                ))
+            ));
+            say(format!(
+                "etc_read={}",
+                res(std::fs::read("/etc/hostname").map(drop))
+            ));
+        }
         "mlock" => {
             use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
             // A finite limit: refused up front, since MCL_FUTURE would make later allocations fail.
@@ -302,4 +358,51 @@ fn memory_locked_only_with_unlimited_memlock() {
     );
     drop(child.stdin.take());
     assert!(child.wait().unwrap().success());
+}
+
+/// The sandbox migd builds from its config: state dir and socket dir writable, config
+/// readable, /proc readable, nothing else.
+#[test]
+fn landlock_from_config_allows_what_migd_needs_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(state.join("sub")).unwrap();
+    std::fs::create_dir_all(dir.path().join("run")).unwrap();
+    let appliance = mig::config::ApplianceConfig {
+        ods: "A81001".parse().unwrap(),
+        name: "The Surgery".into(),
+        asid: "200000000123".parse().unwrap(),
+        fhir_base: "https://mig.example/fhir".parse().unwrap(),
+    };
+    let mut config = mig::config::Config::new(
+        state,
+        appliance,
+        "swtpm:host=127.0.0.1,port=2321".parse().unwrap(),
+    )
+    .unwrap();
+    config.admin.socket = dir.path().join("run/admin.sock");
+    let path = dir.path().join("migd.toml");
+    config.write_new(&path).unwrap();
+    let (mut child, mut out) = spawn("landlock_config", &[("MIG_CONFIG", path.to_str().unwrap())]);
+    let lines = read_until(&mut out, None);
+    assert!(child.wait().unwrap().success(), "{lines:?}");
+    if value(&lines, "enforced") != "true" {
+        eprintln!(
+            "SKIPPED landlock_from_config_allows_what_migd_needs_only: no Landlock here: {lines:?}"
+        );
+        return;
+    }
+    for ok in [
+        "config",
+        "state_write",
+        "state_rename",
+        "socket_bind",
+        "proc_self",
+        "urandom",
+    ] {
+        assert_eq!(value(&lines, ok), "ok", "{ok}: {lines:?}");
+    }
+    let eacces = format!("err:{}", libc::EACCES);
+    assert_eq!(value(&lines, "tmp_write"), eacces, "{lines:?}");
+    assert_eq!(value(&lines, "etc_read"), eacces, "{lines:?}");
 }
