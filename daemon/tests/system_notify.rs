@@ -98,7 +98,7 @@ fn ready_then_watchdog_pings_only_while_healthy() {
 
     healthy.store(false, Ordering::SeqCst);
     // One ping may already be on its way.
-    let _ = drain(&systemd, Duration::from_millis(80));
+    let _ = drain(&systemd, Duration::from_millis(150));
     let while_sick = drain(&systemd, Duration::from_millis(400));
     assert_eq!(
         pings(&while_sick),

@@ -2,8 +2,9 @@
 //! one JSON response per line, with the caller identified by its kernel peer credentials.
 //!
 //! Validates: who connects (SO_PEERCRED: root, migd's own user, or a member of the admin group,
-//! primary or supplementary: SO_PEERGROUPS, else /proc/<pid>/status), line length (16 MiB) and that each line is JSON. Does not
-//! validate what a request asks for: that is the handler's job (`AdminHandler`).
+//! primary or supplementary: SO_PEERGROUPS, else `/proc/<pid>/status`), line length (16 MiB)
+//! and that each line is JSON. Does not validate what a request asks for: that is the handler's
+//! job (`AdminHandler`).
 //!
 //! Wire format, both directions UTF-8, `\n`-terminated, any number of requests per connection,
 //! answered in order. Transport-level errors are answered with
@@ -161,7 +162,7 @@ fn peer_groups(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Vec<u32>> {
     Err(std::io::Error::from_raw_os_error(libc::ERANGE))
 }
 
-/// Fallback when SO_PEERGROUPS fails: the `Groups:` line of /proc/<pid>/status. The peer may
+/// Fallback when SO_PEERGROUPS fails: the `Groups:` line of `/proc/<pid>/status`. The peer may
 /// have exited (or its pid been reused) since it connected; then this fails closed to "no
 /// supplementary groups", or names a process that connected nothing, which gains that process
 /// nothing as the answer goes to the socket, not to it.

@@ -11,7 +11,7 @@ use super::SystemError;
 
 /// Sets RLIMIT_CORE to 0 (soft and hard, so it cannot be raised again) and marks the process
 /// non-dumpable (PR_SET_DUMPABLE 0). Call first thing, before any secret is in memory.
-/// Non-dumpable also makes /proc/<pid>/ files root-owned and refuses ptrace from the same uid.
+/// Non-dumpable also makes `/proc/<pid>/` files root-owned and refuses ptrace from the same uid.
 /// Note: a later setuid() resets dumpable, so [`drop_privileges`] calls this again.
 pub fn disable_core_dumps() -> Result<(), SystemError> {
     // Under systemd LimitCORE=0 has already done this, and the unit's syscall filter may then
