@@ -9,8 +9,8 @@
 use std::path::{Path, PathBuf};
 
 use landlock::{
-    Access, AccessFs, BitFlags, PathBeneath, PathFd, RestrictSelfAttr, RestrictionStatus, Ruleset,
-    RulesetAttr, RulesetCreatedAttr, RulesetStatus, ABI,
+    Access, AccessFs, BitFlags, LandlockStatus, PathBeneath, PathFd, RestrictSelfAttr,
+    RestrictionStatus, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, ABI,
 };
 
 use super::SystemError;
@@ -54,7 +54,8 @@ pub struct Sandbox {
 /// What was enforced, for the log and for tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxReport {
-    /// "fully enforced", "partially enforced" or "not enforced".
+    /// "fully enforced", "enforced (all file-system rights)" (only the all-threads sync is
+    /// missing), "PARTIALLY enforced (…)" or "NOT enforced".
     pub enforcement: &'static str,
     /// Whether any Landlock restriction is in force on this thread.
     pub enforced: bool,
@@ -252,9 +253,20 @@ impl Sandbox {
             .map_err(ll("ask for all threads"))?
             .restrict_self()
             .map_err(ll("restrict self"))?;
+        let kernel_has_all_rights = matches!(
+            status.landlock,
+            LandlockStatus::Available { effective_abi, .. } if effective_abi >= HANDLED_ABI
+        );
         let (enforcement, enforced) = match status.ruleset {
             RulesetStatus::FullyEnforced => ("fully enforced", true),
-            RulesetStatus::PartiallyEnforced => ("partially enforced", true),
+            // Every file-system right is enforced; only the all-threads sync (ABI 8) is missing.
+            RulesetStatus::PartiallyEnforced if kernel_has_all_rights && !status.all_threads => {
+                ("enforced (all file-system rights)", true)
+            }
+            RulesetStatus::PartiallyEnforced => (
+                "PARTIALLY enforced (this kernel's Landlock lacks some file-system rights)",
+                true,
+            ),
             RulesetStatus::NotEnforced => ("NOT enforced", false),
         };
         let report = SandboxReport {
