@@ -380,3 +380,44 @@ async fn unknown_group_still_serves_root_with_a_warning() {
     let _ = stop.send(());
     task.await.unwrap().unwrap();
 }
+
+/// A handler that never answers: the client's timeout ends the wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_timeout_ends_a_hung_call() {
+    struct Hang;
+    impl AdminHandler for Hang {
+        fn handle(&self, _p: PeerCred, _r: Value) -> HandlerFuture<'_> {
+            Box::pin(std::future::pending())
+        }
+    }
+    let dir = open_dir();
+    let path = dir.path().join("admin.sock");
+    let listener = AdminListener::bind(&path, &admin_group().name).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(listener.serve(Arc::new(Hang), async move {
+        let _ = stopped.await;
+    }));
+    let p = path.clone();
+    let err = blocking(move || {
+        let mut c = transport::AdminClient::connect(&p).unwrap();
+        c.set_timeout(Some(std::time::Duration::from_millis(200)))
+            .unwrap();
+        let started = std::time::Instant::now();
+        let err = c.call(&json!("x")).unwrap_err();
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        err
+    })
+    .await;
+    assert!(
+        matches!(
+            err,
+            AdminClientError::Io {
+                operation: "receive",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}

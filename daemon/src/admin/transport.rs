@@ -611,6 +611,23 @@ impl AdminClient {
         })
     }
 
+    /// Limits how long [`AdminClient::call`] waits for each answer (`None`: no limit, the
+    /// default, as an import may take a while). A timeout is an [`AdminClientError::Io`] of kind
+    /// `WouldBlock`/`TimedOut`.
+    pub fn set_timeout(
+        &mut self,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<(), AdminClientError> {
+        self.reader
+            .get_ref()
+            .set_read_timeout(timeout)
+            .and_then(|_| self.writer.set_write_timeout(timeout))
+            .map_err(|source| AdminClientError::Io {
+                operation: "set timeout",
+                source,
+            })
+    }
+
     /// Sends one request and waits for its answer. A transport refusal (`forbidden`) becomes
     /// [`AdminClientError::Forbidden`]; every other answer, error or not, is returned as is.
     pub fn call(&mut self, request: &Value) -> Result<Value, AdminClientError> {
