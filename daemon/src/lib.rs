@@ -1,9 +1,12 @@
 //! The MIG appliance: a consent-filtering FHIR gateway in front of an encrypted replica of a GP
 //! practice's record. `migd` (src/main.rs) and `migctl` are thin shells over this library.
 
+pub mod admin;
 pub mod api;
+pub mod config;
 pub mod fhir;
 pub mod keys;
 pub mod policy;
 pub mod replica;
+pub mod system;
 pub mod tpm;
