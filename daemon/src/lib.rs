@@ -3,4 +3,7 @@
 
 pub mod fhir;
 pub mod keys;
+pub mod listener;
 pub mod policy;
+pub mod registry;
+pub mod tls;
