@@ -12,11 +12,21 @@ async fn registered_partner_reaches_handler_with_its_identity() {
     let ca = Issuer::root("Partner CA");
     let ambulance = ca.client("ambulance");
     let app = Appliance::start(&[&ca], &[partner("RX6", &ambulance)], Options::default()).await;
-    let exchange = get(app.addr, app.client_config(Some(&ambulance)), "/fhir/metadata")
-        .await
-        .unwrap();
+    let exchange = get(
+        app.addr,
+        app.client_config(Some(&ambulance)),
+        "/fhir/metadata",
+    )
+    .await
+    .unwrap();
     assert_eq!(exchange.status, 200);
-    assert!(exchange.body.starts_with("partner=RX6 upstream=none protocol=h1"), "{}", exchange.body);
+    assert!(
+        exchange
+            .body
+            .starts_with("partner=RX6 upstream=none protocol=h1"),
+        "{}",
+        exchange.body
+    );
     assert_eq!(exchange.version, Some(rustls::ProtocolVersion::TLSv1_3));
 }
 
@@ -34,8 +44,14 @@ async fn partner_matched_by_subject_and_issuer_is_identified() {
     };
     assert_eq!(id.issuer, "CN=Partner CA");
     let app = Appliance::start(&[&ca], &[record], Options::default()).await;
-    let exchange = get(app.addr, app.client_config(Some(&who)), "/").await.unwrap();
-    assert!(exchange.body.starts_with("partner=NWX"), "{}", exchange.body);
+    let exchange = get(app.addr, app.client_config(Some(&who)), "/")
+        .await
+        .unwrap();
+    assert!(
+        exchange.body.starts_with("partner=NWX"),
+        "{}",
+        exchange.body
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -43,9 +59,15 @@ async fn unregistered_certificate_reaches_handler_without_partner() {
     let ca = Issuer::root("Partner CA");
     let stranger = ca.client("stranger");
     let app = Appliance::start(&[&ca], &[], Options::default()).await;
-    let exchange = get(app.addr, app.client_config(Some(&stranger)), "/").await.unwrap();
+    let exchange = get(app.addr, app.client_config(Some(&stranger)), "/")
+        .await
+        .unwrap();
     assert_eq!(exchange.status, 200);
-    assert!(exchange.body.starts_with("partner=none"), "{}", exchange.body);
+    assert!(
+        exchange.body.starts_with("partner=none"),
+        "{}",
+        exchange.body
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,8 +124,12 @@ async fn expired_and_not_yet_valid_certificates_are_refused_in_handshake() {
 }
 
 fn install_crl(app: &Appliance, crl: &rcgen::CertificateRevocationList, issuers: Option<&str>) {
-    mig::registry::install_crl(app.state(), crl.pem().unwrap().as_bytes(), issuers.map(str::as_bytes))
-        .unwrap();
+    mig::registry::install_crl(
+        app.state(),
+        crl.pem().unwrap().as_bytes(),
+        issuers.map(str::as_bytes),
+    )
+    .unwrap();
     app.reloader.reload().unwrap();
 }
 
@@ -112,13 +138,25 @@ async fn revoked_end_entity_certificate_is_refused_in_handshake() {
     let ca = Issuer::root("Partner CA");
     let good = ca.client("good");
     let bad = ca.client("bad");
-    let app = Appliance::start(&[&ca], &[partner("BAD", &bad), partner("GUD", &good)], Options::default())
-        .await;
-    assert_eq!(get(app.addr, app.client_config(Some(&bad)), "/").await.unwrap().status, 200);
+    let app = Appliance::start(
+        &[&ca],
+        &[partner("BAD", &bad), partner("GUD", &good)],
+        Options::default(),
+    )
+    .await;
+    assert_eq!(
+        get(app.addr, app.client_config(Some(&bad)), "/")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
     install_crl(&app, &ca.crl(&[bad.serial], 7), None);
     let result = get(app.addr, app.client_config(Some(&bad)), "/").await;
     assert_refused(result, Some(AlertDescription::CertificateRevoked));
-    let exchange = get(app.addr, app.client_config(Some(&good)), "/").await.unwrap();
+    let exchange = get(app.addr, app.client_config(Some(&good)), "/")
+        .await
+        .unwrap();
     assert!(exchange.body.starts_with("partner=GUD"));
 }
 
@@ -129,13 +167,29 @@ async fn certificate_under_revoked_intermediate_is_refused_in_handshake() {
     let dropped = root.intermediate("Dropped Issuing CA");
     let good = kept.client("good");
     let bad = dropped.client("bad");
-    let app = Appliance::start(&[&root], &[partner("BAD", &bad), partner("GUD", &good)], Options::default())
-        .await;
-    assert_eq!(get(app.addr, app.client_config(Some(&bad)), "/").await.unwrap().status, 200);
+    let app = Appliance::start(
+        &[&root],
+        &[partner("BAD", &bad), partner("GUD", &good)],
+        Options::default(),
+    )
+    .await;
+    assert_eq!(
+        get(app.addr, app.client_config(Some(&bad)), "/")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
     install_crl(&app, &root.crl(&[dropped.serial], 7), None);
     let result = get(app.addr, app.client_config(Some(&bad)), "/").await;
     assert_refused(result, Some(AlertDescription::CertificateRevoked));
-    assert_eq!(get(app.addr, app.client_config(Some(&good)), "/").await.unwrap().status, 200);
+    assert_eq!(
+        get(app.addr, app.client_config(Some(&good)), "/")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
 
     // A leaf revoked by its intermediate's CRL (installed with the intermediate to check it).
     let also_bad = kept.client("also-bad");
@@ -143,7 +197,13 @@ async fn certificate_under_revoked_intermediate_is_refused_in_handshake() {
     install_crl(&app, &kept.crl(&[also_bad.serial], 7), Some(&kept.pem()));
     let result = get(app.addr, app.client_config(Some(&also_bad)), "/").await;
     assert_refused(result, Some(AlertDescription::CertificateRevoked));
-    assert_eq!(get(app.addr, app.client_config(Some(&good)), "/").await.unwrap().status, 200);
+    assert_eq!(
+        get(app.addr, app.client_config(Some(&good)), "/")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,7 +233,13 @@ async fn expired_crl_refuses_partners_of_its_ca_unless_set_to_warn() {
             assert_eq!(result.unwrap().status, 200);
         }
         // Partners of a CA without an installed CRL are unaffected either way.
-        assert_eq!(get(app.addr, app.client_config(Some(&other)), "/").await.unwrap().status, 200);
+        assert_eq!(
+            get(app.addr, app.client_config(Some(&other)), "/")
+                .await
+                .unwrap()
+                .status,
+            200
+        );
     }
 }
 
@@ -203,7 +269,9 @@ async fn tls12_is_refused_unless_enabled() {
     );
     assert!(exchange.body.starts_with("partner=RX6"));
     // TLS 1.3 is still preferred when the client offers both.
-    let exchange = get(app.addr, app.client_config(Some(&who)), "/").await.unwrap();
+    let exchange = get(app.addr, app.client_config(Some(&who)), "/")
+        .await
+        .unwrap();
     assert_eq!(exchange.version, Some(rustls::ProtocolVersion::TLSv1_3));
 }
 
@@ -212,7 +280,12 @@ async fn http2_is_negotiated_by_alpn() {
     let ca = Issuer::root("Partner CA");
     let who = ca.client("ambulance");
     let app = Appliance::start(&[&ca], &[partner("RX6", &who)], Options::default()).await;
-    let config = client_config(&app.key.ca, Some(&who), &rustls::ALL_VERSIONS[..], Some(b"h2"));
+    let config = client_config(
+        &app.key.ca,
+        Some(&who),
+        &rustls::ALL_VERSIONS[..],
+        Some(b"h2"),
+    );
     let tls = connect(app.addr, config).await.unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let (mut sender, conn) = hyper::client::conn::http2::handshake(
@@ -229,7 +302,10 @@ async fn http2_is_negotiated_by_alpn() {
     assert_eq!(response.status(), 200);
     use http_body_util::BodyExt;
     let body = response.into_body().collect().await.unwrap().to_bytes();
-    assert!(body.starts_with(b"partner=RX6 upstream=none protocol=h2"), "{body:?}");
+    assert!(
+        body.starts_with(b"partner=RX6 upstream=none protocol=h2"),
+        "{body:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,14 +319,32 @@ async fn upstream_listener_accepts_only_pinned_in_date_keys() {
     mig::registry::add_upstream(app.state(), "old", stale.cert_pem.as_bytes()).unwrap();
     app.reloader.reload().unwrap();
 
-    let exchange = get(app.upstream_addr, app.client_config(Some(&clinical)), "/upstream")
-        .await
-        .unwrap();
-    assert!(exchange.body.starts_with("partner=none upstream=emis"), "{}", exchange.body);
+    let exchange = get(
+        app.upstream_addr,
+        app.client_config(Some(&clinical)),
+        "/upstream",
+    )
+    .await
+    .unwrap();
+    assert!(
+        exchange.body.starts_with("partner=none upstream=emis"),
+        "{}",
+        exchange.body
+    );
     // A partner certificate, valid on the partner listener, is not an upstream.
-    let result = get(app.upstream_addr, app.client_config(Some(&partner_cert)), "/upstream").await;
+    let result = get(
+        app.upstream_addr,
+        app.client_config(Some(&partner_cert)),
+        "/upstream",
+    )
+    .await;
     assert_refused(result, None);
-    let result = get(app.upstream_addr, app.client_config(Some(&stale)), "/upstream").await;
+    let result = get(
+        app.upstream_addr,
+        app.client_config(Some(&stale)),
+        "/upstream",
+    )
+    .await;
     assert_refused(result, Some(AlertDescription::CertificateExpired));
     let result = get(app.upstream_addr, app.client_config(None), "/upstream").await;
     assert_refused(result, Some(AlertDescription::CertificateRequired));
@@ -262,7 +356,8 @@ async fn upstream_listener_accepts_only_pinned_in_date_keys() {
 #[test]
 fn certificate_for_another_key_is_a_clear_error() {
     let app_key = ApplianceKey::new();
-    let other: std::sync::Arc<dyn mig::keys::Signer> = mig::keys::InMemorySigner::generate().unwrap();
+    let other: std::sync::Arc<dyn mig::keys::Signer> =
+        mig::keys::InMemorySigner::generate().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let err = mig::registry::install_appliance_chain(
         dir.path(),
@@ -271,16 +366,30 @@ fn certificate_for_another_key_is_a_clear_error() {
         std::time::SystemTime::now(),
     )
     .unwrap_err();
-    assert!(err.to_string().contains("does not hold this appliance's TLS key"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("does not hold this appliance's TLS key"),
+        "{err}"
+    );
 
     // Written behind migctl's back, the reloader refuses it too.
-    mig::registry::write_atomic(&dir.path().join("tls/chain.pem"), app_key.chain_pem.as_bytes())
-        .unwrap();
+    mig::registry::write_atomic(
+        &dir.path().join("tls/chain.pem"),
+        app_key.chain_pem.as_bytes(),
+    )
+    .unwrap();
     let err = mig::tls::Reloader::new(dir.path(), other, Default::default()).unwrap_err();
-    assert!(err.to_string().contains("does not hold this appliance's TLS key"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("does not hold this appliance's TLS key"),
+        "{err}"
+    );
 
     let empty = tempfile::tempdir().unwrap();
     let err = mig::tls::Reloader::new(empty.path(), app_key.signer.clone(), Default::default())
         .unwrap_err();
-    assert!(err.to_string().contains("no appliance certificate"), "{err}");
+    assert!(
+        err.to_string().contains("no appliance certificate"),
+        "{err}"
+    );
 }

@@ -19,7 +19,11 @@ async fn partner_added_on_disk_applies_within_a_second_without_signal() {
     };
     let app = Appliance::start(&[&ca], &[], options).await;
     let config = app.client_config(Some(&who));
-    assert!(get(app.addr, config.clone(), "/").await.unwrap().body.starts_with("partner=none"));
+    assert!(get(app.addr, config.clone(), "/")
+        .await
+        .unwrap()
+        .body
+        .starts_with("partner=none"));
 
     mig::registry::add_partner(app.state(), &partner("RX6", &who)).unwrap();
     let added = Instant::now();
@@ -28,15 +32,26 @@ async fn partner_added_on_disk_applies_within_a_second_without_signal() {
         if body.starts_with("partner=RX6") {
             break;
         }
-        assert!(added.elapsed() < Duration::from_secs(1), "not applied within a second");
+        assert!(
+            added.elapsed() < Duration::from_secs(1),
+            "not applied within a second"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     // And removal too.
     mig::registry::remove_partner(app.state(), "RX6").unwrap();
     let removed = Instant::now();
-    while !get(app.addr, config.clone(), "/").await.unwrap().body.starts_with("partner=none") {
-        assert!(removed.elapsed() < Duration::from_secs(1), "removal not applied within a second");
+    while !get(app.addr, config.clone(), "/")
+        .await
+        .unwrap()
+        .body
+        .starts_with("partner=none")
+    {
+        assert!(
+            removed.elapsed() < Duration::from_secs(1),
+            "removal not applied within a second"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -50,8 +65,14 @@ async fn reload_call_applies_a_new_partner_immediately() {
     let before = app.reloader.current().generation;
     let snapshot = app.reloader.reload().unwrap();
     assert_eq!(snapshot.generation, before + 1);
-    let exchange = get(app.addr, app.client_config(Some(&who)), "/").await.unwrap();
-    assert!(exchange.body.starts_with("partner=RX6"), "{}", exchange.body);
+    let exchange = get(app.addr, app.client_config(Some(&who)), "/")
+        .await
+        .unwrap();
+    assert!(
+        exchange.body.starts_with("partner=RX6"),
+        "{}",
+        exchange.body
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,8 +92,15 @@ async fn reload_rejects_broken_files_and_keeps_serving() {
     assert!(err.contains("partners/BRK.toml"), "{err}");
     assert!(err.contains("line"), "{err}");
     assert_eq!(app.reloader.current().generation, generation);
-    assert!(get(app.addr, config.clone(), "/").await.unwrap().body.starts_with("partner=RX6"));
-    let body = get(app.addr, app.client_config(Some(&newcomer)), "/").await.unwrap().body;
+    assert!(get(app.addr, config.clone(), "/")
+        .await
+        .unwrap()
+        .body
+        .starts_with("partner=RX6"));
+    let body = get(app.addr, app.client_config(Some(&newcomer)), "/")
+        .await
+        .unwrap()
+        .body;
     assert!(body.starts_with("partner=none"), "{body}");
     std::fs::remove_file(&broken).unwrap();
 
@@ -85,9 +113,15 @@ async fn reload_rejects_broken_files_and_keeps_serving() {
     // A broken CRL, a broken CA, a broken appliance chain: each rejected, naming the file.
     for (file, content) in [
         ("crl/garbage.crl", &b"\x30\x03\x02\x01\x00"[..]),
-        ("crl/garbage.pem", &b"-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n"[..]),
+        (
+            "crl/garbage.pem",
+            &b"-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n"[..],
+        ),
         ("trust/garbage.pem", &b"not a certificate"[..]),
-        ("tls/chain.pem", &b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"[..]),
+        (
+            "tls/chain.pem",
+            &b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"[..],
+        ),
     ] {
         let path = app.path(file);
         let original = std::fs::read(&path).ok();
@@ -97,7 +131,11 @@ async fn reload_rejects_broken_files_and_keeps_serving() {
         assert!(err.contains(file), "{file}: {err}");
         assert_eq!(app.reloader.current().generation, generation, "{file}");
         assert!(
-            get(app.addr, config.clone(), "/").await.unwrap().body.starts_with("partner=RX6"),
+            get(app.addr, config.clone(), "/")
+                .await
+                .unwrap()
+                .body
+                .starts_with("partner=RX6"),
             "{file}"
         );
         match original {
@@ -108,7 +146,10 @@ async fn reload_rejects_broken_files_and_keeps_serving() {
 
     // Fixed: the pending valid change now applies.
     app.reloader.reload().unwrap();
-    let body = get(app.addr, app.client_config(Some(&newcomer)), "/").await.unwrap().body;
+    let body = get(app.addr, app.client_config(Some(&newcomer)), "/")
+        .await
+        .unwrap()
+        .body;
     assert!(body.starts_with("partner=NEW"), "{body}");
 }
 
@@ -125,7 +166,9 @@ async fn poll_rejects_a_broken_file_and_keeps_serving() {
     std::fs::write(app.path("partners/BRK.toml"), "this is not toml = = =").unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(app.reloader.current().generation, generation);
-    let exchange = get(app.addr, app.client_config(Some(&who)), "/").await.unwrap();
+    let exchange = get(app.addr, app.client_config(Some(&who)), "/")
+        .await
+        .unwrap();
     assert!(exchange.body.starts_with("partner=RX6"));
     std::fs::remove_file(app.path("partners/BRK.toml")).unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -143,7 +186,10 @@ async fn revoked_partner_cannot_resume_a_session_from_before_the_crl() {
     let first = get(app.addr, config.clone(), "/").await.unwrap();
     assert!(!first.resumed);
     let second = get(app.addr, config.clone(), "/").await.unwrap();
-    assert!(second.resumed, "the client should resume; otherwise this test proves nothing");
+    assert!(
+        second.resumed,
+        "the client should resume; otherwise this test proves nothing"
+    );
 
     // A partner-only change keeps the TLS configuration, so sessions still resume.
     let other = ca.client("other");
@@ -165,8 +211,12 @@ async fn open_connection_survives_a_reload() {
     let ca = Issuer::root("Partner CA");
     let who = ca.client("ambulance");
     let app = Appliance::start(&[&ca], &[partner("RX6", &who)], Options::default()).await;
-    let mut tls = connect(app.addr, app.client_config(Some(&who))).await.unwrap();
-    tls.write_all(b"GET /a HTTP/1.1\r\nhost: mig.test\r\n\r\n").await.unwrap();
+    let mut tls = connect(app.addr, app.client_config(Some(&who)))
+        .await
+        .unwrap();
+    tls.write_all(b"GET /a HTTP/1.1\r\nhost: mig.test\r\n\r\n")
+        .await
+        .unwrap();
     let mut buf = vec![0u8; 4096];
     let n = tls.read(&mut buf).await.unwrap();
     assert_eq!(parse_status(&String::from_utf8_lossy(&buf[..n])), Some(200));

@@ -179,7 +179,9 @@ impl ApplianceKey {
         let key = KeyPair::generate().unwrap();
         let signer: Arc<dyn Signer> = InMemorySigner::from_pkcs8(&key.serialize_der()).unwrap();
         let mut params = CertificateParams::new(vec!["mig.test".to_string()]).unwrap();
-        params.distinguished_name.push(DnType::CommonName, "mig.test");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "mig.test");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let cert = params.signed_by(&key, &ca.cert, &ca.key).unwrap();
         let chain_pem = format!("{}{}", cert.pem(), ca.pem());
@@ -388,7 +390,11 @@ pub async fn connect(addr: SocketAddr, config: Arc<ClientConfig>) -> std::io::Re
 /// Connects, sends `GET path` with `Connection: close`, reads the whole response. A refusal
 /// in the handshake shows up as `Err` (in TLS 1.3 the client's connect succeeds and the
 /// server's alert arrives on the first read).
-pub async fn get(addr: SocketAddr, config: Arc<ClientConfig>, path: &str) -> std::io::Result<Exchange> {
+pub async fn get(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+    path: &str,
+) -> std::io::Result<Exchange> {
     let mut tls = connect(addr, config).await?;
     let request = format!("GET {path} HTTP/1.1\r\nhost: mig.test\r\nconnection: close\r\n\r\n");
     tls.write_all(request.as_bytes()).await?;
@@ -426,7 +432,10 @@ pub fn alert(error: &std::io::Error) -> Option<rustls::AlertDescription> {
 }
 
 /// Asserts the exchange was refused in the handshake with `expected` (any alert if None).
-pub fn assert_refused(result: std::io::Result<Exchange>, expected: Option<rustls::AlertDescription>) {
+pub fn assert_refused(
+    result: std::io::Result<Exchange>,
+    expected: Option<rustls::AlertDescription>,
+) {
     match result {
         Ok(exchange) => panic!("expected a handshake refusal, got {exchange:?}"),
         Err(error) => {
