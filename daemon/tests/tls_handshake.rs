@@ -280,12 +280,7 @@ async fn http2_is_negotiated_by_alpn() {
     let ca = Issuer::root("Partner CA");
     let who = ca.client("ambulance");
     let app = Appliance::start(&[&ca], &[partner("RX6", &who)], Options::default()).await;
-    let config = client_config(
-        &app.key.ca,
-        Some(&who),
-        &rustls::ALL_VERSIONS[..],
-        Some(b"h2"),
-    );
+    let config = client_config(&app.key.ca, Some(&who), rustls::ALL_VERSIONS, Some(b"h2"));
     let tls = connect(app.addr, config).await.unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let (mut sender, conn) = hyper::client::conn::http2::handshake(

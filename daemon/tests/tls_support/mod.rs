@@ -256,20 +256,11 @@ pub struct Appliance {
     pub handle: tokio::task::JoinHandle<()>,
 }
 
+#[derive(Default)]
 pub struct Options {
     pub settings: TlsSettings,
     pub limits: ListenerLimits,
     pub poll: Option<Duration>,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            settings: TlsSettings::default(),
-            limits: ListenerLimits::default(),
-            poll: None,
-        }
-    }
 }
 
 impl Appliance {
@@ -335,7 +326,7 @@ impl Appliance {
 
     /// A client config trusting this appliance, presenting `who` (or nothing).
     pub fn client_config(&self, who: Option<&Identity>) -> Arc<ClientConfig> {
-        client_config(&self.key.ca, who, &rustls::ALL_VERSIONS[..], None)
+        client_config(&self.key.ca, who, rustls::ALL_VERSIONS, None)
     }
 }
 
