@@ -36,10 +36,7 @@ impl Signer for DelayedSigner {
 const CONCURRENCY: usize = 8;
 const RUN: Duration = Duration::from_secs(5);
 
-async fn run(
-    addr: std::net::SocketAddr,
-    config: Arc<rustls::ClientConfig>,
-) -> (f64, u64, u64) {
+async fn run(addr: std::net::SocketAddr, config: Arc<rustls::ClientConfig>) -> (f64, u64, u64) {
     let done = Arc::new(AtomicU64::new(0));
     let resumed = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -61,7 +58,11 @@ async fn run(
         task.await.unwrap();
     }
     let n = done.load(Ordering::Relaxed);
-    (n as f64 / start.elapsed().as_secs_f64(), n, resumed.load(Ordering::Relaxed))
+    (
+        n as f64 / start.elapsed().as_secs_f64(),
+        n,
+        resumed.load(Ordering::Relaxed),
+    )
 }
 
 fn main() {

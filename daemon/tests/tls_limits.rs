@@ -253,3 +253,29 @@ async fn shutdown_drains_in_flight_requests_and_stops_accepting() {
         .unwrap();
     assert!(get(addr, config, "/").await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_over_http2_get_431() {
+    let (app, a, _) = start_with(ListenerLimits::default()).await;
+    let config = client_config(&app.key.ca, Some(&a), rustls::ALL_VERSIONS, Some(b"h2"));
+    let tls = connect(app.addr, config).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let big = "x".repeat(20 * 1024);
+    let request = http::Request::get("https://mig.test/")
+        .header("x-big", big)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 431);
+    // The connection stays usable for a normal request.
+    let request = http::Request::get("https://mig.test/")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    assert_eq!(sender.send_request(request).await.unwrap().status(), 200);
+}

@@ -343,6 +343,13 @@ async fn connection(
         tracing::warn!(%remote, "handshake completed without a client certificate; closing");
         return;
     };
+    // A resumed session skips certificate verification; its ticket may be hours old, so the
+    // leaf's expiry is checked again here (revocation is handled by fresh ticket keys).
+    let now = crate::registry::unix_seconds(std::time::SystemTime::now());
+    if identity.not_after < now {
+        tracing::info!(%remote, "client certificate expired since its session began; closing");
+        return;
+    }
     let protocol = match session.alpn_protocol() {
         Some(b"h2") => Protocol::Http2,
         _ => Protocol::Http1,

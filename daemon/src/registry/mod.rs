@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::Agreement;
 
+pub(crate) use pki::unix_seconds;
 pub use pki::{cert_identity, CertIdentity, CrlInfo};
 pub(crate) use store::check_appliance_chain;
 pub use store::{

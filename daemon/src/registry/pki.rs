@@ -24,6 +24,8 @@ pub struct CertIdentity {
     pub subject: String,
     /// Issuer DN in the same form.
     pub issuer: String,
+    /// End of the certificate's validity, Unix seconds.
+    pub not_after: i64,
 }
 
 /// Summary of an installed CRL, for logs and `migctl check`.
@@ -58,6 +60,7 @@ pub fn cert_identity(der: &[u8]) -> Option<CertIdentity> {
         spki_sha256: Sha256::digest(cert.public_key().raw).into(),
         subject: cert.subject().to_string(),
         issuer: cert.issuer().to_string(),
+        not_after: cert.validity().not_after.timestamp(),
     })
 }
 

@@ -105,6 +105,7 @@ impl Issuer {
             key: PrivateKeyDer::Pkcs8(key.serialize_der().into()),
             serial,
             cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
         }
     }
 
@@ -158,6 +159,7 @@ pub struct Identity {
     pub key: PrivateKeyDer<'static>,
     pub serial: u64,
     pub cert_pem: String,
+    pub key_pem: String,
 }
 
 impl Identity {
