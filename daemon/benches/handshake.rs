@@ -13,25 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mig::keys::{SignError, Signer};
 use tls_support::*;
-
-/// Adds a fixed latency to every signature, like a TPM would.
-#[derive(Debug)]
-struct DelayedSigner {
-    inner: Arc<dyn Signer>,
-    delay: Duration,
-}
-
-impl Signer for DelayedSigner {
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignError> {
-        std::thread::sleep(self.delay);
-        self.inner.sign(message)
-    }
-    fn public_key_spki_der(&self) -> Vec<u8> {
-        self.inner.public_key_spki_der()
-    }
-}
 
 const CONCURRENCY: usize = 8;
 const RUN: Duration = Duration::from_secs(5);
@@ -73,21 +55,15 @@ fn main() {
     runtime.block_on(async {
         let ca = Issuer::root("Partner CA");
         let who = ca.client("ambulance");
-        let app = Appliance::start(&[&ca], &[partner("RX6", &who)], Options::default()).await;
         let delay_ms: u64 = std::env::var("MIG_BENCH_SIGN_DELAY_MS")
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        // Rebuild the server with a delayed signer when asked (same certificate, same key).
-        let app = if delay_ms > 0 {
-            let signer: Arc<dyn Signer> = Arc::new(DelayedSigner {
-                inner: app.key.signer.clone(),
-                delay: Duration::from_millis(delay_ms),
-            });
-            restart_with_signer(app, signer).await
-        } else {
-            app
+        let options = Options {
+            sign_delay: (delay_ms > 0).then(|| Duration::from_millis(delay_ms)),
+            ..Default::default()
         };
+        let app = Appliance::start(&[&ca], &[partner("RX6", &who)], options).await;
 
         let mut no_resumption = (*app.client_config(Some(&who))).clone();
         no_resumption.resumption = rustls::client::Resumption::disabled();
@@ -104,27 +80,4 @@ fn main() {
             "resumed handshakes/s: {resumed_rate:8.0}  ({resumed_n} connections, {resumed_count} resumed)"
         );
     });
-}
-
-async fn restart_with_signer(app: Appliance, signer: Arc<dyn Signer>) -> Appliance {
-    app.shutdown.send(true).unwrap();
-    let reloader =
-        mig::tls::Reloader::new(app.state(), signer, mig::tls::TlsSettings::default()).unwrap();
-    let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
-    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = tcp.local_addr().unwrap();
-    let handle = mig::listener::serve(
-        tcp,
-        mig::listener::SnapshotSource::new(reloader.subscribe(), mig::listener::Role::Partner),
-        mig::listener::ListenerLimits::default(),
-        Arc::new(EchoHandler),
-        shutdown_rx,
-    );
-    Appliance {
-        reloader,
-        addr,
-        shutdown,
-        handle,
-        ..app
-    }
 }

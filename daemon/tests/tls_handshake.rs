@@ -388,3 +388,56 @@ fn certificate_for_another_key_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// The server runtime has one worker. The clients run on their own runtime in another thread,
+/// so only the server can stall them: if a slow (TPM-like) signature blocked the worker, the
+/// established connection could not be served until the signature finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn slow_signature_does_not_stall_established_connections() {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = Issuer::root("Partner CA");
+    let who = ca.client("ambulance");
+    let options = Options {
+        sign_delay: Some(Duration::from_millis(1500)),
+        ..Default::default()
+    };
+    let app = Appliance::start(&[&ca], &[partner("RX6", &who)], options).await;
+    let config = app.client_config(Some(&who));
+    let addr = app.addr;
+    let clients = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let mut established = connect(addr, config.clone()).await.unwrap();
+            // A second client starts a full handshake: the server spends 1.5 s signing.
+            let mut no_resumption = (*config).clone();
+            no_resumption.resumption = rustls::client::Resumption::disabled();
+            let newcomer =
+                tokio::spawn(
+                    async move { get(addr, std::sync::Arc::new(no_resumption), "/").await },
+                );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let started = Instant::now();
+            established
+                .write_all(b"GET / HTTP/1.1\r\nhost: mig.test\r\n\r\n")
+                .await
+                .unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = established.read(&mut buf).await.unwrap();
+            let waited = started.elapsed();
+            assert_eq!(parse_status(&String::from_utf8_lossy(&buf[..n])), Some(200));
+            assert_eq!(newcomer.await.unwrap().unwrap().status, 200);
+            waited
+        })
+    });
+    let waited = tokio::task::spawn_blocking(move || clients.join().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        waited < Duration::from_millis(700),
+        "established connection waited {waited:?} behind a signature"
+    );
+}

@@ -263,6 +263,26 @@ pub struct Options {
     pub settings: TlsSettings,
     pub limits: ListenerLimits,
     pub poll: Option<Duration>,
+    /// Makes every server signature take this long (imitates a TPM).
+    pub sign_delay: Option<Duration>,
+}
+
+/// Adds a fixed latency to every signature, like a TPM would.
+#[derive(Debug)]
+pub struct DelayedSigner {
+    pub inner: Arc<dyn Signer>,
+    pub delay: Duration,
+}
+
+impl Signer for DelayedSigner {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, mig::keys::SignError> {
+        std::thread::sleep(self.delay);
+        self.inner.sign(message)
+    }
+
+    fn public_key_spki_der(&self) -> Vec<u8> {
+        self.inner.public_key_spki_der()
+    }
 }
 
 impl Appliance {
@@ -284,7 +304,14 @@ impl Appliance {
         for p in partners {
             registry::add_partner(state, p).unwrap();
         }
-        let reloader = Reloader::new(state, key.signer.clone(), options.settings.clone()).unwrap();
+        let signer: Arc<dyn Signer> = match options.sign_delay {
+            Some(delay) => Arc::new(DelayedSigner {
+                inner: key.signer.clone(),
+                delay,
+            }),
+            None => key.signer.clone(),
+        };
+        let reloader = Reloader::new(state, signer, options.settings.clone()).unwrap();
         let (shutdown, shutdown_rx) = watch::channel(false);
         let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = tcp.local_addr().unwrap();
