@@ -267,15 +267,18 @@ pub struct Options {
     pub sign_delay: Option<Duration>,
 }
 
-/// Adds a fixed latency to every signature, like a TPM would.
+/// Adds a fixed latency to every signature and signs one at a time, like a TPM.
 #[derive(Debug)]
 pub struct DelayedSigner {
     pub inner: Arc<dyn Signer>,
     pub delay: Duration,
+    /// A TPM executes one command at a time.
+    pub busy: std::sync::Mutex<()>,
 }
 
 impl Signer for DelayedSigner {
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, mig::keys::SignError> {
+        let _one_at_a_time = self.busy.lock().unwrap();
         std::thread::sleep(self.delay);
         self.inner.sign(message)
     }
@@ -308,6 +311,7 @@ impl Appliance {
             Some(delay) => Arc::new(DelayedSigner {
                 inner: key.signer.clone(),
                 delay,
+                busy: Default::default(),
             }),
             None => key.signer.clone(),
         };
