@@ -235,3 +235,25 @@ async fn open_connection_survives_a_reload() {
     assert_eq!(parse_status(&text), Some(200), "{text}");
     assert!(text.contains("partner=RX6"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_appliance_certificate_does_not_block_partner_changes() {
+    let ca = Issuer::root("Partner CA");
+    let who = ca.client("ambulance");
+    let app = Appliance::start(&[&ca], &[], Options::default()).await;
+    // migctl refuses to install an expired chain...
+    let expired = app.key.chain_valid(-30, -1);
+    let err = mig::registry::install_appliance_chain(
+        app.state(),
+        expired.as_bytes(),
+        app.key.signer.as_ref(),
+        std::time::SystemTime::now(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("expired"), "{err}");
+    // ...but if the installed one runs out, reloads of everything else still apply.
+    mig::registry::write_atomic(&app.path("tls/chain.pem"), expired.as_bytes()).unwrap();
+    mig::registry::add_partner(app.state(), &partner("RX6", &who)).unwrap();
+    let snapshot = app.reloader.reload().unwrap();
+    assert_eq!(snapshot.partners.partners().len(), 1);
+}

@@ -363,19 +363,21 @@ pub fn install_appliance_chain(
 ) -> Result<PathBuf, RegistryError> {
     let source = Path::new("<appliance chain>");
     let chain = pki::parse_pem_certs(source, pem)?;
-    check_appliance_chain(source, &chain, &signer.public_key_spki_der(), now)?;
+    check_appliance_chain(source, &chain, &signer.public_key_spki_der(), Some(now))?;
     let text: String = chain.iter().map(|c| pem_encode("CERTIFICATE", c)).collect();
     let path = state_dir.join(CHAIN_FILE);
     write_atomic(&path, text.as_bytes())?;
     Ok(path)
 }
 
-/// The checks behind `install_appliance_chain`, also run on every reload.
+/// The checks behind `install_appliance_chain`, also run on every reload. Validity dates are
+/// checked only when `now` is given: at install. On reload an expired certificate must not
+/// block unrelated changes (partners, CRLs); the reloader logs it instead.
 pub(crate) fn check_appliance_chain(
     path: &Path,
     chain: &[CertificateDer<'_>],
     signer_spki: &[u8],
-    now: SystemTime,
+    now: Option<SystemTime>,
 ) -> Result<(), RegistryError> {
     let parsed = chain
         .iter()
@@ -397,8 +399,10 @@ pub(crate) fn check_appliance_chain(
             ),
         ));
     }
-    for cert in &parsed {
-        pki::check_in_date(path, cert, now)?;
+    if let Some(now) = now {
+        for cert in &parsed {
+            pki::check_in_date(path, cert, now)?;
+        }
     }
     for pair in parsed.windows(2) {
         let (child, parent) = (&pair[0], &pair[1]);

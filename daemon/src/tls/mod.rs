@@ -141,7 +141,9 @@ impl ResolvesServerCert for FixedCert {
     }
 }
 
-/// Pairs the installed chain with the signer after checking the leaf holds the signer's key.
+/// Pairs the installed chain with the signer after checking the leaf holds the signer's key
+/// and the chain builds. A certificate out of date is logged, not refused: refusing would also
+/// block unrelated reloads, and partners see the dates themselves.
 pub fn certified_key(
     chain: &[CertificateDer<'static>],
     signer: Arc<dyn Signer>,
@@ -151,8 +153,12 @@ pub fn certified_key(
     if chain.is_empty() {
         return Err(TlsError::NoCertificate(crate::registry::CHAIN_FILE.into()));
     }
-    crate::registry::check_appliance_chain(path, chain, &signer.public_key_spki_der(), now)
+    let spki = signer.public_key_spki_der();
+    crate::registry::check_appliance_chain(path, chain, &spki, None)
         .map_err(TlsError::Certificate)?;
+    if let Err(error) = crate::registry::check_appliance_chain(path, chain, &spki, Some(now)) {
+        tracing::warn!(%error, "appliance certificate is out of date; partners will refuse it");
+    }
     let key = TpmSigningKey::new(signer);
     Ok(Arc::new(CertifiedKey::new(chain.to_vec(), Arc::new(key))))
 }

@@ -173,25 +173,39 @@ pub struct ApplianceKey {
     pub ca: Issuer,
     pub signer: Arc<dyn Signer>,
     pub chain_pem: String,
+    pub key_pair: KeyPair,
 }
 
 impl ApplianceKey {
     pub fn new() -> ApplianceKey {
         let ca = Issuer::root("Appliance Test CA");
-        let key = KeyPair::generate().unwrap();
-        let signer: Arc<dyn Signer> = InMemorySigner::from_pkcs8(&key.serialize_der()).unwrap();
+        let key_pair = KeyPair::generate().unwrap();
+        let signer: Arc<dyn Signer> =
+            InMemorySigner::from_pkcs8(&key_pair.serialize_der()).unwrap();
+        let mut app = ApplianceKey {
+            ca,
+            signer,
+            chain_pem: String::new(),
+            key_pair,
+        };
+        app.chain_pem = app.chain_valid(-1, 365);
+        app
+    }
+
+    /// A chain (leaf, CA) for this key valid from/to days relative to now.
+    pub fn chain_valid(&self, from_days: i64, to_days: i64) -> String {
         let mut params = CertificateParams::new(vec!["mig.test".to_string()]).unwrap();
         params
             .distinguished_name
             .push(DnType::CommonName, "mig.test");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let cert = params.signed_by(&key, &ca.cert, &ca.key).unwrap();
-        let chain_pem = format!("{}{}", cert.pem(), ca.pem());
-        ApplianceKey {
-            ca,
-            signer,
-            chain_pem,
-        }
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now + time::Duration::days(from_days);
+        params.not_after = now + time::Duration::days(to_days);
+        let cert = params
+            .signed_by(&self.key_pair, &self.ca.cert, &self.ca.key)
+            .unwrap();
+        format!("{}{}", cert.pem(), self.ca.pem())
     }
 }
 
