@@ -92,7 +92,7 @@ impl RegistryError {
 }
 
 /// How a partner's client certificate is recognised (SPEC §5 step 1).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum CertificateMatch {
     /// SHA-256 of the certificate's DER SubjectPublicKeyInfo (survives re-issue with the same key).
@@ -184,22 +184,6 @@ impl PartnerRegistry {
     /// Every registered partner, in ODS order.
     pub fn partners(&self) -> &[Arc<Partner>] {
         &self.partners
-    }
-}
-
-impl std::hash::Hash for CertificateMatch {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        match self {
-            CertificateMatch::SpkiSha256(h) => {
-                0u8.hash(state);
-                h.hash(state);
-            }
-            CertificateMatch::SubjectIssuer { subject, issuer } => {
-                1u8.hash(state);
-                subject.hash(state);
-                issuer.hash(state);
-            }
-        }
     }
 }
 
