@@ -373,8 +373,12 @@ async fn connection(
         Protocol::Http1 => serve_http1(io, service, limits, &mut shutdown, remote).await,
         Protocol::Http2 => {
             let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            // HTTP/2 has no header timeout in hyper; pings at least drop peers that vanished,
+            // so dead connections do not hold connection slots.
             builder
                 .timer(TokioTimer::new())
+                .keep_alive_interval(Some(Duration::from_secs(30)))
+                .keep_alive_timeout(Duration::from_secs(10))
                 .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
                 .max_concurrent_streams(
                     u32::try_from(limits.per_partner_concurrency.saturating_mul(2))
