@@ -5,7 +5,8 @@
 //! its chain (end entity or intermediate) is revoked by an installed CRL; upstream clients by a
 //! key pin. Does not validate: whether a verified certificate belongs to a registered partner
 //! (the listener looks that up after the handshake so an unknown partner gets a 403, not a
-//! handshake alert), nor OCSP (not offered by NHS partner CAs to this appliance).
+//! handshake alert), nor OCSP (the appliance fetches nothing; revocation comes only from
+//! CRLs installed with `migctl crl install`).
 
 mod reload;
 mod signing;
