@@ -63,40 +63,21 @@ impl From<ReplicaError> for Problem {
 
 impl Replica {
     /// Imports one NDJSON batch (a Bulk Data file): one resource per line, blank lines ignored.
-    pub fn import_ndjson(&mut self, mut input: impl BufRead) -> Result<ImportSummary, IngestError> {
+    pub fn import_ndjson(&mut self, input: impl BufRead) -> Result<ImportSummary, IngestError> {
+        let mut import = self.begin_import()?;
+        import.feed(input)?;
+        import.commit()
+    }
+
+    /// Starts an NDJSON batch that arrives in pieces (the admin socket sends a large file in
+    /// chunks of whole lines). Dropping it without `commit` rolls everything back.
+    pub fn begin_import(&mut self) -> Result<NdjsonImport<'_>, IngestError> {
         let tx = self.conn.transaction().map_err(sql("starting an import"))?;
-        let mut summary = ImportSummary::default();
-        let mut buffer = Vec::new();
-        let mut line = 0u64;
-        loop {
-            buffer.clear();
-            let read = std::io::Read::take(&mut input, MAX_LINE_BYTES + 1)
-                .read_until(b'\n', &mut buffer)
-                .map_err(IngestError::Read)?;
-            if read == 0 {
-                break;
-            }
-            line += 1;
-            let at_line = |reason: String| IngestError::Line { line, reason };
-            if buffer.len() as u64 > MAX_LINE_BYTES {
-                return Err(at_line(format!("longer than {MAX_LINE_BYTES} bytes")));
-            }
-            let text = std::str::from_utf8(&buffer)
-                .map_err(|_| at_line("not valid UTF-8".into()))?
-                .trim();
-            if text.is_empty() {
-                continue;
-            }
-            let value: Value =
-                serde_json::from_str(text).map_err(|e| at_line(format!("not valid JSON: {e}")))?;
-            upsert(&tx, &value, text).map_err(|problem| match problem {
-                Problem::Invalid(reason) => at_line(reason),
-                Problem::Replica(e) => IngestError::Replica(e),
-            })?;
-            summary.upserted += 1;
-        }
-        tx.commit().map_err(sql("committing an import"))?;
-        Ok(summary)
+        Ok(NdjsonImport {
+            tx,
+            line: 0,
+            summary: ImportSummary::default(),
+        })
     }
 
     /// Applies an R4 `transaction` or `batch` Bundle atomically: `PUT Type/id` upserts,
@@ -135,6 +116,65 @@ impl Replica {
         }
         tx.commit().map_err(sql("committing a bundle"))?;
         Ok(summary)
+    }
+}
+
+/// An NDJSON batch in progress: one transaction, line numbers counted across every piece.
+pub struct NdjsonImport<'r> {
+    tx: Transaction<'r>,
+    line: u64,
+    summary: ImportSummary,
+}
+
+impl std::fmt::Debug for NdjsonImport<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NdjsonImport").field("line", &self.line).finish()
+    }
+}
+
+impl NdjsonImport<'_> {
+    /// Adds whole lines to the batch. After an error the batch must be dropped.
+    pub fn feed(&mut self, mut input: impl BufRead) -> Result<(), IngestError> {
+        let mut buffer = Vec::new();
+        loop {
+            buffer.clear();
+            let read = std::io::Read::take(&mut input, MAX_LINE_BYTES + 1)
+                .read_until(b'\n', &mut buffer)
+                .map_err(IngestError::Read)?;
+            if read == 0 {
+                return Ok(());
+            }
+            self.line += 1;
+            let line = self.line;
+            let at_line = |reason: String| IngestError::Line { line, reason };
+            if buffer.len() as u64 > MAX_LINE_BYTES {
+                return Err(at_line(format!("longer than {MAX_LINE_BYTES} bytes")));
+            }
+            let text = std::str::from_utf8(&buffer)
+                .map_err(|_| at_line("not valid UTF-8".into()))?
+                .trim();
+            if text.is_empty() {
+                continue;
+            }
+            let value: Value =
+                serde_json::from_str(text).map_err(|e| at_line(format!("not valid JSON: {e}")))?;
+            upsert(&self.tx, &value, text).map_err(|problem| match problem {
+                Problem::Invalid(reason) => at_line(reason),
+                Problem::Replica(e) => IngestError::Replica(e),
+            })?;
+            self.summary.upserted += 1;
+        }
+    }
+
+    /// Lines read so far.
+    pub fn lines(&self) -> u64 {
+        self.line
+    }
+
+    /// Makes the whole batch durable.
+    pub fn commit(self) -> Result<ImportSummary, IngestError> {
+        self.tx.commit().map_err(sql("committing an import"))?;
+        Ok(self.summary)
     }
 }
 

@@ -10,6 +10,6 @@ mod pool;
 mod schema;
 mod store;
 
-pub use ingest::{ImportSummary, IngestError};
+pub use ingest::{ImportSummary, IngestError, NdjsonImport};
 pub use pool::ReaderPool;
 pub use store::{PatientRow, Replica, ReplicaError, ReplicaReader, ReplicaStats, StoredItem};
