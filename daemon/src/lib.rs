@@ -4,3 +4,4 @@
 pub mod fhir;
 pub mod keys;
 pub mod policy;
+pub mod synthetic;
