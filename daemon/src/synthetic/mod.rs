@@ -557,12 +557,11 @@ impl Output {
         let mut files = BTreeMap::new();
         for (resource_type, (writer, lines)) in self.files {
             let path = self.dir.join(format!("{resource_type}.ndjson"));
-            let file = writer.into_inner().map_err(|error| SyntheticError::Write {
-                path: path.clone(),
+            // Flushed, not synced: this is regenerable test data, read back straight away.
+            writer.into_inner().map_err(|error| SyntheticError::Write {
+                path,
                 source: error.into_error(),
             })?;
-            file.sync_all()
-                .map_err(|source| SyntheticError::Write { path, source })?;
             files.insert(format!("{resource_type}.ndjson"), lines);
         }
         Ok(Summary {

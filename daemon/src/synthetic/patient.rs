@@ -136,6 +136,12 @@ fn days_after(date: Date, days: i64) -> Date {
     date.checked_add(Duration::days(days)).unwrap_or(date)
 }
 
+fn calendar_date(year: i32, month: u8, day: u8) -> Date {
+    time::Month::try_from(month)
+        .and_then(|month| Date::from_calendar_date(year, month, day))
+        .unwrap_or(Date::MIN)
+}
+
 fn time_text(date: Date, minute_of_day: u32) -> String {
     format!(
         "{}T{:02}:{:02}:00+00:00",
@@ -433,16 +439,16 @@ impl Builder<'_> {
     }
 
     fn clinician(&mut self, role: &str) -> Value {
-        let candidates: Vec<usize> = people::PRACTICE_STAFF
-            .iter()
-            .enumerate()
-            .filter(|(_, staff)| staff.3 == role)
-            .map(|(i, _)| i)
-            .collect();
-        let pick = candidates
-            .get(self.rng.gen_range(0..candidates.len().max(1)))
-            .copied()
-            .unwrap_or(0);
+        let staff = || {
+            people::PRACTICE_STAFF
+                .iter()
+                .enumerate()
+                .filter(|(_, member)| member.3 == role)
+        };
+        let count = staff().count().max(1);
+        let pick = staff()
+            .nth(self.rng.gen_range(0..count))
+            .map_or(0, |(index, _)| index);
         json!({ "reference": format!("Practitioner/{}", super::practitioner_id(pick)) })
     }
 
@@ -557,6 +563,7 @@ impl Builder<'_> {
             }));
         }
 
+        let usual_gp = self.gp();
         let mut patient = json!({
             "resourceType": "Patient",
             "id": self.pid,
@@ -579,7 +586,7 @@ impl Builder<'_> {
                 "use": "home", "type": "physical", "line": lines, "city": town,
                 "postalCode": postcode, "country": "GB",
             }],
-            "generalPractitioner": [self.practice_ref()],
+            "generalPractitioner": [usual_gp, self.practice_ref()],
             "managingOrganization": self.practice_ref(),
         });
         let mut language = None;
@@ -732,18 +739,19 @@ impl Builder<'_> {
 
     /// The clinical record, sized to a long-tailed budget.
     fn record(&mut self, plan: &Plan) {
-        // Log-normal: a median of ~105 resources scaled by age, so most records hold 30-150
-        // and a few hundred in ten thousand hold 500 or more.
+        // Log-normal (sigma 0.7) around a median of ~125 resources scaled by age: children
+        // and young adults mostly 30-80, the very old mostly several hundred, and about 3% of
+        // all records 500 or more. The mean over a practice is about 150.
         let age_factor = match self.age_band() {
-            0 => 0.55,
-            1 => 0.7,
+            0 => 0.4,
+            1 => 0.65,
             2 => 1.05,
             3 => 1.6,
             _ => 2.3,
         };
         let z = standard_normal(&mut self.rng);
         let budget =
-            (100.0 * age_factor * plan.activity * (0.8 * z).exp()).clamp(12.0, 4000.0) as usize;
+            (125.0 * age_factor * plan.activity * (0.7 * z).exp()).clamp(12.0, 2500.0) as usize;
 
         self.allergies();
         let long_term = self.long_term_conditions();
@@ -896,22 +904,27 @@ impl Builder<'_> {
 
     fn immunisations(&mut self) {
         let age_days = (self.today - self.birth).whole_days();
-        for &(code, display, weeks) in vocab::CHILDHOOD_IMMUNISATIONS {
+        for &(code, display, weeks, first_year) in vocab::CHILDHOOD_IMMUNISATIONS {
             let due = i64::from(weeks) * 7;
-            if due < age_days && self.rng.gen_bool(0.93) {
-                let date = days_after(self.birth, due + self.rng.gen_range(0..21));
+            // Only vaccines that were in the schedule when the child was that age.
+            let due_date = days_after(self.birth, due);
+            if due < age_days && due_date.year() >= first_year && self.rng.gen_bool(0.93) {
+                let date = days_after(due_date, self.rng.gen_range(0..21));
                 self.immunisation((code, display), date);
             }
         }
         if self.age >= 18 && self.rng.gen_bool(0.8) {
             // The 2021 programme, then autumn boosters for the over-75s.
-            let first = days_before(self.today, 365 * 5 + self.rng.gen_range(120..300));
-            self.immunisation(vocab::COVID_VACCINATIONS[0], first);
-            self.immunisation(vocab::COVID_VACCINATIONS[1], days_after(first, 77));
-            if self.age >= 75 {
-                for year in 1..5 {
-                    let date = days_before(self.today, 365 * year + self.rng.gen_range(10..60));
-                    self.immunisation(vocab::COVID_VACCINATIONS[2], date);
+            let first = days_after(calendar_date(2021, 1, 10), self.rng.gen_range(0..150));
+            if self.birth <= days_before(first, 18 * 365) {
+                self.immunisation(vocab::COVID_VACCINATIONS[0], first);
+                self.immunisation(vocab::COVID_VACCINATIONS[1], days_after(first, 77));
+                if self.age >= 75 {
+                    for year in 2022..=self.today.year() {
+                        let autumn = calendar_date(year, 9, 20);
+                        let date = days_after(autumn, self.rng.gen_range(0..70));
+                        self.immunisation(vocab::COVID_VACCINATIONS[2], date);
+                    }
                 }
             }
         }

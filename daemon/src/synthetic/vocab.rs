@@ -663,16 +663,22 @@ pub const COVID_VACCINATIONS: &[Code] = &[
         "Immunisation course to maintain protection against SARS-CoV-2",
     ),
 ];
-/// Childhood schedule: (code, display, age in weeks).
-pub const CHILDHOOD_IMMUNISATIONS: &[(&str, &str, u32)] = &[
-    ("1082441000000108", "First 6-in-1 vaccination", 8),
-    ("1082451000000106", "Second 6-in-1 vaccination", 12),
-    ("1082461000000109", "Third 6-in-1 vaccination", 16),
-    ("38598009", "Measles, mumps and rubella vaccination", 52),
+/// Childhood schedule: (code, display, age in weeks, first year given at that age in England).
+pub const CHILDHOOD_IMMUNISATIONS: &[(&str, &str, u32, i32)] = &[
+    ("1082441000000108", "First 6-in-1 vaccination", 8, 2017),
+    ("1082451000000106", "Second 6-in-1 vaccination", 12, 2017),
+    ("1082461000000109", "Third 6-in-1 vaccination", 16, 2017),
+    (
+        "38598009",
+        "Measles, mumps and rubella vaccination",
+        52,
+        1988,
+    ),
     (
         "170433008",
         "Second measles, mumps and rubella vaccination",
         172,
+        1996,
     ),
 ];
 pub const ADULT_IMMUNISATIONS: &[Code] = &[
