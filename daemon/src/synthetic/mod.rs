@@ -52,6 +52,13 @@
 //! | 16 | `FitNotes` | core-and-additional | aged 45, fit-note Observations |
 //! | 17 | `SpecificConsentAll` | core-and-additional | as 8, with specific consent to all four categories |
 //!
+//! # Ids
+//!
+//! `Organization` is the ODS code (`A81001`), `Location` `main-surgery`, `Practitioner`
+//! `prac-1`..`prac-13` (1-8 GPs), `Medication` `med-{SNOMED/dm+d code}`, `Patient` `p{index}`,
+//! and each patient's items `p{index}-{kind}{n}` (`enc`, `cnd`, `obs`, `mrq`, `cns`, ...), so a
+//! line can be traced to its patient by eye.
+//!
 //! # Determinism and dates
 //!
 //! Each patient has its own ChaCha8 stream (seed, index), so [`Practice::patient`] builds any

@@ -13,6 +13,8 @@ use crate::fhir::{
     CONFIDENTIALITY_SYSTEM, NHS_NUMBER_SYSTEM, ODS_SYSTEM, SHARING_PREFERENCE_SYSTEM, SNOMED,
 };
 
+const UK_CORE_PROFILE: &str = "https://fhir.hl7.org.uk/StructureDefinition/UKCore-";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sex {
     Female,
@@ -388,7 +390,7 @@ impl Builder<'_> {
     }
 
     fn meta(resource_type: &str) -> Value {
-        json!({ "profile": [format!("https://fhir.hl7.org.uk/StructureDefinition/UKCore-{resource_type}")] })
+        json!({ "profile": [format!("{UK_CORE_PROFILE}{resource_type}")] })
     }
 
     /// Adds a `meta.security` label to an item already built.
@@ -1455,7 +1457,16 @@ impl Builder<'_> {
             let date = date.max(days_after(self.birth, 16 * 365));
             let (encounter, _) = self.encounter(date);
             if item.by_code {
-                let concept = self.pick(category.concepts);
+                let concept = match (category.refset_id, self.sex) {
+                    // Recorded gender follows the patient's identity: a trans woman is female.
+                    (vocab::GENDER_REFSET, Sex::Female) => {
+                        self.pick(&[vocab::GENDER_CONCEPTS[0], vocab::GENDER_CONCEPTS[2]])
+                    }
+                    (vocab::GENDER_REFSET, Sex::Male) => {
+                        self.pick(&[vocab::GENDER_CONCEPTS[0], vocab::GENDER_CONCEPTS[1]])
+                    }
+                    _ => self.pick(category.concepts),
+                };
                 match category.refset_id {
                     vocab::STI_REFSET | vocab::GENDER_REFSET => {
                         let condition = self.condition(concept, date, "active", Some(&encounter));
