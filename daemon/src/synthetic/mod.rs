@@ -114,6 +114,15 @@ pub enum SyntheticError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A resource could not be serialized (for a shared resource, `index` is 0).
+    #[error("serializing a resource of patient {index}")]
+    Serialize {
+        index: u64,
+        source: serde_json::Error,
+    },
+    /// A generator thread stopped without a result.
+    #[error("a generator thread failed")]
+    WorkerFailed,
     /// Writing or flushing an NDJSON file failed.
     #[error("writing {path}")]
     Write {
@@ -510,14 +519,72 @@ impl Practice {
         for resource in self.shared_resources() {
             output.write(&resource)?;
         }
-        for index in 0..patients {
-            for resource in self.patient(index)? {
-                output.write(&resource)?;
+        // Patients are independent (each has its own random stream), so worker threads render
+        // contiguous runs of them and the lines are written in patient order: the bytes do not
+        // depend on the number of threads. A batch bounds how much is held at once.
+        let workers = std::thread::available_parallelism()
+            .map_or(1, std::num::NonZeroUsize::get)
+            .clamp(1, 8) as u64;
+        let mut start = 0;
+        while start < patients {
+            let end = patients.min(start + PATIENTS_PER_WORKER_BATCH * workers);
+            let per_worker = (end - start).div_ceil(workers);
+            let runs: Vec<Result<Vec<Rendered>, SyntheticError>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..workers)
+                    .map(|worker| {
+                        let from = (start + worker * per_worker).min(end);
+                        let to = (from + per_worker).min(end);
+                        scope.spawn(move || {
+                            (from..to)
+                                .map(|index| self.render_patient(index))
+                                .collect::<Result<Vec<_>, _>>()
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|handle| handle.join().unwrap_or(Err(SyntheticError::WorkerFailed)))
+                    .collect()
+            });
+            for run in runs {
+                for rendered in run? {
+                    for (resource_type, (bytes, lines)) in rendered {
+                        output.write_lines(&resource_type, &bytes, lines)?;
+                    }
+                }
             }
+            start = end;
         }
         output.finish(patients)
     }
+
+    /// One patient's NDJSON lines, grouped by resource type.
+    fn render_patient(&self, index: u64) -> Result<Rendered, SyntheticError> {
+        let mut rendered = Rendered::new();
+        for resource in self.patient(index)? {
+            let resource_type = resource
+                .get("resourceType")
+                .and_then(Value::as_str)
+                .unwrap_or("Unknown");
+            if !rendered.contains_key(resource_type) {
+                rendered.insert(resource_type.to_owned(), (Vec::new(), 0));
+            }
+            if let Some((bytes, lines)) = rendered.get_mut(resource_type) {
+                serde_json::to_writer(&mut *bytes, &resource)
+                    .map_err(|source| SyntheticError::Serialize { index, source })?;
+                bytes.push(b'\n');
+                *lines += 1;
+            }
+        }
+        Ok(rendered)
+    }
 }
+
+/// How many patients each worker renders before the batch is written out.
+const PATIENTS_PER_WORKER_BATCH: u64 = 32;
+
+/// Per resource type: NDJSON bytes and the number of lines in them.
+type Rendered = BTreeMap<String, (Vec<u8>, u64)>;
 
 /// The open NDJSON files, by resource type.
 struct Output {
@@ -532,6 +599,18 @@ impl Output {
             .get("resourceType")
             .and_then(Value::as_str)
             .unwrap_or("Unknown");
+        let mut line = serde_json::to_vec(resource)
+            .map_err(|source| SyntheticError::Serialize { index: 0, source })?;
+        line.push(b'\n');
+        self.write_lines(resource_type, &line, 1)
+    }
+
+    fn write_lines(
+        &mut self,
+        resource_type: &str,
+        bytes: &[u8],
+        count: u64,
+    ) -> Result<(), SyntheticError> {
         if !self.files.contains_key(resource_type) {
             let path = self.path(resource_type);
             let file = File::create(&path)
@@ -541,18 +620,15 @@ impl Output {
                 (BufWriter::with_capacity(256 * 1024, file), 0),
             );
         }
+        let path = self.path(resource_type);
         let Some((writer, lines)) = self.files.get_mut(resource_type) else {
             return Ok(());
         };
-        serde_json::to_writer(&mut *writer, resource)
-            .map_err(std::io::Error::from)
-            .and_then(|()| writer.write_all(b"\n"))
-            .map_err(|source| SyntheticError::Write {
-                path: self.dir.join(format!("{resource_type}.ndjson")),
-                source,
-            })?;
-        *lines += 1;
-        self.resources += 1;
+        writer
+            .write_all(bytes)
+            .map_err(|source| SyntheticError::Write { path, source })?;
+        *lines += count;
+        self.resources += count;
         Ok(())
     }
 
