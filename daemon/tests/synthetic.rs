@@ -51,6 +51,27 @@ fn same_seed_writes_identical_bytes_and_another_seed_differs() {
 }
 
 #[test]
+fn one_patient_built_alone_matches_its_lines_in_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    write_practice(dir.path(), 30, 8).unwrap();
+    let alone: BTreeSet<String> = Practice::new(8)
+        .patient(21)
+        .unwrap()
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap())
+        .collect();
+    let mut from_files = BTreeSet::new();
+    for (_, bytes) in read_dir_bytes(dir.path()) {
+        for line in String::from_utf8(bytes).unwrap().lines() {
+            if line.contains("\"Patient/p21\"") || line.contains("\"id\":\"p21\"") {
+                from_files.insert(line.to_owned());
+            }
+        }
+    }
+    assert_eq!(alone, from_files);
+}
+
+#[test]
 fn writing_again_replaces_the_old_files() {
     let dir = tempfile::tempdir().unwrap();
     write_practice(dir.path(), 40, 3).unwrap();

@@ -488,6 +488,19 @@ impl Practice {
     /// Writes the shared resources and `patients` patients to `dir` as `{Type}.ndjson`, one
     /// patient at a time, replacing any NDJSON files of those names already there.
     pub fn write(&self, dir: &Path, patients: u64) -> Result<Summary, SyntheticError> {
+        let workers = std::thread::available_parallelism()
+            .map_or(1, std::num::NonZeroUsize::get)
+            .clamp(1, 8) as u64;
+        self.write_with_workers(dir, patients, workers)
+    }
+
+    fn write_with_workers(
+        &self,
+        dir: &Path,
+        patients: u64,
+        workers: u64,
+    ) -> Result<Summary, SyntheticError> {
+        let workers = workers.max(1);
         if patients > MAX_PATIENTS {
             return Err(SyntheticError::TooManyPatients {
                 requested: patients,
@@ -522,9 +535,6 @@ impl Practice {
         // Patients are independent (each has its own random stream), so worker threads render
         // contiguous runs of them and the lines are written in patient order: the bytes do not
         // depend on the number of threads. A batch bounds how much is held at once.
-        let workers = std::thread::available_parallelism()
-            .map_or(1, std::num::NonZeroUsize::get)
-            .clamp(1, 8) as u64;
         let mut start = 0;
         while start < patients {
             let end = patients.min(start + PATIENTS_PER_WORKER_BATCH * workers);
@@ -710,6 +720,19 @@ mod tests {
             practice.patient(123).unwrap(),
             Practice::new(43).patient(123).unwrap()
         );
+    }
+
+    #[test]
+    fn output_does_not_depend_on_the_number_of_threads() {
+        let (one, three) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let practice = Practice::new(5);
+        practice.write_with_workers(one.path(), 70, 1).unwrap();
+        practice.write_with_workers(three.path(), 70, 3).unwrap();
+        for name in ["Patient.ndjson", "Observation.ndjson", "Consent.ndjson"] {
+            let a = std::fs::read(one.path().join(name)).unwrap();
+            let b = std::fs::read(three.path().join(name)).unwrap();
+            assert!(a == b, "{name} differs");
+        }
     }
 
     #[test]
