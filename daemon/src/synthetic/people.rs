@@ -387,7 +387,7 @@ pub const STREET_KINDS: &[&str] = &[
 /// Letters allowed in the inward code of a postcode (no C, I, K, M, O or V).
 pub const POSTCODE_UNIT_LETTERS: &[u8] = b"ABDEFGHJLNPQRSTUWXYZ";
 
-/// The practice's own clinicians: (family, given, prefix, role, professional register, number).
+/// The practice's own clinicians: (family, given, prefix, role: `gp`, `nurse`, `pharmacist`, `hca`).
 pub const PRACTICE_STAFF: &[(&str, &str, &str, &str)] = &[
     ("Fenwick", "Helen", "Dr", "gp"),
     ("Okoye", "Chidi", "Dr", "gp"),

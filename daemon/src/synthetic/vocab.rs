@@ -150,7 +150,7 @@ const fn med(
 pub const MEDICINES: &[Medicine] = &[
     // Long-term (repeat) medicines.
     med(
-        "319773006",
+        "319283006",
         "Amlodipine 5mg tablets",
         "One tablet once a day",
         28,
@@ -158,7 +158,7 @@ pub const MEDICINES: &[Medicine] = &[
     ),
     med(
         "318906001",
-        "Ramipril 5mg capsules",
+        "Ramipril 10mg capsules",
         "One capsule once a day",
         28,
         "capsule",
@@ -255,7 +255,7 @@ pub const MEDICINES: &[Medicine] = &[
         "tablet",
     ),
     med(
-        "319770003",
+        "319773006",
         "Aspirin 75mg dispersible tablets",
         "One tablet once a day",
         28,
@@ -348,7 +348,7 @@ pub const MEDICINES: &[Medicine] = &[
     ),
     med(
         "323509004",
-        "Amoxicillin 500mg capsules",
+        "Amoxicillin 250mg capsules",
         "One capsule three times a day",
         21,
         "capsule",
@@ -466,7 +466,7 @@ pub const LONG_TERM_CONDITIONS: &[LongTermCondition] = &[
         "38341003",
         "Hypertension",
         [0, 40, 250, 520, 650],
-        &["319773006", "318906001"],
+        &["319283006", "318906001"],
     ),
     ltc(
         "44054006",
@@ -504,7 +504,7 @@ pub const LONG_TERM_CONDITIONS: &[LongTermCondition] = &[
         "53741008",
         "Coronary heart disease",
         [0, 3, 40, 150, 250],
-        &["319770003", "320000009"],
+        &["319773006", "320000009"],
     ),
     ltc(
         "84114007",
@@ -568,7 +568,7 @@ pub const LONG_TERM_CONDITIONS: &[LongTermCondition] = &[
         [0, 0, 3, 15, 30],
         &["330231000"],
     ),
-    ltc("230690007", "Stroke", [0, 2, 15, 60, 120], &["319770003"]),
+    ltc("230690007", "Stroke", [0, 2, 15, 60, 120], &["319773006"]),
     ltc("414916001", "Obesity", [40, 200, 280, 250, 150], &[]),
     ltc(
         "24079001",
@@ -864,12 +864,6 @@ pub const REFERRALS: &[(&str, &str, &str, &str)] = &[
         "Referral to service",
         "RVW",
         "North Tees and Hartlepool NHS Foundation Trust",
-    ),
-    (
-        "183561008",
-        "Referral to dermatology service",
-        "RTR",
-        "South Tees Hospitals NHS Foundation Trust",
     ),
     (
         "308447003",
