@@ -10,6 +10,7 @@ pub mod listener;
 pub mod policy;
 pub mod registry;
 pub mod replica;
+pub mod synthetic;
 pub mod system;
 pub mod tls;
 pub mod tpm;
