@@ -433,14 +433,22 @@ fn an_import_in_pieces_counts_lines_across_pieces_and_is_one_batch() {
     let mut replica = fresh(dir.path());
     {
         let mut import = replica.begin_import().unwrap();
-        import.feed(&ndjson(&[patient("p1", NHS), item("Condition", "c1", "p1")])[..]).unwrap();
+        import
+            .feed(&ndjson(&[patient("p1", NHS), item("Condition", "c1", "p1")])[..])
+            .unwrap();
         let error = import.feed(&b"{}\n"[..]).unwrap_err();
         assert!(error.to_string().starts_with("line 3:"), "{error}");
     }
-    assert_eq!(replica.stats().unwrap().resources, 0, "a failed piece rolls back earlier pieces");
+    assert_eq!(
+        replica.stats().unwrap().resources,
+        0,
+        "a failed piece rolls back earlier pieces"
+    );
     let mut import = replica.begin_import().unwrap();
     import.feed(&ndjson(&[patient("p1", NHS)])[..]).unwrap();
-    import.feed(&ndjson(&[item("Condition", "c1", "p1")])[..]).unwrap();
+    import
+        .feed(&ndjson(&[item("Condition", "c1", "p1")])[..])
+        .unwrap();
     assert_eq!(import.commit().unwrap().upserted, 2);
     assert_eq!(replica.stats().unwrap().resources, 2);
 }

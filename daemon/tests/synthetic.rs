@@ -536,3 +536,21 @@ fn sensitive_concept_lists_match_their_refsets() {
         );
     }
 }
+
+#[test]
+fn every_coded_sensitive_item_the_generator_makes_is_in_the_shipped_lists() {
+    let shipped = mig::policy::SensitiveCodes::shipped().unwrap();
+    for category in mig::synthetic::vocab::SENSITIVE_CATEGORIES {
+        let policy_category =
+            mig::policy::SensitiveCategory::from_refset_id(category.refset_id).unwrap();
+        for concept in category.concepts {
+            let coding = mig::fhir::Coding::new(mig::fhir::SNOMED, concept.0);
+            assert!(
+                shipped.contains(policy_category, &coding),
+                "{} {} is not shipped",
+                category.name,
+                concept.0
+            );
+        }
+    }
+}

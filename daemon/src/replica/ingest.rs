@@ -128,7 +128,9 @@ pub struct NdjsonImport<'r> {
 
 impl std::fmt::Debug for NdjsonImport<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NdjsonImport").field("line", &self.line).finish()
+        f.debug_struct("NdjsonImport")
+            .field("line", &self.line)
+            .finish()
     }
 }
 
