@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OpenFlags, Row};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 use zeroize::Zeroizing;
 
 use super::record::{Decision, PermissionBasis, RecordKind, StoredRecord};
@@ -141,8 +141,8 @@ pub(crate) fn open(
             [],
             |row| row.get(0),
         )
-        .map_err(db_error("read schema version"))
-        .ok();
+        .optional()
+        .map_err(db_error("read schema version"))?;
     if version.as_deref() != Some(SCHEMA_VERSION) {
         return Err(AuditError::Schema {
             path: path.to_path_buf(),
