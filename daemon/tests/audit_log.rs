@@ -309,3 +309,33 @@ fn one_commit_per_record_mode_commits_each_alone() {
         .unwrap()
         .is_ok());
 }
+
+#[tokio::test]
+async fn a_database_locked_by_another_process_makes_appends_unavailable_until_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(dir.path());
+    let signer = signer();
+    let log = open(
+        &path,
+        signer.clone(),
+        AuditOptions {
+            busy_timeout: Duration::from_millis(200),
+            ..AuditOptions::default()
+        },
+    );
+    assert_eq!(log.append(partner_request(1)).await.unwrap(), 1);
+    let intruder = raw(&path);
+    intruder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let err = log.append(partner_request(2)).await.unwrap_err();
+    assert!(matches!(err, AuditError::Unavailable(_)), "{err}");
+    intruder.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(
+        log.append(partner_request(3)).await.unwrap(),
+        2,
+        "no gap, no half-written chain"
+    );
+    log.shutdown().await.unwrap();
+    let report = audit::verify(&path, &KEY, &signer.public_key_spki_der()).unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(report.records, 2);
+}
