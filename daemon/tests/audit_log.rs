@@ -339,3 +339,60 @@ async fn a_database_locked_by_another_process_makes_appends_unavailable_until_re
     assert!(report.is_ok(), "{report:?}");
     assert_eq!(report.records, 2);
 }
+
+/// A signer that fails while `failing` is set (a TPM that stopped answering).
+#[derive(Debug)]
+struct FlakySigner {
+    inner: Arc<mig::keys::InMemorySigner>,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl Signer for FlakySigner {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, mig::keys::SignError> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(mig::keys::SignError::Unavailable);
+        }
+        self.inner.sign(message)
+    }
+
+    fn public_key_spki_der(&self) -> Vec<u8> {
+        self.inner.public_key_spki_der()
+    }
+}
+
+#[test]
+fn a_failing_signer_delays_checkpoints_but_not_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(dir.path());
+    let inner = signer();
+    let flaky = Arc::new(FlakySigner {
+        inner: inner.clone(),
+        failing: true.into(),
+    });
+    let options = AuditOptions {
+        checkpoint_every: 5,
+        checkpoint_interval: Duration::from_millis(100),
+        ..AuditOptions::default()
+    };
+    let log = audit::AuditLog::open(&path, &KEY, flaky.clone(), options).unwrap();
+    for n in 0..12 {
+        log.append_blocking(partner_request(n)).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = log.stats();
+    assert_eq!(stats.checkpoints, 0);
+    assert!(stats.failed_checkpoints >= 1);
+    flaky
+        .failing
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(1800));
+    assert!(log.stats().checkpoints >= 1, "{:?}", log.stats());
+    let report = log
+        .reader()
+        .unwrap()
+        .verify(&inner.public_key_spki_der())
+        .unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(report.last_checkpoint_seq, 12);
+    log.shutdown_blocking().unwrap();
+}

@@ -17,6 +17,9 @@ use super::store::{self, to_i64};
 use super::{AuditError, AuditReader, AuditRecord, Decision, RecordKind};
 use crate::keys::Signer;
 
+/// How soon a failed checkpoint is tried again.
+const CHECKPOINT_RETRY: Duration = Duration::from_secs(1);
+
 /// Tuning for the writer. `Default` is what migd uses.
 #[derive(Debug, Clone)]
 pub struct AuditOptions {
@@ -469,7 +472,14 @@ impl Writer {
             self.counters
                 .failed_checkpoints
                 .fetch_add(1, Ordering::Relaxed);
-            tracing::error!(error = %e, "audit checkpoint failed; will retry");
+            tracing::error!(error = %e, "audit checkpoint failed; retrying in a second");
+            // Retry in a second rather than spin on a deadline already passed.
+            let retry = Instant::now() + CHECKPOINT_RETRY;
+            self.uncovered_since = Some(
+                retry
+                    .checked_sub(self.options.checkpoint_interval)
+                    .unwrap_or_else(Instant::now),
+            );
         }
     }
 
