@@ -396,3 +396,12 @@ fn a_failing_signer_delays_checkpoints_but_not_appends() {
     assert_eq!(report.last_checkpoint_seq, 12);
     log.shutdown_blocking().unwrap();
 }
+
+#[test]
+fn readers_do_not_create_a_missing_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(dir.path());
+    let err = audit::AuditReader::open(&path, &KEY).err().unwrap();
+    assert!(matches!(err, AuditError::Open { .. }), "{err}");
+    assert!(!path.exists());
+}
