@@ -1,0 +1,180 @@
+//! The audit trail and privacy-officer alerts (SPEC §8): an append-only, hash-chained log in its
+//! own SQLCipher file, written by one group-committing thread, with checkpoints signed by the
+//! audit key, plus verification, FHIR `AuditEvent` export and subject-access queries.
+//!
+//! What it validates: `verify` proves every record's hash, every chain link from the genesis
+//! value, sequence continuity, and every checkpoint's ECDSA P-256 signature and chain head, and
+//! names the first record that fails. What it does not: records after the last checkpoint are
+//! protected only by the chain (anyone holding the database key can rewrite or drop that tail
+//! undetectably, so `verify` reports them as not yet covered), and deleting checkpoints other
+//! than the last goes unnoticed (it weakens nothing the later checkpoints do not still cover).
+
+mod alerts;
+mod export;
+mod record;
+mod store;
+mod verify;
+mod writer;
+
+use std::path::PathBuf;
+
+pub use alerts::{Acknowledgement, Alert};
+pub use export::{audit_event, AccessSummary};
+pub use record::{
+    canonical_bytes, checkpoint_message, format_time, genesis, parse_time, record_hash,
+    AuditRecord, Decision, PermissionBasis, RecordKind, StoredRecord,
+};
+pub use verify::{Problem, VerifyReport};
+pub use writer::{AuditLog, AuditOptions, AuditStats};
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::Connection;
+use time::OffsetDateTime;
+
+/// Why an audit operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// The audit log cannot durably write right now (disk full, I/O error, database locked, the
+    /// writer stopped). Nothing was recorded; the API answers 503 and releases nothing.
+    #[error("the audit trail cannot be written: {0}")]
+    Unavailable(String),
+    /// The database file could not be opened.
+    #[error("cannot open the audit database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    /// The key does not open the database (wrong key, or not an audit database).
+    #[error(
+        "the key does not open the audit database {path} (wrong key or not a database): {source}"
+    )]
+    WrongKey {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    /// The file is not an audit database of the schema this build knows.
+    #[error("{path} is not an audit database of schema version 1 (found {found:?})")]
+    Schema {
+        path: PathBuf,
+        found: Option<String>,
+    },
+    /// A database statement failed.
+    #[error("audit database: {operation} failed: {source}")]
+    Database {
+        operation: &'static str,
+        source: rusqlite::Error,
+    },
+    /// A stored value cannot be decoded.
+    #[error("audit record {seq}: {what}")]
+    Corrupt { seq: u64, what: String },
+    /// A time could not be formatted.
+    #[error("audit time: {0}")]
+    Time(String),
+    /// No alert has this id.
+    #[error("there is no alert {id}")]
+    UnknownAlert { id: u64 },
+    /// The alert was acknowledged already.
+    #[error("alert {id} was already acknowledged by {operator} at {time} (audit record {seq})")]
+    AlertAlreadyAcknowledged {
+        id: u64,
+        operator: String,
+        time: String,
+        seq: u64,
+    },
+    /// The audit public key is not a P-256 SubjectPublicKeyInfo.
+    #[error("the audit public key is not a DER P-256 SubjectPublicKeyInfo")]
+    BadPublicKey,
+    /// Writing the export failed.
+    #[error("writing the audit export failed: {0}")]
+    Export(#[source] std::io::Error),
+    /// The checkpoint could not be signed.
+    #[error("signing the audit checkpoint failed: {0}")]
+    Checkpoint(#[source] crate::keys::SignError),
+}
+
+/// How long readers wait for a lock before giving up.
+const READER_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A read-only view of an audit database (migctl, or the admin service while migd runs; WAL
+/// lets it read alongside the writer).
+pub struct AuditReader {
+    conn: Connection,
+}
+
+impl AuditReader {
+    /// Opens an existing audit database.
+    pub fn open(path: &Path, key: &[u8; 32]) -> Result<AuditReader, AuditError> {
+        let conn = store::open(path, key, false, READER_BUSY_TIMEOUT)?;
+        conn.pragma_update(None, "query_only", true)
+            .map_err(|source| AuditError::Database {
+                operation: "set query_only",
+                source,
+            })?;
+        Ok(AuditReader { conn })
+    }
+
+    /// Proves the chain and checkpoint signatures; see `VerifyReport`.
+    pub fn verify(&self, audit_public_key_spki_der: &[u8]) -> Result<VerifyReport, AuditError> {
+        verify::verify(&self.conn, audit_public_key_spki_der)
+    }
+
+    /// Writes FHIR R4 `AuditEvent` NDJSON for records at or after `since`; returns the count.
+    pub fn export(
+        &self,
+        since: Option<OffsetDateTime>,
+        out: &mut dyn Write,
+    ) -> Result<u64, AuditError> {
+        export::export(&self.conn, since, out)
+    }
+
+    /// Every partner request about this patient, oldest first (for a subject access request).
+    pub fn patient_accesses(&self, nhs_number: &str) -> Result<Vec<AccessSummary>, AuditError> {
+        export::patient_accesses(&self.conn, nhs_number)
+    }
+
+    /// Unacknowledged alerts, or all alerts when `all`, oldest first.
+    pub fn list_alerts(&self, all: bool) -> Result<Vec<Alert>, AuditError> {
+        alerts::list(&self.conn, all)
+    }
+
+    /// Records with `seq >= from`, in order.
+    pub fn records(&self, from: u64) -> Result<Vec<StoredRecord>, AuditError> {
+        export::records_from(&self.conn, from)
+    }
+}
+
+/// `migctl audit verify`: proves the chain and every checkpoint signature.
+pub fn verify(
+    path: &Path,
+    key: &[u8; 32],
+    audit_public_key_spki_der: &[u8],
+) -> Result<VerifyReport, AuditError> {
+    AuditReader::open(path, key)?.verify(audit_public_key_spki_der)
+}
+
+/// `migctl audit export`: FHIR R4 `AuditEvent` NDJSON; returns how many were written.
+pub fn export(
+    path: &Path,
+    key: &[u8; 32],
+    since: Option<OffsetDateTime>,
+    mut out: impl Write,
+) -> Result<u64, AuditError> {
+    AuditReader::open(path, key)?.export(since, &mut out)
+}
+
+/// `migctl audit patient NHSNO`: who accessed this patient's record, when, on what basis.
+pub fn patient_accesses(
+    path: &Path,
+    key: &[u8; 32],
+    nhs_number: &str,
+) -> Result<Vec<AccessSummary>, AuditError> {
+    AuditReader::open(path, key)?.patient_accesses(nhs_number)
+}
+
+/// `migctl alerts list [--all]`.
+pub fn list_alerts(path: &Path, key: &[u8; 32], all: bool) -> Result<Vec<Alert>, AuditError> {
+    AuditReader::open(path, key)?.list_alerts(all)
+}
