@@ -68,6 +68,21 @@ impl Signer for InMemorySigner {
     }
 }
 
+/// Only the public half of a key, for checks that need no signature (does this certificate
+/// hold the appliance's key?) made where the TPM is not at hand.
+#[derive(Debug, Clone)]
+pub struct PublicKeyOnly(pub Vec<u8>);
+
+impl Signer for PublicKeyOnly {
+    fn sign(&self, _message: &[u8]) -> Result<Vec<u8>, SignError> {
+        Err(SignError::Unavailable)
+    }
+
+    fn public_key_spki_der(&self) -> Vec<u8> {
+        self.0.clone()
+    }
+}
+
 /// Wraps an uncompressed SEC1 P-256 point (65 bytes) in a DER SubjectPublicKeyInfo.
 pub fn spki_from_uncompressed_point(point: &[u8]) -> Vec<u8> {
     // SEQUENCE { SEQUENCE { id-ecPublicKey, prime256v1 }, BIT STRING point }

@@ -11,6 +11,7 @@ pub mod listener;
 pub mod policy;
 pub mod registry;
 pub mod replica;
+pub mod service;
 pub mod synthetic;
 pub mod system;
 pub mod tls;

@@ -8,7 +8,11 @@ use clap::{Args, Parser, Subcommand};
 pub const DEFAULT_CONFIG: &str = "/etc/mig/migd.toml";
 
 #[derive(Debug, Parser)]
-#[command(name = "migctl", version, about = "Provision and administer the MIG appliance")]
+#[command(
+    name = "migctl",
+    version,
+    about = "Provision and administer the MIG appliance"
+)]
 pub struct Cli {
     /// The appliance's config file.
     #[arg(long, global = true, default_value = DEFAULT_CONFIG)]
@@ -75,6 +79,22 @@ pub enum Command {
         /// Start everything, print the commands, and exit leaving migd and swtpm running.
         #[arg(long)]
         detach: bool,
+    },
+    /// Print a fresh GP Connect access token for trying the demo appliance (valid 5 minutes).
+    DemoToken {
+        /// The requesting organisation's ODS code.
+        #[arg(long)]
+        ods: String,
+        #[arg(long, default_value = "R8000")]
+        role: String,
+        /// Send permission_to_view=override with this reason.
+        #[arg(long)]
+        r#override: Option<String>,
+        #[arg(long, requires = "override")]
+        justification: Option<String>,
+        /// Leave permission_to_view out (relies on a standing consent).
+        #[arg(long, conflicts_with = "override")]
+        no_permission: bool,
     },
     /// Write a synthetic practice as FHIR Bulk Data NDJSON.
     DemoData {
@@ -148,7 +168,7 @@ pub enum UpstreamCommand {
 #[derive(Debug, Subcommand)]
 pub enum PartnerCommand {
     /// Register a partner and its data sharing agreement.
-    Add(PartnerAddArgs),
+    Add(Box<PartnerAddArgs>),
     /// List registered partners.
     List,
     /// Remove a partner.
@@ -165,7 +185,11 @@ pub struct PartnerAddArgs {
     #[arg(long = "type")]
     pub partner_type: String,
     /// The partner's client certificate (PEM), pinned by its public key.
-    #[arg(long, conflicts_with = "spki_sha256", required_unless_present = "spki_sha256")]
+    #[arg(
+        long,
+        conflicts_with = "spki_sha256",
+        required_unless_present = "spki_sha256"
+    )]
     pub cert: Option<PathBuf>,
     /// SHA-256 of the partner certificate's SubjectPublicKeyInfo (64 hex digits).
     #[arg(long)]

@@ -5,6 +5,7 @@
 //! leaves; if the audit cannot be written the partner gets 503 and no record data. Refusals
 //! carry only the SPEC §5 code; the reason goes to the audit.
 
+pub mod audit_sink;
 pub mod bundle;
 pub mod capability;
 pub mod headers;
@@ -82,7 +83,7 @@ pub trait AuditSink: Send + Sync {
     fn record(
         &self,
         event: AccessEvent,
-    ) -> Pin<Box<dyn Future<Output = Result<(), AuditUnavailable>> + Send>>;
+    ) -> Pin<Box<dyn Future<Output = Result<(), AuditUnavailable>> + Send + '_>>;
 }
 
 /// The API service.

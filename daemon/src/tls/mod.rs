@@ -8,6 +8,7 @@
 //! handshake alert), nor OCSP (the appliance fetches nothing; revocation comes only from
 //! CRLs installed with `migctl crl install`).
 
+pub mod csr;
 mod reload;
 mod signing;
 mod verify;

@@ -1,0 +1,60 @@
+//! Partner access events into the audit trail (SPEC §8).
+
+use std::future::Future;
+use std::pin::Pin;
+
+use super::{AccessEvent, AuditSink, AuditUnavailable};
+use crate::audit::{AuditLog, AuditRecord, Decision, PermissionBasis, RecordKind};
+
+impl From<&AccessEvent> for AuditRecord {
+    fn from(event: &AccessEvent) -> AuditRecord {
+        let decision = if event.permitted {
+            Decision::Permit
+        } else {
+            Decision::Refuse
+        };
+        let mut record = AuditRecord::new(RecordKind::PartnerRequest, decision);
+        record.time = time::OffsetDateTime::parse(
+            &event.time,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .ok();
+        record.partner_ods = event.partner_ods.clone();
+        record.partner_cert_sha256 = Some(event.certificate_sha256.clone());
+        if let Some(claims) = &event.claims {
+            record.sds_user_id = Some(claims.sds_user_id.clone());
+            record.sds_role_profile_id = Some(claims.sds_role_profile_id.clone());
+            record.job_role = Some(claims.job_role.clone());
+            record.requesting_org_ods = Some(claims.organisation_ods.clone());
+            record.requesting_device = claims.device.clone();
+        }
+        record.nhs_number = event.nhs_number.clone();
+        record.interaction_id = Some(event.interaction.clone());
+        record.trace_id = event.trace_id.clone();
+        record.basis = match event.basis.as_deref() {
+            Some(name) => PermissionBasis::from_name(name).unwrap_or(PermissionBasis::None),
+            None => PermissionBasis::None,
+        };
+        record.override_reason = event.override_reason.clone();
+        record.override_justification = event.override_justification.clone();
+        record.error_code = event.error_code.map(|c| c.code().to_owned());
+        record.action = event.refusal_reason.clone();
+        record.sections = event.sections.iter().map(|s| s.name().to_owned()).collect();
+        record
+    }
+}
+
+impl AuditSink for AuditLog {
+    fn record(
+        &self,
+        event: AccessEvent,
+    ) -> Pin<Box<dyn Future<Output = Result<(), AuditUnavailable>> + Send + '_>> {
+        Box::pin(async move {
+            let record = AuditRecord::from(&event);
+            self.append(record).await.map(|_| ()).map_err(|e| {
+                tracing::error!(error = %e, "audit append failed");
+                AuditUnavailable
+            })
+        })
+    }
+}

@@ -1,0 +1,403 @@
+//! migd itself: start-up in the order SPEC §10 and `system` set out (TPM → unseal → replica →
+//! audit → listeners), readiness and watchdog, reload on SIGHUP, drain on SIGTERM.
+//!
+//! Everything fails closed with one line naming the cause: a missing TPM, a changed PCR, a
+//! wrong replica key or a broken certificate file stops start-up; nothing falls back.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use tokio::sync::watch;
+use zeroize::Zeroizing;
+
+use crate::admin::commands::AdminService;
+use crate::admin::transport::AdminListener;
+use crate::api::upstream::Upstream;
+use crate::api::{Api, Appliance, Caller};
+use crate::audit::{AuditLog, AuditOptions};
+use crate::config::Config;
+use crate::keys::{derive, AUDIT_KEY_PURPOSE, REPLICA_KEY_PURPOSE};
+use crate::listener::{self, Handler, HandlerFuture, ListenerLimits, Peer, Role, SnapshotSource};
+use crate::policy::{parse_concept_list, SensitiveCategory, SensitiveCodes};
+use crate::replica::{ReaderPool, Replica};
+use crate::system::{self, notify, Sandbox, SignalEvent, Signals};
+use crate::tls::{Reloader, TlsSettings};
+use crate::tpm::{KeyRole, Tpm, TpmSettings};
+
+/// The replica and audit database files inside the state directory.
+pub const REPLICA_FILE: &str = "replica.db";
+pub const AUDIT_FILE: &str = "audit.db";
+/// How often the state directory is polled for registry changes.
+const REGISTRY_POLL: Duration = Duration::from_millis(500);
+/// How often health is re-checked when systemd asks for no watchdog.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Why migd stopped or could not start. Each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("process hardening: {0}")]
+    System(#[from] crate::system::SystemError),
+    #[error("TPM: {0}")]
+    Tpm(#[from] crate::tpm::TpmError),
+    #[error("TPM owner auth file {path}: {source}")]
+    OwnerAuth {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("replica: {0}")]
+    Replica(#[from] crate::replica::ReplicaError),
+    #[error("audit: {0}")]
+    Audit(#[from] crate::audit::AuditError),
+    #[error("certificates and partners: {0} (install the appliance certificate with `migctl cert install`)")]
+    Tls(#[from] Box<crate::tls::TlsError>),
+    #[error("sensitive code list: {0}")]
+    Sensitive(#[from] crate::policy::PolicyError),
+    #[error("sensitive code list {path}: {source}")]
+    SensitiveFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("listener {address}: {reason}")]
+    Listen { address: String, reason: String },
+    #[error("admin socket: {0}")]
+    Admin(#[from] crate::admin::transport::TransportError),
+    #[error("runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+/// The TPM settings a config describes (reads the owner auth file if one is named).
+pub fn tpm_settings(config: &Config) -> Result<TpmSettings, ServiceError> {
+    let owner_auth = match &config.tpm.owner_auth_file {
+        None => None,
+        Some(path) => {
+            let bytes = std::fs::read(path).map_err(|source| ServiceError::OwnerAuth {
+                path: path.clone(),
+                source,
+            })?;
+            let trimmed = bytes.strip_suffix(b"\n").unwrap_or(&bytes).to_vec();
+            Some(Zeroizing::new(trimmed))
+        }
+    };
+    Ok(TpmSettings {
+        tcti: config.tpm.tcti.to_string(),
+        pcrs: config.tpm.pcrs.indices().to_vec(),
+        owner_auth,
+    })
+}
+
+/// A 32-byte database key that is wiped when dropped.
+pub type DatabaseKey = Zeroizing<[u8; 32]>;
+
+/// The keys the sealed secret yields: (replica, audit).
+pub fn unseal_keys(tpm: &Tpm) -> Result<(DatabaseKey, DatabaseKey), ServiceError> {
+    let secret = tpm.unseal_replica_key()?;
+    Ok((
+        derive(&secret, REPLICA_KEY_PURPOSE),
+        derive(&secret, AUDIT_KEY_PURPOSE),
+    ))
+}
+
+/// Shipped concept lists plus the practice's (`<category>.txt` files in the extra directory).
+pub fn sensitive_codes(extra_dir: Option<&Path>) -> Result<SensitiveCodes, ServiceError> {
+    let mut codes = SensitiveCodes::shipped()?;
+    let Some(dir) = extra_dir else {
+        return Ok(codes);
+    };
+    for category in SensitiveCategory::ALL {
+        let path = dir.join(format!("{}.txt", category.name()));
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(ServiceError::SensitiveFile { path, source }),
+        };
+        let extra = parse_concept_list(&path.display().to_string(), &text)?;
+        codes = codes.with_extra(category, extra)?;
+    }
+    Ok(codes)
+}
+
+fn listener_limits(config: &Config) -> ListenerLimits {
+    let limits = &config.partner_api.limits;
+    ListenerLimits {
+        max_connections: limits.max_connections,
+        max_concurrent_handshakes: limits.max_concurrent_handshakes,
+        handshake_timeout: limits.handshake_timeout,
+        header_read_timeout: limits.header_read_timeout,
+        max_header_bytes: limits.max_header_bytes,
+        max_body_bytes: limits.max_body_bytes,
+        per_partner_concurrency: limits.per_partner_concurrency,
+        shutdown_grace: config.service.shutdown_grace,
+        ..ListenerLimits::default()
+    }
+}
+
+struct PartnerHandler {
+    api: Api,
+}
+
+impl Handler for PartnerHandler {
+    fn handle(&self, peer: Peer, request: Request<Bytes>) -> HandlerFuture<'_> {
+        Box::pin(async move {
+            let caller = Caller {
+                agreement: peer.partner.as_ref().map(|p| Arc::new(p.agreement.clone())),
+                certificate_sha256: hex::encode(peer.leaf_cert_sha256),
+            };
+            self.api.handle(&caller, request).await
+        })
+    }
+}
+
+struct UpstreamHandler {
+    upstream: Upstream,
+}
+
+impl Handler for UpstreamHandler {
+    fn handle(&self, peer: Peer, request: Request<Bytes>) -> HandlerFuture<'_> {
+        Box::pin(async move {
+            let Some(client) = peer.upstream else {
+                return crate::api::plain_outcome(
+                    http::StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "Not a registered clinical system.",
+                );
+            };
+            let response: Response<Bytes> = self.upstream.handle(&client.name, request).await;
+            response
+        })
+    }
+}
+
+/// Runs migd until SIGTERM/SIGINT. Blocking; builds its own runtime.
+pub fn run(config_path: &Path) -> Result<(), ServiceError> {
+    let config = Config::load(config_path)?;
+    system::harden_process(config.service.user.as_deref())?;
+    notify::status("opening the TPM").ok();
+
+    let tpm = Tpm::connect(&tpm_settings(&config)?)?;
+    tpm.load(&config.state_dir)?;
+    let (replica_key, audit_key) = unseal_keys(&tpm)?;
+    let replica_path = config.state_dir.join(REPLICA_FILE);
+    let replica = Replica::open(&replica_path, &replica_key)?;
+    let readers = Arc::new(ReaderPool::new(replica_path, replica_key)?);
+    let sensitive = Arc::new(sensitive_codes(
+        config.sensitive.extra_codes_dir.as_deref(),
+    )?);
+
+    // Every thread started from here on (audit writer, runtime workers) inherits the sandbox.
+    let report = Sandbox::for_config(&config).restrict_current_thread()?;
+    tracing::info!("{}", report.summary());
+
+    let audit_options = AuditOptions {
+        checkpoint_every: config.audit.checkpoint_every_records,
+        checkpoint_interval: config.audit.checkpoint_every,
+        ..AuditOptions::default()
+    };
+    let audit = Arc::new(AuditLog::open(
+        &config.state_dir.join(AUDIT_FILE),
+        &audit_key,
+        tpm.signer(KeyRole::Audit)?,
+        audit_options,
+    )?);
+    let tls_settings = TlsSettings {
+        tls12: config.partner_api.tls12,
+        crl_expired: match config.partner_api.crl_expired {
+            crate::config::CrlExpiredPolicy::Refuse => crate::tls::CrlExpiredPolicy::Refuse,
+            crate::config::CrlExpiredPolicy::Warn => crate::tls::CrlExpiredPolicy::Warn,
+        },
+    };
+    let tls_signer = tpm.signer(KeyRole::Tls)?;
+    let reloader =
+        Reloader::new(&config.state_dir, tls_signer.clone(), tls_settings).map_err(Box::new)?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("migd")
+        .build()
+        .map_err(ServiceError::Runtime)?;
+    let result = runtime.block_on(serve(
+        config,
+        tpm,
+        replica,
+        readers,
+        sensitive,
+        audit.clone(),
+        reloader,
+        tls_signer,
+    ));
+    // The final checkpoint, whether serving ended cleanly or not.
+    if let Err(e) = audit.shutdown_blocking() {
+        tracing::error!("final audit checkpoint: {e}");
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    config: Config,
+    tpm: Tpm,
+    replica: Replica,
+    readers: Arc<ReaderPool>,
+    sensitive: Arc<SensitiveCodes>,
+    audit: Arc<AuditLog>,
+    reloader: Arc<Reloader>,
+    tls_signer: Arc<dyn crate::keys::Signer>,
+) -> Result<(), ServiceError> {
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let healthy = Arc::new(AtomicBool::new(true));
+    let ready = Arc::new(AtomicBool::new(false));
+    let replica = Arc::new(Mutex::new(replica));
+    let limits = listener_limits(&config);
+
+    let partner_tcp = bind(config.partner_api.listen).await?;
+    let health_flag = healthy.clone();
+    let api = Api {
+        appliance: Appliance {
+            ods: config.appliance.ods.as_str().to_owned(),
+            name: config.appliance.name.clone(),
+            asid: config.appliance.asid.as_str().to_owned(),
+            fhir_base: config.appliance.fhir_base.as_str().to_owned(),
+        },
+        replica: readers.clone(),
+        audit: audit.clone(),
+        sensitive,
+        health: Arc::new(move || health_flag.load(Ordering::SeqCst)),
+    };
+    let mut servers = vec![listener::serve(
+        partner_tcp,
+        SnapshotSource::new(reloader.subscribe(), Role::Partner),
+        limits.clone(),
+        Arc::new(PartnerHandler { api }),
+        shutdown.clone(),
+    )];
+    if let Some(upstream) = &config.upstream {
+        let tcp = bind(upstream.listen).await?;
+        servers.push(listener::serve(
+            tcp,
+            SnapshotSource::new(reloader.subscribe(), Role::Upstream),
+            ListenerLimits {
+                max_body_bytes: 64 * 1024 * 1024,
+                ..limits.clone()
+            },
+            Arc::new(UpstreamHandler {
+                upstream: Upstream {
+                    replica: replica.clone(),
+                },
+            }),
+            shutdown.clone(),
+        ));
+    }
+    let poll = reloader.spawn_poll(REGISTRY_POLL, shutdown.clone());
+
+    let fhir_host = config
+        .appliance
+        .fhir_base
+        .as_str()
+        .split("://")
+        .nth(1)
+        .and_then(|rest| rest.split(['/', ':']).next())
+        .unwrap_or_default()
+        .to_owned();
+    let admin = Arc::new(AdminService::new(
+        replica,
+        readers.clone(),
+        audit.clone(),
+        tpm.public_key_spki_der(KeyRole::Audit)?,
+        tls_signer,
+        reloader.clone(),
+        ready.clone(),
+        healthy.clone(),
+        fhir_host,
+    ));
+    let admin_listener = AdminListener::bind(&config.admin.socket, &config.admin.group)?;
+    let mut admin_shutdown = shutdown.clone();
+    let admin_task = tokio::spawn(admin_listener.serve(admin, async move {
+        let _ = admin_shutdown.wait_for(|stop| *stop).await;
+    }));
+
+    // Health: the TPM answers, the replica reads, the listeners run.
+    let health_check = {
+        let tpm = tpm.clone();
+        let readers = readers.clone();
+        move || {
+            let tpm = tpm.clone();
+            let readers = readers.clone();
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    tpm.health_check().is_ok() && readers.with(|r| r.stats()).is_ok()
+                })
+                .await
+                .unwrap_or(false)
+            }
+        }
+    };
+    let health_task = {
+        let healthy = healthy.clone();
+        let check = health_check.clone();
+        tokio::spawn(async move {
+            let interval = notify::watchdog_interval();
+            match interval {
+                Some(interval) => {
+                    notify::watchdog_loop(interval, move || {
+                        let check = check.clone();
+                        let healthy = healthy.clone();
+                        async move {
+                            let ok = check().await;
+                            healthy.store(ok, Ordering::SeqCst);
+                            ok
+                        }
+                    })
+                    .await
+                }
+                None => loop {
+                    tokio::time::sleep(HEALTH_INTERVAL).await;
+                    healthy.store(check().await, Ordering::SeqCst);
+                },
+            }
+        })
+    };
+
+    ready.store(true, Ordering::SeqCst);
+    notify::ready().ok();
+    notify::status("serving").ok();
+    tracing::info!(listen = %config.partner_api.listen, "migd ready");
+
+    let mut signals = Signals::install()?;
+    while let SignalEvent::Reload = signals.recv().await {
+        notify::reloading().ok();
+        let reloader = reloader.clone();
+        match tokio::task::spawn_blocking(move || reloader.reload()).await {
+            Ok(Ok(snapshot)) => tracing::info!(generation = snapshot.generation, "reloaded"),
+            Ok(Err(e)) => {
+                tracing::warn!("reload rejected, the previous configuration keeps serving: {e}")
+            }
+            Err(_) => tracing::error!("reload task failed"),
+        }
+        notify::ready().ok();
+    }
+    tracing::info!("stopping: draining in-flight requests");
+    notify::stopping().ok();
+    let _ = shutdown_tx.send(true);
+    for server in servers {
+        let _ = server.await;
+    }
+    poll.abort();
+    health_task.abort();
+    let _ = admin_task.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn bind(address: std::net::SocketAddr) -> Result<tokio::net::TcpListener, ServiceError> {
+    listener::bind(address)
+        .await
+        .map_err(|e| ServiceError::Listen {
+            address: address.to_string(),
+            reason: e.to_string(),
+        })
+}

@@ -1,0 +1,791 @@
+//! What each `migctl` command does. Commands that change the registry (partners, CAs, CRLs,
+//! the appliance certificate, upstream systems) write the state directory directly, so they
+//! work whether or not migd runs; a running migd notices within a second. Commands that read
+//! or write the replica or audit trail go through migd's admin socket.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::str::FromStr;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::cli::*;
+use mig::admin::transport::{AdminClient, AdminClientError};
+use mig::config::{ApplianceConfig, Asid, Config, FhirBase, OdsCode, PcrSelection, Tcti};
+use mig::fhir::Section;
+use mig::keys::PublicKeyOnly;
+use mig::policy::{Agreement, PartnerType, RoleSet};
+use mig::registry::{self, CertificateMatch, Partner};
+use mig::service::{AUDIT_FILE, REPLICA_FILE};
+use mig::tpm::{KeyRole, Tpm};
+
+/// Public halves of the appliance keys, written at `init` so certificate checks need no TPM.
+pub const PUBLIC_KEYS_FILE: &str = "public-keys.json";
+/// How much NDJSON goes in one admin request (whole lines; the socket takes 16 MiB a line).
+const IMPORT_CHUNK_BYTES: usize = 4 * 1024 * 1024;
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    let config_path = cli.config.clone();
+    match cli.command {
+        Command::Init(args) => init(&config_path, &args).map(|_| ExitCode::SUCCESS),
+        Command::DemoData {
+            patients,
+            seed,
+            out,
+        } => {
+            let summary = mig::synthetic::write_practice(&out, patients as u64, seed)?;
+            println!("{summary}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo {
+            dir,
+            patients,
+            detach,
+        } => crate::demo::run(&dir, patients, detach),
+        Command::Console { progress } => crate::console::run(&config_path, progress.as_deref()),
+        command => {
+            let config = Config::load(&config_path)?;
+            run_with_config(&config, command)
+        }
+    }
+}
+
+fn run_with_config(config: &Config, command: Command) -> Result<ExitCode> {
+    let state = &config.state_dir;
+    match command {
+        Command::Csr { subject, out } => {
+            let pem = csr(config, &subject)?;
+            registry::write_atomic(&out, pem.as_bytes())?;
+            println!(
+                "wrote {} (give it to your certificate authority, then `migctl cert install`)",
+                out.display()
+            );
+        }
+        Command::Cert(CertCommand::Install { file }) => {
+            let path = install_certificate(config, &read(&file)?)?;
+            println!("installed {} as {}", file.display(), path.display());
+        }
+        Command::Trust(TrustCommand::Add { file }) => {
+            for path in registry::add_trust_ca(state, &read(&file)?)
+                .with_context(|| file.display().to_string())?
+            {
+                println!("trusted partner CA {}", path.display());
+            }
+        }
+        Command::Crl(CrlCommand::Install { file }) => {
+            for (path, info) in registry::install_crl(state, &read(&file)?, None)
+                .with_context(|| file.display().to_string())?
+            {
+                println!(
+                    "installed CRL from {} ({} revoked) as {}",
+                    info.issuer,
+                    info.revoked,
+                    path.display()
+                );
+            }
+        }
+        Command::Upstream(UpstreamCommand::Add { name, cert }) => {
+            let path = registry::add_upstream(state, &name, &read(&cert)?)?;
+            println!("registered clinical system {name} as {}", path.display());
+        }
+        Command::Partner(PartnerCommand::Add(args)) => {
+            let partner = partner_from_args(&args)?;
+            let path = registry::add_partner(state, &partner)?;
+            println!(
+                "registered {} ({}) as {}",
+                partner.agreement.name,
+                partner.agreement.ods,
+                path.display()
+            );
+        }
+        Command::Partner(PartnerCommand::List) => {
+            for partner in registry::list_partners(state)? {
+                println!("{}", describe_partner(&partner));
+            }
+        }
+        Command::Partner(PartnerCommand::Remove { ods }) => {
+            registry::remove_partner(state, &ods)?;
+            println!("removed partner {ods}");
+        }
+        Command::Import { paths } => return import(config, &paths),
+        Command::Audit(command) => return audit(config, command),
+        Command::Alerts(command) => return alerts(config, command),
+        Command::Status => return status(config),
+        Command::Check => return Ok(crate::commands::check::run(config)),
+        Command::DemoToken {
+            ods,
+            role,
+            r#override,
+            justification,
+            no_permission,
+        } => {
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            let mut claims = mig::api::jwt::example_claims(
+                config.appliance.fhir_base.as_str(),
+                &ods,
+                &role,
+                now,
+            );
+            if let Some(reason) = r#override {
+                claims["permission_to_view"] = json!("override");
+                claims["override_reason"] = json!(reason);
+                claims["override_justification"] = json!(justification.unwrap_or_default());
+            } else if no_permission {
+                if let Some(map) = claims.as_object_mut() {
+                    map.remove("permission_to_view");
+                }
+            }
+            println!("{}", mig::api::jwt::encode_unsigned(&claims));
+        }
+        Command::Init(_)
+        | Command::Demo { .. }
+        | Command::DemoData { .. }
+        | Command::Console { .. } => {
+            bail!("internal: command dispatched twice")
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// `migctl init`: config, state directory, TPM keys, sealed key, empty replica and audit.
+pub fn init(config_path: &Path, args: &InitArgs) -> Result<Config> {
+    let ods = OdsCode::from_str(&args.ods).map_err(|e| anyhow!("--ods: {}", e.0))?;
+    let asid = Asid::from_str(&args.asid).map_err(|e| anyhow!("--asid: {}", e.0))?;
+    let tcti = Tcti::from_str(&args.tcti).map_err(|e| anyhow!("--tcti: {}", e.0))?;
+    let pcrs = PcrSelection::from_str(&args.pcrs).map_err(|e| anyhow!("--pcrs: {}", e.0))?;
+    let listen: std::net::SocketAddr = args.listen.parse().map_err(|_| {
+        anyhow!(
+            "--listen: {:?} is not an address like 0.0.0.0:8443",
+            args.listen
+        )
+    })?;
+    let upstream = match &args.upstream_listen {
+        None => None,
+        Some(text) => Some(text.parse::<std::net::SocketAddr>().map_err(|_| {
+            anyhow!("--upstream-listen: {text:?} is not an address like 0.0.0.0:8444")
+        })?),
+    };
+    let fhir_base = match &args.fhir_base {
+        Some(url) => url.clone(),
+        None => format!("https://{}:{}/fhir", hostname(), listen.port()),
+    };
+    let fhir_base = FhirBase::from_str(&fhir_base).map_err(|e| anyhow!("--fhir-base: {}", e.0))?;
+    if args.name.trim().is_empty() {
+        bail!("--name: the practice name is empty");
+    }
+    if config_path.exists() {
+        bail!(
+            "{} exists: this appliance is already initialised (refusing to overwrite it)",
+            config_path.display()
+        );
+    }
+    let state = &args.state_dir;
+    for existing in [mig::tpm::KEY_DIR, REPLICA_FILE, AUDIT_FILE] {
+        if state.join(existing).exists() {
+            bail!(
+                "{} exists: this appliance is already initialised (refusing to overwrite it)",
+                state.join(existing).display()
+            );
+        }
+    }
+    let mut config = Config::new(
+        std::path::absolute(state).unwrap_or_else(|_| state.clone()),
+        ApplianceConfig {
+            ods,
+            name: args.name.trim().to_owned(),
+            asid,
+            fhir_base,
+        },
+        tcti,
+    )?;
+    config.tpm.pcrs = pcrs;
+    config.partner_api.listen = listen;
+    config.upstream = upstream.map(|listen| mig::config::UpstreamConfig { listen });
+    config.admin.socket = args.admin_socket.clone();
+
+    create_private_dir(state)?;
+    let tpm = Tpm::connect(&mig::service::tpm_settings(&config)?)?;
+    tpm.provision(state)?;
+    tpm.load(state)?;
+    let (replica_key, audit_key) = mig::service::unseal_keys(&tpm)?;
+    mig::replica::Replica::create(&state.join(REPLICA_FILE), &replica_key)?;
+    let keys = json!({
+        "tls_spki_der_hex": hex::encode(tpm.public_key_spki_der(KeyRole::Tls)?),
+        "audit_spki_der_hex": hex::encode(tpm.public_key_spki_der(KeyRole::Audit)?),
+    });
+    registry::write_atomic(&state.join(PUBLIC_KEYS_FILE), keys.to_string().as_bytes())?;
+    let audit = mig::audit::AuditLog::open(
+        &state.join(AUDIT_FILE),
+        &audit_key,
+        tpm.signer(KeyRole::Audit)?,
+        mig::audit::AuditOptions::default(),
+    )?;
+    audit.append_blocking(mig::audit::AuditRecord::admin_action(
+        &operator(),
+        &format!("init {} ({})", config.appliance.name, config.appliance.ods),
+        mig::audit::Decision::Permit,
+    ))?;
+    audit.shutdown_blocking()?;
+    if let Some(parent) = config_path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    config.write_new(config_path)?;
+    config.source_path = config_path.to_owned();
+    println!(
+        "initialised {} ({}) in {}; config {}",
+        config.appliance.name,
+        config.appliance.ods,
+        state.display(),
+        config_path.display()
+    );
+    println!("next: migctl csr --subject \"CN=<appliance host name>\" --out appliance.csr");
+    Ok(config)
+}
+
+fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("securing {}", dir.display()))
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+pub fn operator() -> String {
+    let uid = nix::unistd::Uid::current();
+    let name = nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_default();
+    format!("uid={uid}({name}) via migctl")
+}
+
+/// The public keys recorded at `init`.
+pub fn public_keys(config: &Config) -> Result<(Vec<u8>, Vec<u8>)> {
+    let path = config.state_dir.join(PUBLIC_KEYS_FILE);
+    let keys: Value = serde_json::from_slice(&read(&path)?)
+        .with_context(|| format!("{} is not JSON", path.display()))?;
+    let field = |name: &str| -> Result<Vec<u8>> {
+        keys[name]
+            .as_str()
+            .and_then(|h| hex::decode(h).ok())
+            .ok_or_else(|| anyhow!("{} has no {name}", path.display()))
+    };
+    Ok((field("tls_spki_der_hex")?, field("audit_spki_der_hex")?))
+}
+
+/// `migctl csr`: through migd when it runs (it holds the TPM), else from the TPM directly.
+pub fn csr(config: &Config, subject: &str) -> Result<String> {
+    match admin_call(config, &json!({"command": "csr", "subject": subject})) {
+        Ok(answer) => answer["pem"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("migd sent no CSR")),
+        Err(AdminFailure::NotRunning(_)) => {
+            let tpm = Tpm::connect(&mig::service::tpm_settings(config)?)?;
+            tpm.load(&config.state_dir)?;
+            let host = config
+                .appliance
+                .fhir_base
+                .as_str()
+                .split("://")
+                .nth(1)
+                .and_then(|r| r.split(['/', ':']).next())
+                .unwrap_or_default()
+                .to_owned();
+            Ok(mig::tls::csr::appliance_csr(
+                tpm.signer(KeyRole::Tls)?,
+                subject,
+                &[host],
+            )?)
+        }
+        Err(AdminFailure::Refused(e)) => Err(e),
+    }
+}
+
+/// `migctl cert install`: the chain must hold the TPM's TLS key, be in date and build.
+pub fn install_certificate(config: &Config, pem: &[u8]) -> Result<PathBuf> {
+    let (tls_key, _) = public_keys(config)?;
+    Ok(registry::install_appliance_chain(
+        &config.state_dir,
+        pem,
+        &PublicKeyOnly(tls_key),
+        std::time::SystemTime::now(),
+    )?)
+}
+
+fn list(text: &str, flag: &str) -> Result<BTreeSet<String>> {
+    let items: BTreeSet<String> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if items.is_empty() {
+        bail!("{flag}: empty list");
+    }
+    Ok(items)
+}
+
+fn sections(text: &str, flag: &str) -> Result<BTreeSet<Section>> {
+    if text.trim() == "all" {
+        return Ok(Section::ALL.into_iter().collect());
+    }
+    list(text, flag)?
+        .iter()
+        .map(|name| {
+            Section::from_name(name).ok_or_else(|| {
+                let known: Vec<_> = Section::ALL.iter().map(|s| s.name()).collect();
+                anyhow!(
+                    "{flag}: unknown section {name:?} (known: {}, or all)",
+                    known.join(", ")
+                )
+            })
+        })
+        .collect()
+}
+
+fn roles(text: &str, flag: &str) -> Result<RoleSet> {
+    if text.trim() == "*" {
+        return Ok(RoleSet::Any);
+    }
+    let roles = list(text, flag)?;
+    if let Some(bad) = roles
+        .iter()
+        .find(|r| !r.chars().all(|c| c.is_ascii_alphanumeric()) || r.len() > 8)
+    {
+        bail!("{flag}: {bad:?} is not an SDS job role code such as R8000");
+    }
+    Ok(RoleSet::Only(roles))
+}
+
+/// Builds a partner record from `partner add` flags, refusing anything malformed.
+pub fn partner_from_args(args: &PartnerAddArgs) -> Result<Partner> {
+    let ods = OdsCode::from_str(&args.ods)
+        .map_err(|e| anyhow!("--ods: {}", e.0))?
+        .to_string();
+    let partner_type = PartnerType::from_name(&args.partner_type).ok_or_else(|| {
+        let known: Vec<_> = PartnerType::ALL.iter().map(|t| t.name()).collect();
+        anyhow!(
+            "--type: unknown partner type {:?} (known: {})",
+            args.partner_type,
+            known.join(", ")
+        )
+    })?;
+    let identity = match (&args.cert, &args.spki_sha256) {
+        (Some(file), None) => {
+            use rustls_pki_types::pem::PemObject;
+            let pem = read(file)?;
+            let der = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+                .next()
+                .ok_or_else(|| anyhow!("--cert: {} holds no PEM certificate", file.display()))?
+                .map_err(|e| anyhow!("--cert: {}: {e}", file.display()))?;
+            let identity = registry::cert_identity(&der).ok_or_else(|| {
+                anyhow!(
+                    "--cert: {} is not a readable X.509 certificate",
+                    file.display()
+                )
+            })?;
+            CertificateMatch::SpkiSha256(identity.spki_sha256)
+        }
+        (None, Some(hex_text)) => {
+            let bytes = hex::decode(hex_text.trim())
+                .ok()
+                .filter(|b| b.len() == 32)
+                .ok_or_else(|| anyhow!("--spki-sha256: need 64 hex digits"))?;
+            let mut pin = [0u8; 32];
+            pin.copy_from_slice(&bytes);
+            CertificateMatch::SpkiSha256(pin)
+        }
+        _ => bail!("give exactly one of --cert and --spki-sha256"),
+    };
+    let sites = match &args.sites {
+        None => BTreeSet::new(),
+        Some(text) => list(text, "--sites")?
+            .into_iter()
+            .map(|s| {
+                OdsCode::from_str(&s)
+                    .map(|o| o.to_string())
+                    .map_err(|e| anyhow!("--sites: {}", e.0))
+            })
+            .collect::<Result<_>>()?,
+    };
+    let expires = match &args.expires {
+        None => None,
+        Some(text) => Some(
+            time::Date::parse(
+                text,
+                &time::macros::format_description!("[year]-[month]-[day]"),
+            )
+            .map_err(|_| anyhow!("--expires: {text:?} is not a date like 2027-03-31"))?,
+        ),
+    };
+    if args.name.trim().is_empty() {
+        bail!("--name: empty");
+    }
+    Ok(Partner {
+        agreement: Agreement {
+            ods,
+            name: args.name.trim().to_owned(),
+            partner_type,
+            sites,
+            sections: sections(&args.sections, "--sections")?,
+            roles: roles(&args.roles, "--roles")?,
+            override_roles: match &args.override_roles {
+                Some(text) => roles(text, "--override-roles")?,
+                None => RoleSet::none(),
+            },
+            override_sections: match &args.override_sections {
+                Some(text) => Some(sections(text, "--override-sections")?),
+                None => None,
+            },
+            expires,
+        },
+        identity,
+    })
+}
+
+fn describe_partner(partner: &Partner) -> String {
+    let a = &partner.agreement;
+    let roles = |r: &RoleSet| match r {
+        RoleSet::Any => "*".to_owned(),
+        RoleSet::Only(set) if set.is_empty() => "none".to_owned(),
+        RoleSet::Only(set) => set.iter().cloned().collect::<Vec<_>>().join(","),
+    };
+    let sections: Vec<_> = a.sections.iter().map(|s| s.name()).collect();
+    let identity = match &partner.identity {
+        CertificateMatch::SpkiSha256(pin) => format!("spki-sha256 {}", hex::encode(pin)),
+        CertificateMatch::SubjectIssuer { subject, issuer } => {
+            format!("subject {subject:?} issuer {issuer:?}")
+        }
+    };
+    format!(
+        "{}\t{}\t{}\tsections={}\troles={}\toverride-roles={}\texpires={}\t{}",
+        a.ods,
+        a.name,
+        a.partner_type.name(),
+        sections.join(","),
+        roles(&a.roles),
+        roles(&a.override_roles),
+        a.expires
+            .map(|d| d.to_string())
+            .unwrap_or_else(|| "never".into()),
+        identity
+    )
+}
+
+/// Why an admin call failed.
+pub enum AdminFailure {
+    /// migd is not running (no socket, or nobody listening).
+    NotRunning(String),
+    /// migd answered with an error, or the exchange broke.
+    Refused(anyhow::Error),
+}
+
+impl From<AdminFailure> for anyhow::Error {
+    fn from(failure: AdminFailure) -> anyhow::Error {
+        match failure {
+            AdminFailure::NotRunning(why) => {
+                anyhow!("migd is not running ({why}); start it first (systemctl start migd)")
+            }
+            AdminFailure::Refused(e) => e,
+        }
+    }
+}
+
+fn answer(response: Value) -> Result<Value, AdminFailure> {
+    if response["ok"].as_bool() == Some(true) {
+        Ok(response)
+    } else {
+        let message = response["error"]["message"]
+            .as_str()
+            .unwrap_or("migd refused the request")
+            .to_owned();
+        Err(AdminFailure::Refused(anyhow!(message)))
+    }
+}
+
+fn connect(config: &Config) -> Result<AdminClient, AdminFailure> {
+    AdminClient::connect(&config.admin.socket).map_err(|e| match e {
+        AdminClientError::NotRunning { .. } => AdminFailure::NotRunning(e.to_string()),
+        other => AdminFailure::Refused(other.into()),
+    })
+}
+
+/// One request to migd.
+pub fn admin_call(config: &Config, request: &Value) -> Result<Value, AdminFailure> {
+    let mut client = connect(config)?;
+    let response = client
+        .call(request)
+        .map_err(|e| AdminFailure::Refused(e.into()))?;
+    answer(response)
+}
+
+/// The NDJSON files named: files as given, directories' `*.ndjson` with Patient first.
+fn ndjson_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+                .with_context(|| format!("cannot list {}", path.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "ndjson"))
+                .collect();
+            found.sort_by_key(|p| {
+                (
+                    p.file_name().is_none_or(|n| n != "Patient.ndjson"),
+                    p.clone(),
+                )
+            });
+            if found.is_empty() {
+                bail!("{} holds no .ndjson files", path.display());
+            }
+            files.extend(found);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    Ok(files)
+}
+
+/// `migctl import`: each file is one atomic batch, sent in chunks of whole lines.
+fn import(config: &Config, paths: &[PathBuf]) -> Result<ExitCode> {
+    let files = ndjson_files(paths)?;
+    let mut total = 0u64;
+    for file in &files {
+        let upserted = import_file(config, file).with_context(|| file.display().to_string())?;
+        println!("{}: {upserted} resources", file.display());
+        total += upserted;
+    }
+    println!("imported {total} resources from {} files", files.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn import_file(config: &Config, file: &Path) -> Result<u64> {
+    let input = std::fs::File::open(file).with_context(|| "cannot open".to_string())?;
+    let mut input = std::io::BufReader::with_capacity(1 << 20, input);
+    let mut client = connect(config)?;
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut call = |request: Value| -> Result<Value> { Ok(answer(client.call(&request)?)?) };
+    call(json!({"command": "import-begin", "name": name}))?;
+    let mut chunk = String::new();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let read = input.read_until(b'\n', &mut line).context("reading")?;
+        if read > 0 {
+            let text = String::from_utf8(line.clone())
+                .map_err(|_| anyhow!("a line is not valid UTF-8"))?;
+            chunk.push_str(&text);
+            if !text.ends_with('\n') {
+                chunk.push('\n');
+            }
+        }
+        if (read == 0 && !chunk.is_empty()) || chunk.len() >= IMPORT_CHUNK_BYTES {
+            call(json!({"command": "import-chunk", "ndjson": std::mem::take(&mut chunk)}))?;
+        }
+        if read == 0 {
+            break;
+        }
+    }
+    let done = call(json!({"command": "import-commit"}))?;
+    Ok(done["summary"]["upserted"].as_u64().unwrap_or(0))
+}
+
+fn audit(config: &Config, command: AuditCommand) -> Result<ExitCode> {
+    match command {
+        AuditCommand::Verify => {
+            let answer = admin_call(config, &json!({"command": "audit-verify"}))?;
+            let report = &answer["report"];
+            println!(
+                "{} records, {} checkpoints verified, chain head {}",
+                report["records"],
+                report["checkpoints_verified"],
+                report["chain_head"].as_str().unwrap_or("-")
+            );
+            if let Some(range) = report["uncovered"].as_array() {
+                println!(
+                    "warning: records {} to {} are not yet covered by a signed checkpoint",
+                    range[0], range[1]
+                );
+            }
+            match answer["problem"].as_str() {
+                None => {
+                    println!("audit trail verified");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Some(problem) => {
+                    println!(
+                        "AUDIT TRAIL FAILED VERIFICATION at record {}: {problem}",
+                        answer["first_bad_record"]
+                    );
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        AuditCommand::Export { since, out } => {
+            let answer = admin_call(config, &json!({"command": "audit-export", "since": since}))?;
+            let ndjson = answer["ndjson"].as_str().unwrap_or_default();
+            match out {
+                Some(path) => {
+                    registry::write_atomic(&path, ndjson.as_bytes())?;
+                    eprintln!(
+                        "wrote {} AuditEvents to {}",
+                        answer["count"],
+                        path.display()
+                    );
+                }
+                None => std::io::stdout().write_all(ndjson.as_bytes())?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Patient { nhs_number } => {
+            let answer = admin_call(
+                config,
+                &json!({"command": "audit-patient", "nhs_number": nhs_number}),
+            )?;
+            let accesses = answer["accesses"].as_array().cloned().unwrap_or_default();
+            if accesses.is_empty() {
+                println!("no recorded access to {nhs_number}");
+            }
+            for a in accesses {
+                println!(
+                    "{}\t{}\tpartner {}\torg {}\tuser {}\trole {}\t{}\tbasis {}{}\tsections {}",
+                    a["time"].as_str().unwrap_or(""),
+                    a["decision"].as_str().unwrap_or(""),
+                    a["partner_ods"].as_str().unwrap_or("-"),
+                    a["requesting_org_ods"].as_str().unwrap_or("-"),
+                    a["sds_user_id"].as_str().unwrap_or("-"),
+                    a["job_role"].as_str().unwrap_or("-"),
+                    a["error_code"].as_str().unwrap_or("released"),
+                    a["basis"].as_str().unwrap_or("-"),
+                    a["override_reason"]
+                        .as_str()
+                        .map(|r| format!(" ({r})"))
+                        .unwrap_or_default(),
+                    a["sections"]
+                        .as_array()
+                        .map(|s| s
+                            .iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(","))
+                        .unwrap_or_default(),
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn alerts(config: &Config, command: AlertsCommand) -> Result<ExitCode> {
+    match command {
+        AlertsCommand::List { all } => {
+            let answer = admin_call(config, &json!({"command": "alerts-list", "all": all}))?;
+            let alerts = answer["alerts"].as_array().cloned().unwrap_or_default();
+            if alerts.is_empty() {
+                println!("no {}alerts", if all { "" } else { "unacknowledged " });
+            }
+            for a in alerts {
+                let ack = &a["acknowledged"];
+                println!(
+                    "#{}\t{}\tpartner {}\tuser {} ({})\tpatient {}\t{}: {:?}{}",
+                    a["id"],
+                    a["time"].as_str().unwrap_or(""),
+                    a["partner_ods"].as_str().unwrap_or("-"),
+                    a["sds_user_id"].as_str().unwrap_or("-"),
+                    a["job_role"].as_str().unwrap_or("-"),
+                    a["nhs_number"].as_str().unwrap_or("-"),
+                    a["reason"].as_str().unwrap_or("-"),
+                    a["justification"].as_str().unwrap_or(""),
+                    if ack.is_null() {
+                        String::new()
+                    } else {
+                        format!(
+                            "\tacknowledged by {} ({})",
+                            ack["operator"].as_str().unwrap_or("?"),
+                            ack["note"].as_str().unwrap_or("")
+                        )
+                    },
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AlertsCommand::Ack { id, note } => {
+            admin_call(
+                config,
+                &json!({"command": "alerts-ack", "id": id, "note": note}),
+            )?;
+            println!("alert #{id} acknowledged");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn status(config: &Config) -> Result<ExitCode> {
+    let answer = admin_call(config, &json!({"command": "status"}))?;
+    println!(
+        "migd {} for {} ({})",
+        answer["version"].as_str().unwrap_or("?"),
+        config.appliance.name,
+        config.appliance.ods
+    );
+    println!(
+        "ready: {}  healthy: {}  up {} s",
+        answer["ready"], answer["healthy"], answer["uptime_seconds"]
+    );
+    println!(
+        "replica: {} patients, {} resources",
+        answer["replica"]["patients"], answer["replica"]["resources"]
+    );
+    println!(
+        "audit: {} records this run, {} checkpoints, {} failed commits",
+        answer["audit"]["records"],
+        answer["audit"]["checkpoints"],
+        answer["audit"]["failed_commits"]
+    );
+    let partners = answer["partners"].as_array().cloned().unwrap_or_default();
+    println!(
+        "partners: {}  upstream systems: {}  CRLs: {}",
+        partners.len(),
+        answer["upstreams"],
+        answer["crls"]
+    );
+    for p in partners {
+        println!(
+            "  {} {} ({})",
+            p["ods"].as_str().unwrap_or(""),
+            p["name"].as_str().unwrap_or(""),
+            p["type"].as_str().unwrap_or("")
+        );
+    }
+    Ok(if answer["ready"].as_bool() == Some(true) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+pub mod check;

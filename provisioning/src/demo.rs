@@ -1,0 +1,479 @@
+//! `migctl demo`: a complete development appliance on this machine — a software TPM, a dev CA,
+//! the appliance certificate, three partners with certificates, a synthetic practice, migd
+//! running — and the curl commands that exercise it. Nothing here is fit for production: the
+//! CAs' keys sit in the demo folder.
+
+use std::io::BufRead;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use serde_json::json;
+
+use crate::cli::{InitArgs, PartnerAddArgs};
+use crate::commands;
+
+/// A marker so `demo` only ever wipes a folder it made itself.
+const MARKER: &str = ".mig-demo";
+
+/// A demo partner and its agreement, as `partner add` flags.
+pub struct DemoPartner {
+    /// File name of its certificate and key in `pki/`.
+    pub file: &'static str,
+    pub ods: &'static str,
+    pub name: &'static str,
+    pub partner_type: &'static str,
+    pub sections: &'static str,
+    pub roles: &'static str,
+    pub override_roles: Option<&'static str>,
+}
+
+pub const PARTNERS: [DemoPartner; 3] = [
+    DemoPartner {
+        file: "ambulance",
+        ods: "DEMAMB",
+        name: "Demo Ambulance Service",
+        partner_type: "ambulance",
+        sections: "all",
+        roles: "R8000,R8003",
+        override_roles: Some("R8000"),
+    },
+    DemoPartner {
+        file: "out-of-hours",
+        ods: "DEMOOH",
+        name: "Demo Out-of-Hours GP Service",
+        partner_type: "out-of-hours",
+        sections: "all",
+        roles: "R8000,R8003",
+        override_roles: Some("R8000"),
+    },
+    // Its ODS code is the one the synthetic practice's standing third-party consents name.
+    DemoPartner {
+        file: "social-care",
+        ods: "8KL21",
+        name: "Demo Carers Support (social care)",
+        partner_type: "social-care",
+        sections: "allergies,medications,end-of-life,communication-preferences",
+        roles: "R8003",
+        override_roles: None,
+    },
+];
+
+fn demo_key() -> Result<KeyPair> {
+    Ok(KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?)
+}
+
+fn validity(params: &mut CertificateParams, days: i64) {
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(days);
+}
+
+struct Ca {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+fn ca(name: &str) -> Result<Ca> {
+    let key = demo_key()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(DnType::CommonName, name);
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "MIG demo (not for production)");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    validity(&mut params, 3650);
+    let cert = params.self_signed(&key)?;
+    Ok(Ca { cert, key })
+}
+
+fn client_cert(ca: &Ca, common_name: &str) -> Result<(String, String)> {
+    let key = demo_key()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    validity(&mut params, 365);
+    let cert = params.signed_by(&key, &ca.cert, &ca.key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A free port P with P+1 free too (swtpm's control channel).
+fn free_port_pair() -> Result<u16> {
+    for _ in 0..50 {
+        let port = free_port()?;
+        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free pair of ports for swtpm")
+}
+
+fn sibling_binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe.with_file_name(name);
+    if path.exists() {
+        Ok(path)
+    } else {
+        bail!(
+            "{} not found next to migctl (build the workspace: cargo build)",
+            path.display()
+        )
+    }
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    mig::registry::write_atomic(path, text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn start_swtpm(dir: &Path, port: u16) -> Result<()> {
+    let state = dir.join("swtpm");
+    std::fs::create_dir_all(&state)?;
+    let status = Command::new("swtpm")
+        .args(["socket", "--tpm2", "--daemon"])
+        .arg("--server")
+        .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+        .arg("--ctrl")
+        .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
+        .arg("--tpmstate")
+        .arg(format!("dir={}", state.display()))
+        .arg("--pid")
+        .arg(format!("file={}", dir.join("swtpm.pid").display()))
+        .args(["--flags", "not-need-init,startup-clear"])
+        .status()
+        .context("starting swtpm (apt-get install swtpm swtpm-tools)")?;
+    if !status.success() {
+        bail!("swtpm failed to start: {status}");
+    }
+    Ok(())
+}
+
+fn stop_pid_file(path: &Path) {
+    if let Some(pid) = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.trim().parse::<i32>().ok())
+    {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    let _ = std::fs::remove_file(path);
+}
+
+/// Stops a previous demo's processes and removes its folder (only a folder `demo` made).
+fn reset(dir: &Path) -> Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    if !dir.join(MARKER).exists() {
+        bail!(
+            "{} exists and was not made by `migctl demo`; choose another --dir",
+            dir.display()
+        );
+    }
+    stop_pid_file(&dir.join("migd.pid"));
+    stop_pid_file(&dir.join("swtpm.pid"));
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))
+}
+
+fn wait_ready(config: &mig::config::Config, migd: &mut Child) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Some(status) = migd.try_wait()? {
+            bail!("migd exited ({status}) before it was ready; see its log");
+        }
+        if let Ok(answer) = commands::admin_call(config, &json!({"command": "status"})) {
+            if answer["ready"].as_bool() == Some(true) {
+                return Ok(());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("migd was not ready within 30 s")
+}
+
+pub fn run(dir: &Path, patients: usize, detach: bool) -> Result<ExitCode> {
+    let dir = std::path::absolute(dir)?;
+    reset(&dir)?;
+    std::fs::create_dir_all(&dir)?;
+    write(
+        &dir.join(MARKER),
+        "made by migctl demo; removed by the next demo run\n",
+    )?;
+    let config_path = dir.join("migd.toml");
+    let pki = dir.join("pki");
+    std::fs::create_dir_all(&pki)?;
+
+    let tpm_port = free_port_pair()?;
+    start_swtpm(&dir, tpm_port)?;
+    let api_port = if TcpListener::bind("127.0.0.1:8443").is_ok() {
+        8443
+    } else {
+        free_port()?
+    };
+    let upstream_port = free_port()?;
+    println!("software TPM on 127.0.0.1:{tpm_port}");
+
+    let config = commands::init(
+        &config_path,
+        &InitArgs {
+            state_dir: dir.join("state"),
+            ods: mig::synthetic::DEFAULT_PRACTICE_ODS.into(),
+            name: mig::synthetic::DEFAULT_PRACTICE_NAME.into(),
+            asid: "200000000123".into(),
+            tcti: format!("swtpm:host=127.0.0.1,port={tpm_port}"),
+            listen: format!("127.0.0.1:{api_port}"),
+            upstream_listen: Some(format!("127.0.0.1:{upstream_port}")),
+            admin_socket: dir.join("admin.sock"),
+            fhir_base: Some(format!("https://localhost:{api_port}/fhir")),
+            pcrs: "sha256:7".into(),
+        },
+    )?;
+
+    // The appliance's certificate: CSR signed in the TPM, issued by the demo appliance CA.
+    let appliance_ca = ca("MIG Demo Appliance CA")?;
+    let csr_pem = commands::csr(&config, "CN=localhost,O=MIG demo appliance,C=GB")?;
+    write(&pki.join("appliance.csr"), &csr_pem)?;
+    let mut csr = rcgen::CertificateSigningRequestParams::from_pem(&csr_pem)?;
+    csr.params
+        .subject_alt_names
+        .push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
+    csr.params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    csr.params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    validity(&mut csr.params, 365);
+    let leaf = csr.signed_by(&appliance_ca.cert, &appliance_ca.key)?;
+    write(&pki.join("appliance-ca.pem"), &appliance_ca.cert.pem())?;
+    let chain = format!("{}{}", leaf.pem(), appliance_ca.cert.pem());
+    write(&pki.join("appliance-chain.pem"), &chain)?;
+    commands::install_certificate(&config, chain.as_bytes())?;
+    println!("appliance certificate issued by the demo appliance CA and installed");
+
+    // Partners: one CA, a CRL, three partners with client certificates.
+    let partner_ca = ca("MIG Demo Partner CA")?;
+    write(&pki.join("partner-ca.pem"), &partner_ca.cert.pem())?;
+    mig::registry::add_trust_ca(&config.state_dir, partner_ca.cert.pem().as_bytes())?;
+    let now = time::OffsetDateTime::now_utc();
+    let crl = CertificateRevocationListParams {
+        this_update: now - time::Duration::hours(1),
+        next_update: now + time::Duration::days(30),
+        crl_number: SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs: Vec::new(),
+        key_identifier_method: KeyIdMethod::Sha256,
+    }
+    .signed_by(&partner_ca.cert, &partner_ca.key)?;
+    mig::registry::install_crl(&config.state_dir, crl.pem()?.as_bytes(), None)?;
+    for DemoPartner {
+        file,
+        ods,
+        name,
+        partner_type,
+        sections,
+        roles,
+        override_roles,
+    } in PARTNERS
+    {
+        let (cert, key) = client_cert(&partner_ca, name)?;
+        let cert_path = pki.join(format!("{file}.crt"));
+        write(&cert_path, &cert)?;
+        write(&pki.join(format!("{file}.key")), &key)?;
+        let partner = commands::partner_from_args(&PartnerAddArgs {
+            ods: ods.into(),
+            name: name.into(),
+            partner_type: partner_type.into(),
+            cert: Some(cert_path),
+            spki_sha256: None,
+            sections: sections.into(),
+            roles: roles.into(),
+            override_roles: override_roles.map(str::to_owned),
+            override_sections: None,
+            sites: None,
+            expires: Some((now + time::Duration::days(365)).date().to_string()),
+        })?;
+        mig::registry::add_partner(&config.state_dir, &partner)?;
+        println!("partner {name} ({ods}): {file}.crt / {file}.key");
+    }
+    let (upstream_cert, upstream_key) = client_cert(&partner_ca, "Demo clinical system")?;
+    write(&pki.join("clinical-system.crt"), &upstream_cert)?;
+    write(&pki.join("clinical-system.key"), &upstream_key)?;
+    mig::registry::add_upstream(
+        &config.state_dir,
+        "clinical-system",
+        upstream_cert.as_bytes(),
+    )?;
+
+    // migd.
+    let log = std::fs::File::create(dir.join("migd.log"))?;
+    let mut migd = Command::new(sibling_binary("migd")?)
+        .arg("--config")
+        .arg(&config_path)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting migd")?;
+    write(&dir.join("migd.pid"), &migd.id().to_string())?;
+    if let Err(e) = wait_ready(&config, &mut migd) {
+        let log = std::fs::read_to_string(dir.join("migd.log")).unwrap_or_default();
+        let _ = migd.kill();
+        stop_pid_file(&dir.join("swtpm.pid"));
+        bail!("{e}\n--- migd.log ---\n{log}");
+    }
+    println!(
+        "migd ready on https://localhost:{api_port}/fhir (log: {})",
+        dir.join("migd.log").display()
+    );
+
+    // The practice.
+    let practice = dir.join("practice");
+    let summary = mig::synthetic::write_practice(&practice, patients as u64, 1)?;
+    println!(
+        "synthetic practice: {} patients, {} resources",
+        summary.patients, summary.resources
+    );
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&practice)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    files.sort_by_key(|p| {
+        (
+            p.file_name().is_none_or(|n| n != "Patient.ndjson"),
+            p.clone(),
+        )
+    });
+    let started = Instant::now();
+    for file in &files {
+        commands::import_file(&config, file).with_context(|| file.display().to_string())?;
+    }
+    println!(
+        "imported through the admin socket in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    print_guide(&dir, &config_path, api_port);
+    if detach {
+        println!("\nmigd and swtpm keep running. Stop them with:\n  kill $(cat {0}/migd.pid) $(cat {0}/swtpm.pid)", dir.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("\nPress Ctrl-C to stop the demo appliance.");
+    wait_for_interrupt();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(migd.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = migd.wait();
+    stop_pid_file(&dir.join("swtpm.pid"));
+    let _ = std::fs::remove_file(dir.join("migd.pid"));
+    println!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn wait_for_interrupt() {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    if set.thread_block().is_ok() {
+        let _ = set.wait();
+    } else {
+        // Without signal masking, read standard input until it closes.
+        for _ in std::io::stdin().lock().lines() {}
+    }
+}
+
+/// A demo patient's NHS number by kind.
+fn demo_patient(kind: mig::synthetic::DemoKind) -> Result<String> {
+    mig::synthetic::demo_patients()
+        .into_iter()
+        .find(|p| p.kind == kind)
+        .map(|p| p.nhs_number)
+        .ok_or_else(|| anyhow!("no demo patient of kind {kind:?}"))
+}
+
+fn print_guide(dir: &Path, config_path: &Path, port: u16) {
+    use mig::synthetic::DemoKind;
+    let pki = dir.join("pki");
+    let migctl = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("migctl"));
+    let curl = |who: &str| {
+        format!(
+            "curl -sS --cacert {0}/appliance-ca.pem --cert {0}/{who}.crt --key {0}/{who}.key",
+            pki.display()
+        )
+    };
+    let token = |ods: &str, extra: &str| {
+        format!(
+            "$({} --config {} demo-token --ods {ods}{extra})",
+            migctl.display(),
+            config_path.display()
+        )
+    };
+    let record = |nhs: &str| {
+        format!(
+            r#"{{"resourceType":"Parameters","parameter":[{{"name":"patientNHSNumber","valueIdentifier":{{"system":"https://fhir.nhs.uk/Id/nhs-number","value":"{nhs}"}}}},{{"name":"includeAllergies","part":[{{"name":"includeResolvedAllergies","valueBoolean":false}}]}},{{"name":"includeMedication"}},{{"name":"includeProblems"}},{{"name":"includeEndOfLife"}}]}}"#
+        )
+    };
+    let headers = |interaction: &str| {
+        format!(
+            "-H 'Ssp-TraceID: 6f1c2a9e-5b7d-4c1e-9f3a-2d8b7e6a1c40' -H 'Ssp-From: 200000000999' -H 'Ssp-To: 200000000123' -H 'Ssp-InteractionID: {interaction}' -H 'Content-Type: application/fhir+json'"
+        )
+    };
+    let structured = "urn:nhs:names:services:gpconnect:fhir:operation:gpc.getstructuredrecord-1";
+    let url = format!("https://localhost:{port}/fhir/Patient/\\$gpc.getstructuredrecord");
+    let shared = demo_patient(DemoKind::SensitiveWithoutConsent).unwrap_or_default();
+    let dissent = demo_patient(DemoKind::Dissent).unwrap_or_default();
+    println!("\nTry it (copy and paste):\n");
+    println!("# 1. A consent-filtered record (sensitive items withheld, Lists carry the warning):");
+    println!(
+        "{} {} -H \"Authorization: Bearer {}\" -d '{}' {url}\n",
+        curl("ambulance"),
+        headers(structured),
+        token("DEMAMB", ""),
+        record(&shared)
+    );
+    println!("# 2. A refusal: this patient dissents (403 NO_PATIENT_CONSENT):");
+    println!(
+        "{} {} -H \"Authorization: Bearer {}\" -d '{}' {url}\n",
+        curl("ambulance"),
+        headers(structured),
+        token("DEMAMB", ""),
+        record(&dissent)
+    );
+    println!("# 3. An emergency override, which alerts the privacy officer:");
+    println!(
+        "{} {} -H \"Authorization: Bearer {}\" -d '{}' {url}",
+        curl("ambulance"),
+        headers(structured),
+        token("DEMAMB", " --override emergency --justification 'Unconscious patient at scene, allergy status needed'"),
+        record(&shared)
+    );
+    println!(
+        "{} --config {} alerts list\n",
+        migctl.display(),
+        config_path.display()
+    );
+    println!("# The audit trail:");
+    println!(
+        "{0} --config {1} audit verify && {0} --config {1} audit patient {shared}",
+        migctl.display(),
+        config_path.display()
+    );
+}
