@@ -212,7 +212,31 @@ fn wait_ready(config: &mig::config::Config, migd: &mut Child) -> Result<()> {
     bail!("migd was not ready within 30 s")
 }
 
-pub fn run(dir: &Path, patients: usize, detach: bool) -> Result<ExitCode> {
+/// A provisioned development appliance: what `provision` made and where.
+#[derive(Debug, Clone)]
+pub struct Appliance {
+    pub dir: PathBuf,
+    pub config: mig::config::Config,
+    pub config_path: PathBuf,
+    /// Certificates and keys: `appliance-ca.pem`, `<partner>.crt/.key`, `clinical-system.crt/.key`,
+    /// `partner-ca.pem`, and the CAs' own keys `*-ca.key` (for tests that issue more).
+    pub pki: PathBuf,
+    pub api_port: u16,
+    pub upstream_port: u16,
+    pub tpm_port: u16,
+}
+
+impl Appliance {
+    /// Stops swtpm (migd is the caller's to stop).
+    pub fn stop_tpm(&self) {
+        stop_pid_file(&self.dir.join("swtpm.pid"));
+    }
+}
+
+/// swtpm, `init`, the appliance certificate, a partner CA with a CRL, the three demo partners
+/// and the clinical system, in `dir` (which must not exist or be an earlier demo's). `api_port`
+/// 0 picks a free port.
+pub fn provision(dir: &Path, api_port: u16) -> Result<Appliance> {
     let dir = std::path::absolute(dir)?;
     reset(&dir)?;
     std::fs::create_dir_all(&dir)?;
@@ -226,10 +250,10 @@ pub fn run(dir: &Path, patients: usize, detach: bool) -> Result<ExitCode> {
 
     let tpm_port = free_port_pair()?;
     start_swtpm(&dir, tpm_port)?;
-    let api_port = if TcpListener::bind("127.0.0.1:8443").is_ok() {
-        8443
-    } else {
+    let api_port = if api_port == 0 {
         free_port()?
+    } else {
+        api_port
     };
     let upstream_port = free_port()?;
     println!("software TPM on 127.0.0.1:{tpm_port}");
@@ -321,36 +345,49 @@ pub fn run(dir: &Path, patients: usize, detach: bool) -> Result<ExitCode> {
         "clinical-system",
         upstream_cert.as_bytes(),
     )?;
+    write(&pki.join("partner-ca.key"), &partner_ca.key.serialize_pem())?;
+    write(
+        &pki.join("appliance-ca.key"),
+        &appliance_ca.key.serialize_pem(),
+    )?;
+    Ok(Appliance {
+        dir,
+        config,
+        config_path,
+        pki,
+        api_port,
+        upstream_port,
+        tpm_port,
+    })
+}
 
-    // migd.
-    let log = std::fs::File::create(dir.join("migd.log"))?;
-    let mut migd = Command::new(sibling_binary("migd")?)
+/// Starts `migd` (the binary at `migd`) for `app` with extra environment, logging to
+/// `migd.log`, and waits until it says it is ready.
+pub fn start_migd(app: &Appliance, migd: &Path, env: &[(&str, &str)]) -> Result<Child> {
+    let log = std::fs::File::create(app.dir.join("migd.log"))?;
+    let mut child = Command::new(migd)
         .arg("--config")
-        .arg(&config_path)
+        .arg(&app.config_path)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()
         .context("starting migd")?;
-    write(&dir.join("migd.pid"), &migd.id().to_string())?;
-    if let Err(e) = wait_ready(&config, &mut migd) {
-        let log = std::fs::read_to_string(dir.join("migd.log")).unwrap_or_default();
-        let _ = migd.kill();
-        stop_pid_file(&dir.join("swtpm.pid"));
+    write(&app.dir.join("migd.pid"), &child.id().to_string())?;
+    if let Err(e) = wait_ready(&app.config, &mut child) {
+        let log = std::fs::read_to_string(app.dir.join("migd.log")).unwrap_or_default();
+        let _ = child.kill();
+        let _ = child.wait();
         bail!("{e}\n--- migd.log ---\n{log}");
     }
-    println!(
-        "migd ready on https://localhost:{api_port}/fhir (log: {})",
-        dir.join("migd.log").display()
-    );
+    Ok(child)
+}
 
-    // The practice.
-    let practice = dir.join("practice");
+/// Writes a synthetic practice (seed 1) and imports it through the admin socket.
+pub fn load_practice(app: &Appliance, patients: usize) -> Result<mig::synthetic::Summary> {
+    let practice = app.dir.join("practice");
     let summary = mig::synthetic::write_practice(&practice, patients as u64, 1)?;
-    println!(
-        "synthetic practice: {} patients, {} resources",
-        summary.patients, summary.resources
-    );
     let mut files: Vec<PathBuf> = std::fs::read_dir(&practice)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
@@ -360,16 +397,49 @@ pub fn run(dir: &Path, patients: usize, detach: bool) -> Result<ExitCode> {
             p.clone(),
         )
     });
-    let started = Instant::now();
     for file in &files {
-        commands::import_file(&config, file).with_context(|| file.display().to_string())?;
+        commands::import_file(&app.config, file).with_context(|| file.display().to_string())?;
     }
+    Ok(summary)
+}
+
+pub fn run(dir: &Path, patients: usize, detach: bool) -> Result<ExitCode> {
+    let port = if TcpListener::bind("127.0.0.1:8443").is_ok() {
+        8443
+    } else {
+        0
+    };
+    let app = provision(dir, port)?;
+    let migd = start_migd(&app, &sibling_binary("migd")?, &[]);
+    let mut migd = match migd {
+        Ok(child) => child,
+        Err(e) => {
+            app.stop_tpm();
+            return Err(e);
+        }
+    };
     println!(
-        "imported through the admin socket in {:.1} s",
+        "migd ready on https://localhost:{}/fhir (log: {})",
+        app.api_port,
+        app.dir.join("migd.log").display()
+    );
+    let started = Instant::now();
+    let summary = match load_practice(&app, patients) {
+        Ok(summary) => summary,
+        Err(e) => {
+            let _ = migd.kill();
+            app.stop_tpm();
+            return Err(e);
+        }
+    };
+    println!(
+        "synthetic practice: {} patients, {} resources, imported through the admin socket in {:.1} s",
+        summary.patients,
+        summary.resources,
         started.elapsed().as_secs_f64()
     );
-
-    print_guide(&dir, &config_path, api_port);
+    let dir = &app.dir;
+    print_guide(dir, &app.config_path, app.api_port);
     if detach {
         println!("\nmigd and swtpm keep running. Stop them with:\n  kill $(cat {0}/migd.pid) $(cat {0}/swtpm.pid)", dir.display());
         return Ok(ExitCode::SUCCESS);
