@@ -288,3 +288,6 @@ pub fn quiet_tss_logs() {
 pub fn key_file(state_dir: &Path, name: &str) -> PathBuf {
     state_dir.join(mig::tpm::KEY_DIR).join(name)
 }
+
+pub mod appliance;
+pub mod load;

@@ -74,10 +74,12 @@ pub fn client_config(tls: &ClientTls) -> Result<Arc<rustls::ClientConfig>, Strin
             .add(cert.map_err(|e| format!("CA PEM: {e}"))?)
             .map_err(|e| format!("CA: {e}"))?;
     }
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(tls.cert_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("client cert PEM: {e}"))?;
-    let key = PrivateKeyDer::from_pem_slice(tls.key_pem.as_bytes()).map_err(|e| format!("client key PEM: {e}"))?;
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(tls.cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("client cert PEM: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(tls.key_pem.as_bytes())
+        .map_err(|e| format!("client key PEM: {e}"))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -106,7 +108,9 @@ pub async fn run(
         let config = config.clone();
         let server_name = server_name.clone();
         let request = request.clone();
-        tasks.push(tokio::spawn(async move { connection(addr, config, server_name, request, deadline).await }));
+        tasks.push(tokio::spawn(async move {
+            connection(addr, config, server_name, request, deadline).await
+        }));
     }
     let mut report = LoadReport::default();
     let mut latencies: Vec<u32> = Vec::new();
