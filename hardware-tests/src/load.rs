@@ -213,3 +213,113 @@ async fn connection(
     }
     (stats, latencies)
 }
+
+/// Handshakes per second: `concurrency` tasks each connecting, handshaking, sending one small
+/// request and closing, for `duration`. With `resume`, each task keeps a session cache so
+/// every handshake after its first is a resumption.
+pub async fn handshakes(
+    addr: SocketAddr,
+    tls: &ClientTls,
+    path: &str,
+    concurrency: usize,
+    duration: Duration,
+    resume: bool,
+) -> Result<(u64, u64, f64), String> {
+    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let server_name = ServerName::try_from(tls.server_name.clone()).map_err(|e| e.to_string())?;
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let mut config = (*client_config(tls)?).clone();
+        config.resumption = if resume {
+            rustls::client::Resumption::in_memory_sessions(16)
+        } else {
+            rustls::client::Resumption::disabled()
+        };
+        let config = Arc::new(config);
+        let server_name = server_name.clone();
+        let path = path.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let (mut done, mut failed) = (0u64, 0u64);
+            while Instant::now() < deadline {
+                let ok = async {
+                    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+                    let stream = tokio_rustls::TlsConnector::from(config.clone())
+                        .connect(server_name.clone(), tcp)
+                        .await
+                        .ok()?;
+                    let (mut sender, conn) =
+                        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                            .await
+                            .ok()?;
+                    tokio::spawn(conn);
+                    let request = http::Request::get(path.as_str())
+                        .header("host", "localhost")
+                        .body(Full::new(Bytes::new()))
+                        .ok()?;
+                    let response = sender.send_request(request).await.ok()?;
+                    response.into_body().collect().await.ok()?;
+                    Some(())
+                }
+                .await;
+                match ok {
+                    Some(()) => done += 1,
+                    None => failed += 1,
+                }
+            }
+            (done, failed)
+        }));
+    }
+    let (mut done, mut failed) = (0, 0);
+    for task in tasks {
+        let (d, f) = task.await.map_err(|e| e.to_string())?;
+        done += d;
+        failed += f;
+    }
+    Ok((done, failed, started.elapsed().as_secs_f64()))
+}
+
+/// Sends one request on a fresh connection and returns the body (to copy for nginx, say).
+pub async fn fetch(
+    addr: SocketAddr,
+    tls: &ClientTls,
+    template: &RequestTemplate,
+) -> Result<Bytes, String> {
+    let config = client_config(tls)?;
+    let server_name = ServerName::try_from(tls.server_name.clone()).map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let stream = tokio_rustls::TlsConnector::from(config)
+        .connect(server_name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let mut builder = http::Request::builder()
+        .method(template.method.clone())
+        .uri(&template.path)
+        .header("host", "localhost");
+    for (name, value) in &template.headers {
+        builder = builder.header(name, value);
+    }
+    let request = builder
+        .body(Full::new(template.body.clone()))
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !response.status().is_success() {
+        return Err(format!("status {}", response.status()));
+    }
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(body.to_bytes())
+}
