@@ -315,7 +315,11 @@ impl<R: BufRead> Wizard<R> {
         println!("==============================");
         println!("This sets up the appliance in {} steps. Press Enter to accept a suggestion shown in [brackets].", STEPS.len());
         println!("Press Ctrl-D at any question to stop; what is done is kept and running `migctl console` again continues.");
-        println!("(Config: {}; progress: {})", self.config_path.display(), self.progress_path.display());
+        println!(
+            "(Config: {}; progress: {})",
+            self.config_path.display(),
+            self.progress_path.display()
+        );
         if self.config_path.exists() && !self.done(INIT_STEP) {
             println!(
                 "\n{} already exists, so this appliance is already initialised: steps 1 to 4 are skipped.",
@@ -348,7 +352,11 @@ impl<R: BufRead> Wizard<R> {
                 continue;
             }
             if later.contains(&step) {
-                println!("\nStep {} of {}: {title}: left for later.", step + 1, STEPS.len());
+                println!(
+                    "\nStep {} of {}: {title}: left for later.",
+                    step + 1,
+                    STEPS.len()
+                );
                 step += 1;
                 continue;
             }
@@ -389,7 +397,9 @@ impl<R: BufRead> Wizard<R> {
         if later.is_empty() {
             println!("The appliance is provisioned.");
             println!("Next:");
-            println!("  systemctl enable --now migd     start the appliance service (and at every boot)");
+            println!(
+                "  systemctl enable --now migd     start the appliance service (and at every boot)"
+            );
             println!("  migctl check                    every check should say ok");
             println!("  migctl status                   what the running appliance is doing");
             Ok(ExitCode::SUCCESS)
@@ -509,7 +519,11 @@ impl<R: BufRead> Wizard<R> {
                 .collect();
             let suggestion = match found.first() {
                 Some(device) => {
-                    println!("Found {}: the usual choice is device:{}.", found.join(" and "), device);
+                    println!(
+                        "Found {}: the usual choice is device:{}.",
+                        found.join(" and "),
+                        device
+                    );
                     Some(format!("device:{device}"))
                 }
                 None => {
@@ -561,13 +575,18 @@ impl<R: BufRead> Wizard<R> {
                 "  clinical system   {}",
                 args.upstream_listen.as_deref().unwrap_or("none")
             );
-            println!("  FHIR base URL     {}", args.fhir_base.as_deref().unwrap_or(""));
+            println!(
+                "  FHIR base URL     {}",
+                args.fhir_base.as_deref().unwrap_or("")
+            );
             println!("  TPM               {} (PCRs {})", args.tcti, args.pcrs);
             println!("  state directory   {}", args.state_dir.display());
             println!("  config file       {}", self.config_path.display());
             println!("This creates the TPM keys and the encrypted replica; it cannot be undone from here.");
             if !self.yes_no("Initialise now?", true)? {
-                println!("Then let's go through the steps again; your answers are the suggestions.");
+                println!(
+                    "Then let's go through the steps again; your answers are the suggestions."
+                );
                 return Ok(Outcome::Redo(0));
             }
             match commands::init(&self.config_path, &args) {
@@ -608,7 +627,10 @@ impl<R: BufRead> Wizard<R> {
         let config = self.config()?;
         let host = url_host(config.appliance.fhir_base.as_str());
         println!("The certificate signing request (CSR) asks a certificate authority for the appliance's certificate.");
-        println!("Its subject names the appliance, e.g. CN={host},O={},C=GB.", config.appliance.name);
+        println!(
+            "Its subject names the appliance, e.g. CN={host},O={},C=GB.",
+            config.appliance.name
+        );
         let previous = self.progress.answers.csr_subject.clone();
         let default = previous.unwrap_or_else(|| format!("CN={host}"));
         let (subject, pem) = loop {
@@ -653,7 +675,9 @@ impl<R: BufRead> Wizard<R> {
         let config = self.config()?;
         println!("Give the file the certificate authority sent back: the appliance's certificate first, then the");
         println!("certificates of the authority that issued it (PEM text starting with -----BEGIN CERTIFICATE-----).");
-        println!("If you do not have it yet, type skip: running `migctl console` again comes back here.");
+        println!(
+            "If you do not have it yet, type skip: running `migctl console` again comes back here."
+        );
         loop {
             let answer = self.ask("Certificate chain file (or skip)", None)?;
             if answer.eq_ignore_ascii_case("skip") {
@@ -673,7 +697,10 @@ impl<R: BufRead> Wizard<R> {
             };
             match commands::install_certificate(&config, &pem) {
                 Ok(path) => {
-                    println!("Installed the appliance's certificate as {}.", path.display());
+                    println!(
+                        "Installed the appliance's certificate as {}.",
+                        path.display()
+                    );
                     self.progress.answers.certificate_file = Some(answer);
                     return Ok(Outcome::Done);
                 }
@@ -691,7 +718,10 @@ impl<R: BufRead> Wizard<R> {
         let state = config.state_dir.clone();
         println!("Partners' client certificates are issued by a certificate authority (CA) that the appliance must trust.");
         loop {
-            let answer = self.ask("Partner CA certificate file (Enter when there are no more)", None)?;
+            let answer = self.ask(
+                "Partner CA certificate file (Enter when there are no more)",
+                None,
+            )?;
             if answer.is_empty() {
                 break;
             }
@@ -713,7 +743,9 @@ impl<R: BufRead> Wizard<R> {
             for p in &existing {
                 println!("  {} {}", p.agreement.ods, p.agreement.name);
             }
-            println!("(To change one, remove it with `migctl partner remove ODS` and add it again.)");
+            println!(
+                "(To change one, remove it with `migctl partner remove ODS` and add it again.)"
+            );
         }
         println!("Now the partners: organisations allowed to read records, each with its data sharing agreement.");
         let mut another = self.yes_no("Register a partner now?", existing.is_empty())?;
@@ -755,11 +787,12 @@ impl<R: BufRead> Wizard<R> {
                 }
             })?;
             println!("  Types: {}", types.join(", "));
-            let partner_type = self.ask_valid("Partner type", Some(&previous.partner_type), |a| {
-                PartnerType::from_name(a)
-                    .map(|t| t.name().to_owned())
-                    .ok_or_else(|| format!("{a:?} is not one of the types listed"))
-            })?;
+            let partner_type =
+                self.ask_valid("Partner type", Some(&previous.partner_type), |a| {
+                    PartnerType::from_name(a)
+                        .map(|t| t.name().to_owned())
+                        .ok_or_else(|| format!("{a:?} is not one of the types listed"))
+                })?;
             let previous_cert = previous
                 .cert
                 .as_ref()
@@ -779,7 +812,8 @@ impl<R: BufRead> Wizard<R> {
                 },
             )?;
             println!("  Sections: {}, or all", sections.join(", "));
-            let sections_answer = self.ask("Sections the partner may see", Some(&previous.sections))?;
+            let sections_answer =
+                self.ask("Sections the partner may see", Some(&previous.sections))?;
             println!("  Job roles are SDS role codes, comma-separated, e.g. R8000,R8003, or * for any role.");
             let roles = self.ask("Roles that may read records", Some(&previous.roles))?;
             let override_roles = self.ask(
@@ -807,13 +841,18 @@ impl<R: BufRead> Wizard<R> {
                         "Registered {} ({}).",
                         partner.agreement.name, partner.agreement.ods
                     );
-                    self.progress.answers.partners.push(partner.agreement.ods.clone());
+                    self.progress
+                        .answers
+                        .partners
+                        .push(partner.agreement.ods.clone());
                     self.save()?;
                     return Ok(());
                 }
                 Err(e) => {
                     println!("  Not accepted: {e:#}.");
-                    println!("  Let's go through this partner again; your answers are the suggestions.");
+                    println!(
+                        "  Let's go through this partner again; your answers are the suggestions."
+                    );
                     previous = args;
                 }
             }
@@ -837,7 +876,10 @@ impl<R: BufRead> Wizard<R> {
         );
         println!("  FHIR base URL     {}", a.fhir_base);
         println!("  admin socket      {}", config.admin.socket.display());
-        println!("  TPM               {} (PCRs {})", config.tpm.tcti, config.tpm.pcrs);
+        println!(
+            "  TPM               {} (PCRs {})",
+            config.tpm.tcti, config.tpm.pcrs
+        );
         println!("  state directory   {}", state.display());
         println!("  certificate       {}", describe_certificate(state));
         let cas = std::fs::read_dir(state.join(registry::TRUST_DIR))
