@@ -360,8 +360,8 @@ impl<R: BufRead> Wizard<R> {
                 step += 1;
                 continue;
             }
-            println!("\nStep {} of {}: {title}", step + 1, STEPS.len());
-            println!("{}", "-".repeat(12 + title.len()));
+            let heading = format!("Step {} of {}: {title}", step + 1, STEPS.len());
+            println!("\n{heading}\n{}", "-".repeat(heading.len()));
             let outcome = match step {
                 0 => self.practice()?,
                 1 => self.asid()?,

@@ -399,6 +399,18 @@ fn an_interrupted_run_resumes_where_it_stopped() {
         "",
     );
     answer(&mut p, "Register a partner now? [Y/n]: ", "n");
+    // "No" at the summary offers the steps that can be done again.
+    answer(&mut p, "Is all of this right? [Y/n]: ", "n");
+    answer(&mut p, "(request), 6 (certificate) or 7 (partners)?: ", "4");
+    expect(&mut p, "answer 5, 6 or 7");
+    answer(&mut p, "(request), 6 (certificate) or 7 (partners)?: ", "7");
+    expect(&mut p, "Step 7 of 8: Partner CA and partners\r\n");
+    answer(
+        &mut p,
+        "Partner CA certificate file (Enter when there are no more): ",
+        "",
+    );
+    answer(&mut p, "Register a partner now? [Y/n]: ", "n");
     answer(&mut p, "Is all of this right? [Y/n]: ", "");
     expect(&mut p, "The appliance is provisioned.");
     let status = finish(&mut p);
@@ -491,4 +503,67 @@ fn a_certificate_for_another_key_is_refused_and_asked_again() {
     expect(&mut p, "The appliance is provisioned.");
     let status = finish(&mut p);
     assert!(status.ends_with(", 0)"), "exit status {status}");
+}
+
+#[test]
+fn a_failed_or_declined_initialisation_is_asked_again() {
+    let b = new_box();
+    // Nothing listens on this port: the TPM cannot be reached.
+    let port = migctl::demo::free_port_pair().unwrap();
+    let unreachable = format!("swtpm:host=127.0.0.1,port={port}");
+    let mut p = console(&b);
+    answer(&mut p, "Practice ODS code: ", "A81001");
+    answer(
+        &mut p,
+        "Practice name (as partners should see it): ",
+        "The Surgery",
+    );
+    answer(&mut p, "ASID: ", "200000000123");
+    answer(&mut p, "Partner listener address [0.0.0.0:8443]: ", "8443");
+    expect(&mut p, "is not an address and port like 0.0.0.0:8443");
+    answer(&mut p, "Partner listener address [0.0.0.0:8443]: ", "");
+    answer(
+        &mut p,
+        "Clinical system listener address (Enter for none): ",
+        "",
+    );
+    answer(&mut p, "FHIR base URL [", "http://mig.test/fhir");
+    expect(&mut p, "it must start with https://");
+    answer(&mut p, "FHIR base URL [", "https://mig.test/fhir");
+    answer(&mut p, "Admin socket [/run/mig/admin.sock]: ", "");
+    answer(&mut p, "TPM access (TCTI) [", "usb:/dev/tpm");
+    expect(&mut p, "Not accepted");
+    answer(&mut p, "TPM access (TCTI) [", &unreachable);
+    answer(&mut p, "PCRs [sha256:7]: ", "");
+    answer(&mut p, "State directory [/var/lib/mig]: ", "state");
+    expect(&mut p, "is not a full path");
+    answer(
+        &mut p,
+        "State directory [/var/lib/mig]: ",
+        &b.state.display().to_string(),
+    );
+    answer(&mut p, "Initialise now? [Y/n]: ", "y");
+    expect(&mut p, "Initialisation failed");
+    // Asked again, the answers given so far offered back.
+    answer(&mut p, &format!("TPM access (TCTI) [{unreachable}]: "), "");
+    answer(&mut p, "PCRs [sha256:7]: ", "");
+    answer(
+        &mut p,
+        &format!("State directory [{}]: ", b.state.display()),
+        "",
+    );
+    answer(&mut p, "Initialise now? [Y/n]: ", "n");
+    expect(&mut p, "your answers are the suggestions");
+    answer(&mut p, "Practice ODS code [A81001]: ", "");
+    answer(
+        &mut p,
+        "Practice name (as partners should see it) [The Surgery]: ",
+        "",
+    );
+    expect(&mut p, "ASID [200000000123]: ");
+    p.send_control('d').unwrap();
+    expect(&mut p, "progress saved");
+    let status = finish(&mut p);
+    assert!(status.ends_with(", 3)"), "exit status {status}");
+    assert!(!b.config.exists());
 }
