@@ -144,6 +144,8 @@ fn write(path: &Path, text: &str) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
+/// Starts a daemonised swtpm on 127.0.0.1:`port` (control on `port`+1), state in
+/// `dir/swtpm`, pid in `dir/swtpm.pid` (the caller stops it).
 pub fn start_swtpm(dir: &Path, port: u16) -> Result<()> {
     let state = dir.join("swtpm");
     std::fs::create_dir_all(&state)?;
