@@ -648,9 +648,13 @@ impl<R: BufRead> Wizard<R> {
                 if a.is_empty() {
                     return Ok(None);
                 }
-                let path = PathBuf::from(a);
+                // A folder (the USB stick's mount point) gets the usual file name.
+                let mut path = PathBuf::from(a);
+                if path.is_dir() {
+                    path.push("appliance.csr");
+                }
                 registry::write_atomic(&path, pem.as_bytes())
-                    .map(|_| Some(a.to_owned()))
+                    .map(|_| Some(path.display().to_string()))
                     .map_err(|e| format!("cannot write it: {e}"))
             },
         )?;

@@ -383,7 +383,17 @@ fn an_interrupted_run_resumes_where_it_stopped() {
             &format!("Step {n} of 8: {title}: already done, skipping."),
         );
     }
-    let csr = step_5(&mut p, &b);
+    // This time the request goes to the stick's folder, under the usual name.
+    let csr = b.usb.join("appliance.csr");
+    answer(&mut p, "Subject [CN=mig.a81001.test]: ", "");
+    answer(
+        &mut p,
+        "File for the request (Enter to only show it on screen): ",
+        &b.usb.display().to_string(),
+    );
+    expect(&mut p, &format!("Wrote the request to {}.", csr.display()));
+    answer(&mut p, "Show it on screen too? [y/N]: ", "y");
+    expect(&mut p, "-----BEGIN CERTIFICATE REQUEST-----");
     let appliance_ca = ca("Test Appliance CA");
     let chain = b.usb.join("chain.pem");
     std::fs::write(&chain, sign_csr(&appliance_ca, &csr)).unwrap();
