@@ -116,7 +116,7 @@ fn free_port() -> Result<u16> {
 }
 
 /// A free port P with P+1 free too (swtpm's control channel).
-fn free_port_pair() -> Result<u16> {
+pub fn free_port_pair() -> Result<u16> {
     for _ in 0..50 {
         let port = free_port()?;
         if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
@@ -144,7 +144,9 @@ fn write(path: &Path, text: &str) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
-fn start_swtpm(dir: &Path, port: u16) -> Result<()> {
+/// Starts a daemonised swtpm on 127.0.0.1:`port` (control on `port`+1), state in
+/// `dir/swtpm`, pid in `dir/swtpm.pid` (the caller stops it).
+pub fn start_swtpm(dir: &Path, port: u16) -> Result<()> {
     let state = dir.join("swtpm");
     std::fs::create_dir_all(&state)?;
     let status = Command::new("swtpm")
