@@ -246,12 +246,21 @@ pub fn provision(dir: &Path, api_port: u16) -> Result<Appliance> {
         &dir.join(MARKER),
         "made by migctl demo; removed by the next demo run\n",
     )?;
-    let config_path = dir.join("migd.toml");
-    let pki = dir.join("pki");
-    std::fs::create_dir_all(&pki)?;
+    std::fs::create_dir_all(dir.join("pki"))?;
 
     let tpm_port = free_port_pair()?;
     start_swtpm(&dir, tpm_port)?;
+    let provisioned = provision_with_tpm(dir.clone(), api_port, tpm_port);
+    if provisioned.is_err() {
+        stop_pid_file(&dir.join("swtpm.pid"));
+    }
+    provisioned
+}
+
+/// The rest of `provision`, once swtpm runs (which `provision` stops again on failure).
+fn provision_with_tpm(dir: PathBuf, api_port: u16, tpm_port: u16) -> Result<Appliance> {
+    let config_path = dir.join("migd.toml");
+    let pki = dir.join("pki");
     let api_port = if api_port == 0 {
         free_port()?
     } else {
