@@ -246,16 +246,6 @@ pub async fn send_once(
     server_name: &str,
     request: http::Request<Bytes>,
 ) -> Result<OneShot, String> {
-    fn chain(e: &dyn std::error::Error) -> String {
-        let mut text = e.to_string();
-        let mut source = e.source();
-        while let Some(s) = source {
-            text.push_str(": ");
-            text.push_str(&s.to_string());
-            source = s.source();
-        }
-        text
-    }
     let name = ServerName::try_from(server_name.to_owned()).map_err(|e| e.to_string())?;
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
@@ -290,11 +280,11 @@ pub async fn send_once(
             hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
                 .await
                 .map_err(|e| format!("h2 handshake: {}", chain(&e)))?;
-        tokio::spawn(conn);
-        sender
-            .send_request(request)
-            .await
-            .map_err(|e| format!("request: {}", chain(&e)))?
+        let conn = tokio::spawn(conn);
+        match sender.send_request(request).await {
+            Ok(response) => response,
+            Err(e) => return Err(request_error(&e, conn).await),
+        }
     } else {
         if !request.headers().contains_key(http::header::HOST) {
             if let Ok(host) = http::HeaderValue::from_str(server_name) {
@@ -304,11 +294,11 @@ pub async fn send_once(
         let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
             .await
             .map_err(|e| format!("http/1.1 handshake: {}", chain(&e)))?;
-        tokio::spawn(conn);
-        sender
-            .send_request(request)
-            .await
-            .map_err(|e| format!("request: {}", chain(&e)))?
+        let conn = tokio::spawn(conn);
+        match sender.send_request(request).await {
+            Ok(response) => response,
+            Err(e) => return Err(request_error(&e, conn).await),
+        }
     };
     let status = response.status();
     let headers = response.headers().clone();
@@ -325,4 +315,28 @@ pub async fn send_once(
         alpn,
         server_certs,
     })
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// A failed request, with the connection's own error when it has one (a TLS alert from the
+/// server shows there, not on the request).
+async fn request_error(
+    error: &hyper::Error,
+    conn: tokio::task::JoinHandle<Result<(), hyper::Error>>,
+) -> String {
+    let connection = match tokio::time::timeout(Duration::from_secs(2), conn).await {
+        Ok(Ok(Err(e))) => format!(" (connection: {})", chain(&e)),
+        _ => String::new(),
+    };
+    format!("request: {}{connection}", chain(error))
 }
