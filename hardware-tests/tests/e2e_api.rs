@@ -450,7 +450,7 @@ async fn sensitive_items_never_leave_without_specific_consent() {
     assert_absent(&response.body, &withheld);
     // Each section that lost a sensitive item says so, without a count.
     for key in &sensitive {
-        let code = list_code(&fed[key]["resourceType"].as_str().unwrap()).unwrap();
+        let code = list_code(fed[key]["resourceType"].as_str().unwrap()).unwrap();
         assert!(
             has_warning(list(&bundle, code)),
             "List {code} has no warning"
