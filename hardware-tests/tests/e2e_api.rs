@@ -35,7 +35,7 @@ async fn record_as(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unregistered_certificate_from_a_trusted_ca_is_access_denied() {
-    let app = appliance(PATIENTS).await;
+    let app = appliance_with(&[DemoKind::CoreAndAdditional]).await;
     let (cert, key) = issue_client(&partner_ca(&app), "Not registered", 9001, -1, 30);
     let jwt = token(&app, AMB, "R8000", |_| {});
     let request = record_request(
@@ -49,7 +49,7 @@ async fn unregistered_certificate_from_a_trusted_ca_is_access_denied() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requesting_organisation_other_than_the_partners_is_access_denied() {
-    let app = appliance(PATIENTS).await;
+    let app = appliance_with(&[DemoKind::CoreAndAdditional]).await;
     // The out-of-hours service's certificate claiming to ask for the ambulance service.
     let response = record_as(
         &app,
@@ -65,7 +65,7 @@ async fn requesting_organisation_other_than_the_partners_is_access_denied() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_role_not_in_the_agreement_is_access_denied() {
-    let app = appliance(PATIENTS).await;
+    let app = appliance_with(&[DemoKind::CoreAndAdditional]).await;
     // Social care allows R8003 only.
     let response = record_as(
         &app,
@@ -81,7 +81,7 @@ async fn job_role_not_in_the_agreement_is_access_denied() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssp_to_other_than_this_appliance_is_access_denied() {
-    let app = appliance(PATIENTS).await;
+    let app = appliance_with(&[DemoKind::CoreAndAdditional]).await;
     let jwt = token(&app, AMB, "R8000", |_| {});
     let mut request = record_request(
         &app,
@@ -97,7 +97,7 @@ async fn ssp_to_other_than_this_appliance_is_access_denied() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn override_by_a_role_not_allowed_to_override_is_access_denied() {
-    let app = appliance(PATIENTS).await;
+    let app = appliance_with(&[DemoKind::CoreAndAdditional]).await;
     // R8003 may read for the ambulance service but only R8000 may override.
     let response = record_as(
         &app,
@@ -119,7 +119,7 @@ async fn override_by_a_role_not_allowed_to_override_is_access_denied() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_headers_token_and_body_are_bad_request() {
-    let app = appliance(PATIENTS).await;
+    let app = appliance_with(&[DemoKind::CoreAndAdditional]).await;
     let tls = app.partner_tls(AMBULANCE);
     let good = || record_body(&nhs(DemoKind::CoreAndAdditional), &ALL_SECTIONS);
     let fresh = || token(&app, AMB, "R8000", |_| {});
@@ -180,11 +180,22 @@ async fn malformed_headers_token_and_body_are_bad_request() {
         eprintln!("case: {what}");
         assert_refused(&response, 400, "BAD_REQUEST");
     }
+    // Without a trace id there is nothing to echo, but the refusal is the same.
+    let mut request = record_request(&app, good(), &fresh());
+    request.headers_mut().remove("Ssp-TraceID");
+    let response = send(&app, &tls, request).await;
+    let body = body_json(&response);
+    assert_eq!(
+        (response.status.as_u16(), error_code(&body)),
+        (400, "BAD_REQUEST")
+    );
+    assert!(response.headers.get("ssp-traceid").is_none());
+    assert_valid_fhir(&response.body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identifier_not_an_nhs_number_is_invalid_identifier_system() {
-    let app = appliance(PATIENTS).await;
+    let app = appliance_with(&[DemoKind::CoreAndAdditional]).await;
     let jwt = token(&app, AMB, "R8000", |_| {});
     let body = record_body(&nhs(DemoKind::CoreAndAdditional), &ALL_SECTIONS)
         .replace(NHS_SYSTEM, "urn:example:mrn");
@@ -206,7 +217,7 @@ async fn identifier_not_an_nhs_number_is_invalid_identifier_system() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nhs_number_failing_modulus_11_is_invalid_nhs_number() {
-    let app = appliance(PATIENTS).await;
+    let app = appliance_with(&[DemoKind::CoreAndAdditional]).await;
     let jwt = token(&app, AMB, "R8000", |_| {});
     let good = nhs(DemoKind::CoreAndAdditional);
     let last = good.as_bytes()[9] - b'0';
@@ -224,7 +235,7 @@ async fn nhs_number_failing_modulus_11_is_invalid_nhs_number() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_parameter_part_is_invalid_parameter() {
-    let app = appliance(PATIENTS).await;
+    let app = appliance_with(&[DemoKind::CoreAndAdditional]).await;
     let jwt = token(&app, AMB, "R8000", |_| {});
     let body = record_body(&nhs(DemoKind::CoreAndAdditional), &["includeEverything"]);
     let response = send(
@@ -238,9 +249,9 @@ async fn unknown_parameter_part_is_invalid_parameter() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn patient_not_in_the_replica_is_not_found_and_an_empty_searchset() {
-    let app = appliance(PATIENTS).await;
-    // The next demo index is not in an 18-patient practice.
-    let absent = mig::synthetic::nhs_number(PATIENTS as u64 + 3).unwrap();
+    let app = appliance_with(&[DemoKind::CoreAndAdditional]).await;
+    // Index 40 is beyond this small practice.
+    let absent = mig::synthetic::nhs_number(40).unwrap();
     let jwt = token(&app, AMB, "R8000", |_| {});
     let response = send(
         &app,
@@ -264,7 +275,7 @@ async fn patient_not_in_the_replica_is_not_found_and_an_empty_searchset() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn patient_search_returns_demographics_only() {
-    let app = appliance(PATIENTS).await;
+    let app = appliance_with(&[DemoKind::CoreAndAdditional]).await;
     let jwt = token(&app, AMB, "R8000", |_| {});
     let response = send(
         &app,
@@ -305,7 +316,12 @@ async fn metadata_is_a_valid_capability_statement() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dissent_in_every_form_is_no_patient_consent() {
-    let app = appliance(PATIENTS).await;
+    let app = appliance_with(&[
+        DemoKind::Dissent,
+        DemoKind::DissentGpCoded,
+        DemoKind::NewerDissent,
+    ])
+    .await;
     for kind in [
         DemoKind::Dissent,
         DemoKind::DissentGpCoded,
@@ -319,7 +335,7 @@ async fn dissent_in_every_form_is_no_patient_consent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn override_does_not_beat_dissent() {
-    let app = appliance(PATIENTS).await;
+    let app = appliance_with(&[DemoKind::Dissent]).await;
     let response = record_as(&app, AMBULANCE, AMB, "R8000", DemoKind::Dissent, |c| {
         c["permission_to_view"] = json!("override");
         c["override_reason"] = json!("emergency");
@@ -403,7 +419,7 @@ fn sensitive_or_confidential(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn core_preference_releases_only_core_sections() {
-    let app = appliance(PATIENTS).await;
+    let app = appliance_with(&[DemoKind::CoreGpCoded, DemoKind::CoreOnly]).await;
     for kind in [DemoKind::CoreOnly, DemoKind::CoreGpCoded] {
         let response = record_as(&app, AMBULANCE, AMB, "R8000", kind, |_| {}).await;
         assert_release(&app, kind, &assert_ok(&response), &CORE);
@@ -412,7 +428,7 @@ async fn core_preference_releases_only_core_sections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_recorded_preference_is_treated_as_core() {
-    let app = appliance(PATIENTS).await;
+    let app = appliance_with(&[DemoKind::NoPreference]).await;
     let kind = DemoKind::NoPreference;
     let response = record_as(&app, AMBULANCE, AMB, "R8000", kind, |_| {}).await;
     assert_release(&app, kind, &assert_ok(&response), &CORE);
@@ -420,7 +436,7 @@ async fn no_recorded_preference_is_treated_as_core() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn core_and_additional_releases_every_section() {
-    let app = appliance(PATIENTS).await;
+    let app = appliance_with(&[DemoKind::CoreAndAdditional, DemoKind::DissentWithdrawn]).await;
     for kind in [DemoKind::CoreAndAdditional, DemoKind::DissentWithdrawn] {
         let response = record_as(&app, AMBULANCE, AMB, "R8000", kind, |_| {}).await;
         let bundle = assert_ok(&response);
@@ -430,7 +446,7 @@ async fn core_and_additional_releases_every_section() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sensitive_items_never_leave_without_specific_consent() {
-    let app = appliance(PATIENTS).await;
+    let app = appliance_with(&[DemoKind::SensitiveWithoutConsent]).await;
     let kind = DemoKind::SensitiveWithoutConsent;
     let response = record_as(&app, AMBULANCE, AMB, "R8000", kind, |_| {}).await;
     let bundle = assert_ok(&response);
@@ -461,7 +477,7 @@ async fn sensitive_items_never_leave_without_specific_consent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn specific_consent_releases_only_its_category() {
-    let app = appliance(PATIENTS).await;
+    let app = appliance_with(&[DemoKind::SpecificConsentSti]).await;
     let kind = DemoKind::SpecificConsentSti;
     let response = record_as(&app, AMBULANCE, AMB, "R8000", kind, |_| {}).await;
     let bundle = assert_ok(&response);
@@ -492,7 +508,7 @@ async fn specific_consent_releases_only_its_category() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn practice_confidential_items_are_withheld() {
-    let app = appliance(PATIENTS).await;
+    let app = appliance_with(&[DemoKind::PracticeConfidential]).await;
     let kind = DemoKind::PracticeConfidential;
     let response = record_as(&app, AMBULANCE, AMB, "R8000", kind, |_| {}).await;
     let bundle = assert_ok(&response);
@@ -520,7 +536,11 @@ async fn practice_confidential_items_are_withheld() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standing_consent_admits_the_named_carer_organisation_without_permission() {
-    let app = appliance(PATIENTS).await;
+    let app = appliance_with(&[
+        DemoKind::CoreAndAdditional,
+        DemoKind::StandingThirdPartyConsent,
+    ])
+    .await;
     let response = record_as(
         &app,
         SOCIAL_CARE,
@@ -566,7 +586,7 @@ async fn standing_consent_admits_the_named_carer_organisation_without_permission
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lapsed_standing_consent_is_refused() {
-    let app = appliance(PATIENTS).await;
+    let app = appliance_with(&[DemoKind::LapsedThirdPartyConsent]).await;
     // The organisation the lapsed consent names, registered for this test.
     let lapsed_ods = DemoKind::LapsedThirdPartyConsent.third_party_ods().unwrap();
     let tls = add_partner(&app, lapsed_ods, "social-care", "all", "R8003", 7001);
@@ -604,7 +624,7 @@ async fn lapsed_standing_consent_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn override_is_served_alerted_and_audited() {
-    let app = appliance(PATIENTS).await;
+    let app = appliance_with(&[DemoKind::SensitiveWithoutConsent]).await;
     let kind = DemoKind::SensitiveWithoutConsent;
     let justification = "Unconscious patient at scene, allergy status needed";
     let response = record_as(&app, AMBULANCE, AMB, "R8000", kind, |c| {
@@ -649,7 +669,13 @@ async fn override_is_served_alerted_and_audited() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_chain_verifies_and_exports_as_fhir_audit_events() {
-    let app = appliance(PATIENTS).await;
+    let app = appliance_with(&[
+        DemoKind::CoreAndAdditional,
+        DemoKind::CoreOnly,
+        DemoKind::Dissent,
+        DemoKind::SensitiveWithoutConsent,
+    ])
+    .await;
     let kinds = [
         DemoKind::CoreAndAdditional,
         DemoKind::Dissent,
@@ -668,11 +694,18 @@ async fn audit_chain_verifies_and_exports_as_fhir_audit_events() {
         |_| {},
     )
     .await;
-    record_as(&app, AMBULANCE, AMB, "R8000", DemoKind::EndOfLife, |c| {
-        c["permission_to_view"] = json!("override");
-        c["override_reason"] = json!("unable-to-consent");
-        c["override_justification"] = json!("Patient confused, no relative present");
-    })
+    record_as(
+        &app,
+        AMBULANCE,
+        AMB,
+        "R8000",
+        DemoKind::SensitiveWithoutConsent,
+        |c| {
+            c["permission_to_view"] = json!("override");
+            c["override_reason"] = json!("unable-to-consent");
+            c["override_justification"] = json!("Patient confused, no relative present");
+        },
+    )
     .await;
     let verify = app.migctl(&["audit", "verify"]);
     assert!(

@@ -89,7 +89,7 @@ async fn problems(app: &TestAppliance, nhs_number: &str) -> OneShot {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upserted_condition_appears_in_the_structured_record() {
-    let app = appliance(PATIENTS).await;
+    let app = appliance_with(&[DemoKind::CoreAndAdditional]).await;
     let kind = DemoKind::CoreAndAdditional;
     let before = assert_ok(&problems(&app, &nhs(kind)).await);
     assert!(!resource_ids(&before).contains("Condition/e2e-new-asthma"));
@@ -121,7 +121,7 @@ async fn upserted_condition_appears_in_the_structured_record() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_patient_purges_the_record() {
-    let app = appliance(PATIENTS).await;
+    let app = appliance_with(&[DemoKind::CoreAndAdditional, DemoKind::DissentWithdrawn]).await;
     let kind = DemoKind::CoreAndAdditional;
     assert_ok(&problems(&app, &nhs(kind)).await);
     let delete = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
@@ -150,7 +150,7 @@ async fn deleting_a_patient_purges_the_record() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_entry_rejects_the_whole_bundle_naming_it() {
-    let app = appliance(PATIENTS).await;
+    let app = appliance_with(&[DemoKind::CoreAndAdditional]).await;
     let kind = DemoKind::CoreAndAdditional;
     let bundle = transaction(vec![
         put(condition("e2e-never-stored", &patient_id(kind))),

@@ -510,3 +510,14 @@ pub fn add_partner(
     );
     tls_for(app, cert, key)
 }
+
+/// An appliance whose practice is just large enough to hold these demo patients.
+pub async fn appliance_with(kinds: &[DemoKind]) -> TestAppliance {
+    let patients = mig::synthetic::demo_patients()
+        .into_iter()
+        .filter(|p| kinds.contains(&p.kind))
+        .map(|p| p.index as usize + 1)
+        .max()
+        .unwrap_or(0);
+    appliance(patients).await
+}
