@@ -183,7 +183,7 @@ async fn new_partner_is_served_within_a_second_without_restart() {
             break;
         }
         assert!(
-            added.elapsed() < Duration::from_millis(1500),
+            added.elapsed() < Duration::from_millis(2000),
             "new partner not served {:?} after partner add",
             added.elapsed()
         );
@@ -240,7 +240,7 @@ async fn crl_revoking_a_partner_refuses_its_new_connections() {
             Ok(response) => assert_eq!(response.status, 200),
         }
         assert!(
-            installed.elapsed() < Duration::from_millis(1500),
+            installed.elapsed() < Duration::from_millis(2000),
             "revoked partner still served {:?} after crl install",
             installed.elapsed()
         );
