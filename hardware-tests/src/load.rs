@@ -214,6 +214,133 @@ async fn connection(
     (stats, latencies)
 }
 
+/// One answer from `send_once`, with what the TLS handshake showed.
+#[derive(Debug, Clone)]
+pub struct OneShot {
+    pub status: http::StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+    /// The ALPN protocol the server chose.
+    pub alpn: Option<Vec<u8>>,
+    /// The certificate chain the server presented (leaf first).
+    pub server_certs: Vec<CertificateDer<'static>>,
+}
+
+/// `client_config` offering the given ALPN protocols (e.g. `[b"h2"]`), for tests.
+pub fn client_config_with_alpn(
+    tls: &ClientTls,
+    alpn: &[&[u8]],
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut config = Arc::unwrap_or_clone(client_config(tls)?);
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// Opens one TLS connection, sends one request (HTTP/2 if the server chose `h2`, else
+/// HTTP/1.1) and reads the whole answer. Any TLS or HTTP failure (a refused client certificate
+/// shows as the server's alert here, since in TLS 1.3 the client finishes first) is an `Err`
+/// with the error chain as text.
+pub async fn send_once(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    server_name: &str,
+    request: http::Request<Bytes>,
+) -> Result<OneShot, String> {
+    let name = ServerName::try_from(server_name.to_owned()).map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let stream = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {}", chain(&e)))?;
+    let (_, session) = stream.get_ref();
+    let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+    let server_certs: Vec<CertificateDer<'static>> = session
+        .peer_certificates()
+        .unwrap_or_default()
+        .iter()
+        .map(|c| c.clone().into_owned())
+        .collect();
+    let (parts, body) = request.into_parts();
+    let mut request = http::Request::from_parts(parts, Full::new(body));
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let response = if alpn.as_deref() == Some(b"h2") {
+        // HTTP/2 carries the scheme and authority as pseudo-headers: give the URI both.
+        let path = request
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| "/".into());
+        *request.uri_mut() = format!("https://{server_name}{path}")
+            .parse()
+            .map_err(|e| format!("URI: {e}"))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .map_err(|e| format!("h2 handshake: {}", chain(&e)))?;
+        let conn = tokio::spawn(conn);
+        match sender.send_request(request).await {
+            Ok(response) => response,
+            Err(e) => return Err(request_error(&e, conn).await),
+        }
+    } else {
+        if !request.headers().contains_key(http::header::HOST) {
+            if let Ok(host) = http::HeaderValue::from_str(server_name) {
+                request.headers_mut().insert(http::header::HOST, host);
+            }
+        }
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| format!("http/1.1 handshake: {}", chain(&e)))?;
+        let conn = tokio::spawn(conn);
+        match sender.send_request(request).await {
+            Ok(response) => response,
+            Err(e) => return Err(request_error(&e, conn).await),
+        }
+    };
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("body: {}", chain(&e)))?
+        .to_bytes();
+    Ok(OneShot {
+        status,
+        headers,
+        body,
+        alpn,
+        server_certs,
+    })
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// A failed request, with the connection's own error when it has one (a TLS alert from the
+/// server shows there, not on the request).
+async fn request_error(
+    error: &hyper::Error,
+    conn: tokio::task::JoinHandle<Result<(), hyper::Error>>,
+) -> String {
+    let connection = match tokio::time::timeout(Duration::from_secs(2), conn).await {
+        Ok(Ok(Err(e))) => format!(" (connection: {})", chain(&e)),
+        _ => String::new(),
+    };
+    format!("request: {}{connection}", chain(error))
+}
+
 /// Handshakes per second: `concurrency` tasks each connecting, handshaking, sending one small
 /// request and closing, for `duration`. With `resume`, each task keeps a session cache so
 /// every handshake after its first is a resumption.
