@@ -294,15 +294,7 @@ async fn serve(
     }
     let poll = reloader.spawn_poll(REGISTRY_POLL, shutdown.clone());
 
-    let fhir_host = config
-        .appliance
-        .fhir_base
-        .as_str()
-        .split("://")
-        .nth(1)
-        .and_then(|rest| rest.split(['/', ':']).next())
-        .unwrap_or_default()
-        .to_owned();
+    let fhir_host = config.appliance.fhir_base.host().to_owned();
     let admin = Arc::new(AdminService::new(
         replica,
         readers.clone(),

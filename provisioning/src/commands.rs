@@ -261,7 +261,8 @@ fn create_private_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("securing {}", dir.display()))
 }
 
-fn hostname() -> String {
+/// This machine's host name, for default URLs and certificate names.
+pub fn hostname() -> String {
     nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())
@@ -303,15 +304,7 @@ pub fn csr(config: &Config, subject: &str) -> Result<String> {
         Err(AdminFailure::NotRunning(_)) => {
             let tpm = Tpm::connect(&mig::service::tpm_settings(config)?)?;
             tpm.load(&config.state_dir)?;
-            let host = config
-                .appliance
-                .fhir_base
-                .as_str()
-                .split("://")
-                .nth(1)
-                .and_then(|r| r.split(['/', ':']).next())
-                .unwrap_or_default()
-                .to_owned();
+            let host = config.appliance.fhir_base.host().to_owned();
             Ok(mig::tls::csr::appliance_csr(
                 tpm.signer(KeyRole::Tls)?,
                 subject,

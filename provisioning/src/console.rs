@@ -207,25 +207,11 @@ fn flush() -> Result<(), ConsoleError> {
         })
 }
 
-fn hostname() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
-}
-
 /// The host part of a FHIR base URL (`https://host:port/path`).
 fn url_host(url: &str) -> String {
-    let authority = url
-        .split("://")
-        .nth(1)
-        .and_then(|r| r.split('/').next())
-        .unwrap_or_default();
-    if let Some(v6) = authority.strip_prefix('[') {
-        return v6.split(']').next().unwrap_or_default().to_owned();
-    }
-    authority.split(':').next().unwrap_or_default().to_owned()
+    FhirBase::from_str(url)
+        .map(|b| b.host().to_owned())
+        .unwrap_or_default()
 }
 
 impl<R: BufRead> Wizard<R> {
@@ -475,10 +461,13 @@ impl<R: BufRead> Wizard<R> {
             },
         )?;
         println!("The FHIR base URL is the address partners use for this appliance; it must start with https://.");
-        let default_base = answers
-            .fhir_base
-            .clone()
-            .unwrap_or_else(|| format!("https://{}:{}/fhir", hostname(), listen.port()));
+        let default_base = answers.fhir_base.clone().unwrap_or_else(|| {
+            format!(
+                "https://{}:{}/fhir",
+                crate::commands::hostname(),
+                listen.port()
+            )
+        });
         let fhir_base = self.ask_valid("FHIR base URL", Some(&default_base), |a| {
             FhirBase::from_str(a)
                 .map(|b| b.to_string())

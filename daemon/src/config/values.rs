@@ -86,6 +86,21 @@ impl FhirBase {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The host part (`mig.example.nhs.uk` of `https://mig.example.nhs.uk:8443/fhir`), for
+    /// certificate names.
+    pub fn host(&self) -> &str {
+        let authority = self
+            .0
+            .split("://")
+            .nth(1)
+            .and_then(|r| r.split('/').next())
+            .unwrap_or_default();
+        match authority.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or_default(),
+            None => authority.split(':').next().unwrap_or_default(),
+        }
+    }
 }
 
 impl FromStr for FhirBase {
