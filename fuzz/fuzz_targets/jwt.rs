@@ -19,7 +19,10 @@ fn check(claims: &Claims) {
         &claims.practitioner_name,
         &claims.organisation_ods,
     ] {
-        assert!(!field.trim().is_empty(), "accepted a blank claim: {claims:?}");
+        assert!(
+            !field.trim().is_empty(),
+            "accepted a blank claim: {claims:?}"
+        );
     }
     assert!(!claims.job_role.is_empty());
     assert!(matches!(

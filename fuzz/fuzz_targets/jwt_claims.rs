@@ -166,7 +166,11 @@ fn build(input: &Input) -> (Map<String, Value>, i64) {
     );
 
     let mut claims = Map::new();
-    insert(&mut claims, "iss", input.iss.value("https://partner.example.nhs.uk"));
+    insert(
+        &mut claims,
+        "iss",
+        input.iss.value("https://partner.example.nhs.uk"),
+    );
     insert(&mut claims, "aud", input.aud.value(AUDIENCE));
     let sub = if input.sub_is_practitioner_id {
         practitioner_id
@@ -178,9 +182,20 @@ fn build(input: &Input) -> (Map<String, Value>, i64) {
     let exp = time(&input.exp, iat.as_i64().unwrap_or(NOW));
     claims.insert("iat".into(), iat);
     claims.insert("exp".into(), exp);
-    insert(&mut claims, "reason_for_request", input.reason.value("directcare"));
-    insert(&mut claims, "requested_scope", input.scope.value("patient/*.read"));
-    claims.insert("requesting_practitioner".into(), Value::Object(practitioner));
+    insert(
+        &mut claims,
+        "reason_for_request",
+        input.reason.value("directcare"),
+    );
+    insert(
+        &mut claims,
+        "requested_scope",
+        input.scope.value("patient/*.read"),
+    );
+    claims.insert(
+        "requesting_practitioner".into(),
+        Value::Object(practitioner),
+    );
     claims.insert(
         "requesting_organization".into(),
         json!({"resourceType": "Organization",
@@ -198,8 +213,16 @@ fn build(input: &Input) -> (Map<String, Value>, i64) {
         }
         None => {}
     }
-    insert(&mut claims, "permission_to_view", input.permission.value("granted"));
-    insert(&mut claims, "override_reason", input.override_reason.value("emergency"));
+    insert(
+        &mut claims,
+        "permission_to_view",
+        input.permission.value("granted"),
+    );
+    insert(
+        &mut claims,
+        "override_reason",
+        input.override_reason.value("emergency"),
+    );
     insert(
         &mut claims,
         "override_justification",
@@ -220,7 +243,10 @@ fuzz_target!(|input: Input| {
     }
     match result {
         Ok(parsed) => {
-            assert!(expected, "accepted a token the rules refuse: {claims:?} at {now}");
+            assert!(
+                expected,
+                "accepted a token the rules refuse: {claims:?} at {now}"
+            );
             let practitioner = &claims["requesting_practitioner"];
             assert_eq!(Some(parsed.issuer.as_str()), claims["iss"].as_str());
             assert_eq!(
