@@ -131,10 +131,13 @@ fn check_standard_claims(
     }
     let iat = integer(claims, "iat")?;
     let exp = integer(claims, "exp")?;
-    if exp <= iat || exp - iat > MAX_LIFETIME_SECONDS {
-        return bad("exp must be after iat and at most 300 seconds later");
+    // Checked: with far-apart times a wrapping `exp - iat` looks short, and the token would
+    // never expire (found by fuzz/fuzz_targets/jwt_claims.rs).
+    match exp.checked_sub(iat) {
+        Some(lifetime) if lifetime > 0 && lifetime <= MAX_LIFETIME_SECONDS => {}
+        _ => return bad("exp must be after iat and at most 300 seconds later"),
     }
-    if now < iat - SKEW_SECONDS {
+    if now < iat.saturating_sub(SKEW_SECONDS) {
         return bad("iat is in the future");
     }
     if now > exp {
@@ -385,6 +388,24 @@ mod tests {
             assert!(
                 error.0.contains(expected),
                 "{error} should mention {expected}"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_times_whose_difference_overflows() {
+        // A wrapping `exp - iat` made these look short-lived: an everlasting token.
+        for (iat, exp) in [
+            (i64::MIN + 100, i64::MAX),
+            (i64::MIN, NOW + 10),
+            (i64::MIN, i64::MIN + 1),
+        ] {
+            let mut c = claims();
+            c["iat"] = json!(iat);
+            c["exp"] = json!(exp);
+            assert!(
+                parse(&encode_unsigned(&c), AUD, NOW).is_err(),
+                "{iat}..{exp}"
             );
         }
     }
