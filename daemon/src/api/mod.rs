@@ -482,8 +482,11 @@ fn percent_decode(text: &str) -> Option<String> {
     while i < bytes.len() {
         match bytes[i] {
             b'%' => {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
+                let hex = bytes.get(i + 1..i + 3)?;
+                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return None;
+                }
+                out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
                 i += 3;
             }
             b'+' => {
@@ -673,4 +676,42 @@ fn searchset(patient: Option<&str>, assembled_at: &str) -> String {
         "entry": entries,
     })
     .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding_takes_only_two_hex_digits() {
+        assert_eq!(percent_decode("a%7Cb+c").as_deref(), Some("a|b c"));
+        for bad in ["%+F", "%G0", "%7", "%", "%ff"] {
+            assert_ne!(percent_decode(bad).as_deref(), Some("\u{f}"), "{bad}");
+        }
+        assert_eq!(percent_decode("%+F"), None);
+        assert_eq!(percent_decode("%ff"), None, "not UTF-8");
+    }
+
+    #[test]
+    fn patient_search_needs_exactly_one_nhs_identifier() {
+        let ok = patient_search_query(Some(
+            "identifier=https://fhir.nhs.uk/Id/nhs-number%7C9434765919",
+        ))
+        .unwrap();
+        assert_eq!(ok.nhs_number, "9434765919");
+        let code = |q: &str| patient_search_query(Some(q)).unwrap_err().0;
+        assert_eq!(code(""), ErrorCode::InvalidParameter);
+        assert_eq!(
+            code("identifier=9434765919"),
+            ErrorCode::InvalidIdentifierSystem
+        );
+        assert_eq!(
+            code("identifier=https://fhir.nhs.uk/Id/nhs-number|9434765918"),
+            ErrorCode::InvalidNhsNumber
+        );
+        assert_eq!(
+            code("identifier=https://fhir.nhs.uk/Id/nhs-number|9434765919&_count=1"),
+            ErrorCode::InvalidParameter
+        );
+    }
 }
