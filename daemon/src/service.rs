@@ -362,12 +362,14 @@ async fn serve(
         })
     };
 
+    // Handlers before readiness: a SIGHUP or SIGTERM sent the moment READY=1 (or the admin
+    // socket's `ready`) is seen would otherwise hit the default action and kill migd.
+    let mut signals = Signals::install()?;
     ready.store(true, Ordering::SeqCst);
     notify::ready().ok();
     notify::status("serving").ok();
     tracing::info!(listen = %config.partner_api.listen, "migd ready");
 
-    let mut signals = Signals::install()?;
     while let SignalEvent::Reload = signals.recv().await {
         notify::reloading().ok();
         let reloader = reloader.clone();
