@@ -54,7 +54,7 @@ pub enum ServiceError {
     Replica(#[from] crate::replica::ReplicaError),
     #[error("audit: {0}")]
     Audit(#[from] crate::audit::AuditError),
-    #[error("certificates and partners: {0} (install the appliance certificate with `migctl cert install`)")]
+    #[error("certificates and partners: {0}")]
     Tls(#[from] Box<crate::tls::TlsError>),
     #[error("sensitive code list: {0}")]
     Sensitive(#[from] crate::policy::PolicyError),
