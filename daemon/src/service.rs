@@ -54,7 +54,7 @@ pub enum ServiceError {
     Replica(#[from] crate::replica::ReplicaError),
     #[error("audit: {0}")]
     Audit(#[from] crate::audit::AuditError),
-    #[error("certificates and partners: {0} (install the appliance certificate with `migctl cert install`)")]
+    #[error("certificates and partners: {0}")]
     Tls(#[from] Box<crate::tls::TlsError>),
     #[error("sensitive code list: {0}")]
     Sensitive(#[from] crate::policy::PolicyError),
@@ -354,12 +354,14 @@ async fn serve(
         })
     };
 
+    // Handlers before readiness: a SIGHUP or SIGTERM sent the moment READY=1 (or the admin
+    // socket's `ready`) is seen would otherwise hit the default action and kill migd.
+    let mut signals = Signals::install()?;
     ready.store(true, Ordering::SeqCst);
     notify::ready().ok();
     notify::status("serving").ok();
     tracing::info!(listen = %config.partner_api.listen, "migd ready");
 
-    let mut signals = Signals::install()?;
     while let SignalEvent::Reload = signals.recv().await {
         notify::reloading().ok();
         let reloader = reloader.clone();
