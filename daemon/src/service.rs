@@ -33,6 +33,8 @@ pub const REPLICA_FILE: &str = "replica.db";
 pub const AUDIT_FILE: &str = "audit.db";
 /// How often the state directory is polled for registry changes.
 const REGISTRY_POLL: Duration = Duration::from_millis(500);
+/// Threads for blocking work (replica reads, TPM calls, file I/O).
+const BLOCKING_THREADS: usize = 8;
 /// How often health is re-checked when systemd asks for no watchdog.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -217,6 +219,9 @@ pub fn run(config_path: &Path) -> Result<(), ServiceError> {
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Replica reads and record assembly run here; more threads than a few per core only
+        // add memory (each holds a SQLite connection and allocator caches), not throughput.
+        .max_blocking_threads(BLOCKING_THREADS)
         .thread_name("migd")
         .build()
         .map_err(ServiceError::Runtime)?;
