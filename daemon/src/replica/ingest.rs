@@ -9,7 +9,7 @@ use rusqlite::{params, OptionalExtension, Transaction};
 use serde_json::Value;
 
 use super::{Replica, ReplicaError};
-use crate::fhir::{extract_facts, split_reference, PatientRef};
+use crate::fhir::{extract_facts, split_reference, ItemFacts, PatientRef};
 
 /// The longest NDJSON line accepted (one resource).
 pub const MAX_LINE_BYTES: u64 = 16 * 1024 * 1024;
@@ -63,7 +63,10 @@ impl From<ReplicaError> for Problem {
 
 impl Replica {
     /// Imports one NDJSON batch (a Bulk Data file): one resource per line, blank lines ignored.
-    pub fn import_ndjson(&mut self, input: impl BufRead) -> Result<ImportSummary, IngestError> {
+    pub fn import_ndjson(
+        &mut self,
+        input: impl BufRead + Send,
+    ) -> Result<ImportSummary, IngestError> {
         let mut import = self.begin_import()?;
         import.feed(input)?;
         import.commit()
@@ -136,36 +139,34 @@ impl std::fmt::Debug for NdjsonImport<'_> {
 
 impl NdjsonImport<'_> {
     /// Adds whole lines to the batch. After an error the batch must be dropped.
-    pub fn feed(&mut self, mut input: impl BufRead) -> Result<(), IngestError> {
-        let mut buffer = Vec::new();
-        loop {
-            buffer.clear();
-            let read = std::io::Read::take(&mut input, MAX_LINE_BYTES + 1)
-                .read_until(b'\n', &mut buffer)
-                .map_err(IngestError::Read)?;
-            if read == 0 {
-                return Ok(());
+    ///
+    /// A second thread reads, parses and checks lines while this one writes them, in order,
+    /// so the first bad line is still the one reported.
+    pub fn feed(&mut self, input: impl BufRead + Send) -> Result<(), IngestError> {
+        let first_line = self.line;
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<Parsed>(PIPELINE_DEPTH);
+        std::thread::scope(|scope| {
+            let reader = scope.spawn(move || read_lines(input, first_line, sender));
+            for parsed in receiver {
+                match parsed {
+                    Parsed::Ready(line, prepared) => {
+                        self.line = line;
+                        store(&self.tx, &prepared).map_err(|problem| match problem {
+                            Problem::Invalid(reason) => IngestError::Line { line, reason },
+                            Problem::Replica(e) => IngestError::Replica(e),
+                        })?;
+                        self.summary.upserted += 1;
+                    }
+                    Parsed::Bad(line, reason) => return Err(IngestError::Line { line, reason }),
+                    Parsed::Failed(e) => return Err(IngestError::Read(e)),
+                }
             }
-            self.line += 1;
-            let line = self.line;
-            let at_line = |reason: String| IngestError::Line { line, reason };
-            if buffer.len() as u64 > MAX_LINE_BYTES {
-                return Err(at_line(format!("longer than {MAX_LINE_BYTES} bytes")));
+            // The reader has finished (its sender is gone); take its line count.
+            if let Ok(lines) = reader.join() {
+                self.line = lines;
             }
-            let text = std::str::from_utf8(&buffer)
-                .map_err(|_| at_line("not valid UTF-8".into()))?
-                .trim();
-            if text.is_empty() {
-                continue;
-            }
-            let value: Value =
-                serde_json::from_str(text).map_err(|e| at_line(format!("not valid JSON: {e}")))?;
-            upsert(&self.tx, &value, text).map_err(|problem| match problem {
-                Problem::Invalid(reason) => at_line(reason),
-                Problem::Replica(e) => IngestError::Replica(e),
-            })?;
-            self.summary.upserted += 1;
-        }
+            Ok(())
+        })
     }
 
     /// Lines read so far.
@@ -177,6 +178,61 @@ impl NdjsonImport<'_> {
     pub fn commit(self) -> Result<ImportSummary, IngestError> {
         self.tx.commit().map_err(sql("committing an import"))?;
         Ok(self.summary)
+    }
+}
+
+/// Lines in flight between the reading and the writing thread.
+const PIPELINE_DEPTH: usize = 512;
+
+/// One NDJSON line, read and checked.
+enum Parsed {
+    Ready(u64, Prepared),
+    Bad(u64, String),
+    Failed(std::io::Error),
+}
+
+/// Reads, parses and prepares lines after `line`, sending each in order; returns the last line
+/// number read. Stops at the first bad line, or when the writer stops listening.
+fn read_lines(
+    mut input: impl BufRead,
+    mut line: u64,
+    out: std::sync::mpsc::SyncSender<Parsed>,
+) -> u64 {
+    let mut buffer = Vec::new();
+    loop {
+        buffer.clear();
+        let read = match std::io::Read::take(&mut input, MAX_LINE_BYTES + 1)
+            .read_until(b'\n', &mut buffer)
+        {
+            Ok(read) => read,
+            Err(e) => {
+                let _ = out.send(Parsed::Failed(e));
+                return line;
+            }
+        };
+        if read == 0 {
+            return line;
+        }
+        line += 1;
+        let parsed = if buffer.len() as u64 > MAX_LINE_BYTES {
+            Parsed::Bad(line, format!("longer than {MAX_LINE_BYTES} bytes"))
+        } else {
+            match std::str::from_utf8(&buffer).map(str::trim) {
+                Err(_) => Parsed::Bad(line, "not valid UTF-8".into()),
+                Ok("") => continue,
+                Ok(text) => match serde_json::from_str::<Value>(text) {
+                    Err(e) => Parsed::Bad(line, format!("not valid JSON: {e}")),
+                    Ok(value) => match prepare(&value, text.to_owned()) {
+                        Ok(prepared) => Parsed::Ready(line, prepared),
+                        Err(reason) => Parsed::Bad(line, reason),
+                    },
+                },
+            }
+        };
+        let stop = matches!(parsed, Parsed::Bad(..));
+        if out.send(parsed).is_err() || stop {
+            return line;
+        }
     }
 }
 
@@ -288,8 +344,35 @@ fn purge_patient(tx: &Transaction<'_>, patient_id: &str) -> Result<(), Problem> 
     Ok(())
 }
 
+/// A resource checked and ready to store: everything that needs no database.
+struct Prepared {
+    facts: ItemFacts,
+    facts_json: String,
+    body: String,
+}
+
+fn prepare(resource: &Value, body: String) -> Result<Prepared, String> {
+    let facts = extract_facts(resource).map_err(|e| e.0)?;
+    let facts_json =
+        serde_json::to_string(&facts).map_err(|e| format!("cannot record facts: {e}"))?;
+    Ok(Prepared {
+        facts,
+        facts_json,
+        body,
+    })
+}
+
 fn upsert(tx: &Transaction<'_>, resource: &Value, body: &str) -> Result<(), Problem> {
-    let facts = extract_facts(resource).map_err(|e| Problem::Invalid(e.0))?;
+    let prepared = prepare(resource, body.to_owned()).map_err(Problem::Invalid)?;
+    store(tx, &prepared)
+}
+
+fn store(tx: &Transaction<'_>, prepared: &Prepared) -> Result<(), Problem> {
+    let Prepared {
+        facts,
+        facts_json,
+        body,
+    } = prepared;
     let patient_id = match (&facts.nhs_number, &facts.patient) {
         (Some(nhs_number), _) => {
             let owner: Option<String> = tx
@@ -323,8 +406,6 @@ fn upsert(tx: &Transaction<'_>, resource: &Value, body: &str) -> Result<(), Prob
         }
         (None, None) => None,
     };
-    let facts_json = serde_json::to_string(&facts)
-        .map_err(|e| Problem::Invalid(format!("cannot record facts: {e}")))?;
     tx.prepare_cached(
         "INSERT INTO resource (type, id, patient_id, facts, body) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (type, id) DO UPDATE SET
