@@ -186,7 +186,7 @@ const PIPELINE_DEPTH: usize = 512;
 
 /// One NDJSON line, read and checked.
 enum Parsed {
-    Ready(u64, Prepared),
+    Ready(u64, Box<Prepared>),
     Bad(u64, String),
     Failed(std::io::Error),
 }
@@ -223,7 +223,7 @@ fn read_lines(
                 Ok(text) => match serde_json::from_str::<Value>(text) {
                     Err(e) => Parsed::Bad(line, format!("not valid JSON: {e}")),
                     Ok(value) => match prepare(&value, text.to_owned()) {
-                        Ok(prepared) => Parsed::Ready(line, prepared),
+                        Ok(prepared) => Parsed::Ready(line, Box::new(prepared)),
                         Err(reason) => Parsed::Bad(line, reason),
                     },
                 },
