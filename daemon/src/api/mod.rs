@@ -594,16 +594,12 @@ fn assemble(
             .iter()
             .flat_map(|i| i.facts.references.iter())
             .collect();
-        let preferences = crate::policy::preferences(&data.consents, access.now);
-        let withheld = crate::policy::withheld_items(&data, &preferences, sensitive);
-        let shared_out: Vec<StoredItem> = shared
+        let shared_out: Vec<StoredItem> = release
+            .released_shared
             .iter()
-            .enumerate()
-            .filter(|(i, s)| {
-                referenced.contains(&s.facts.reference())
-                    && !withheld.get(data.items.len() + i).copied().unwrap_or(true)
-            })
-            .map(|(_, s)| s.clone())
+            .filter_map(|&i| shared.get(i))
+            .filter(|s| referenced.contains(&s.facts.reference()))
+            .cloned()
             .collect();
         let lists = wanted
             .sections

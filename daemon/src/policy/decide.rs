@@ -159,10 +159,19 @@ pub fn decide(
         }
     }
 
+    let released_shared = (0..patient.shared.len())
+        .filter(|i| {
+            !withheld
+                .get(patient.items.len() + i)
+                .copied()
+                .unwrap_or(true)
+        })
+        .collect();
     Decision::Permitted(Release {
         basis,
         released_sections,
         released_items,
+        released_shared,
         sections_with_withheld,
         withheld_sections,
         alert,

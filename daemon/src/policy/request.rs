@@ -267,6 +267,9 @@ pub struct Release {
     /// Indexes into `PatientData::items`, ascending: the items in released sections that are
     /// not withheld. Items with no section (Consent, Patient, ...) are never listed.
     pub released_items: Vec<usize>,
+    /// Indexes into `PatientData::shared`, ascending: the shared resources that are not
+    /// withheld, which released items may bring into the response.
+    pub released_shared: Vec<usize>,
     /// Released sections from which at least one item was withheld (their List gets the
     /// `confidential-items` warning).
     pub sections_with_withheld: BTreeSet<Section>,

@@ -874,6 +874,11 @@ fn item_referencing_sensitive_shared_medication_is_withheld() {
     ];
     let release = release(decide_for(&granted(), &patient));
     assert_eq!(released(&release, &patient), ["MedicationRequest/m2"]);
+    assert_eq!(
+        release.released_shared,
+        [1],
+        "the sensitive Medication itself stays behind"
+    );
 }
 
 #[test]
