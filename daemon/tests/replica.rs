@@ -85,11 +85,7 @@ fn ingests_every_supported_resource_type() {
         mig::fhir::PATIENT_SCOPED_TYPES.len()
     );
     let shared = reader
-        .resources(&[
-            "Medication/med1".into(),
-            "Practitioner/gp1".into(),
-            "Medication/none".into(),
-        ])
+        .resources(["Medication/med1", "Practitioner/gp1", "Medication/none"])
         .unwrap();
     assert_eq!(shared.len(), 2);
 }
@@ -203,10 +199,7 @@ fn deleting_a_patient_purges_everything_of_theirs() {
     assert!(reader.patient_by_nhs_number(NHS).unwrap().is_none());
     assert!(reader.patient_items("p1").unwrap().is_empty());
     assert_eq!(item_ids(&reader, "p2"), ["Condition/other"]);
-    assert!(!reader
-        .resources(&["Medication/med1".into()])
-        .unwrap()
-        .is_empty());
+    assert!(!reader.resources(["Medication/med1"]).unwrap().is_empty());
 }
 
 #[test]
@@ -338,7 +331,7 @@ fn a_newer_schema_is_refused() {
     {
         let conn = rusqlite::Connection::open(&path).unwrap();
         conn.execute_batch(&format!(
-            "PRAGMA key = \"x'{}'\"; PRAGMA user_version = 99;",
+            "PRAGMA key = \"x'{}'\"; PRAGMA cipher_page_size = 16384; PRAGMA user_version = 99;",
             hex::encode(KEY)
         ))
         .unwrap();
@@ -420,7 +413,10 @@ fn kill_9_during_import_leaves_every_committed_batch() {
     );
     let check: String = rusqlite::Connection::open(&path)
         .and_then(|conn| {
-            conn.execute_batch(&format!("PRAGMA key = \"x'{}'\";", hex::encode(KEY)))?;
+            conn.execute_batch(&format!(
+                "PRAGMA key = \"x'{}'\"; PRAGMA cipher_page_size = 16384;",
+                hex::encode(KEY)
+            ))?;
             conn.query_row("PRAGMA integrity_check", [], |row| row.get(0))
         })
         .unwrap();

@@ -5,23 +5,28 @@
 //! (a withheld item, or one outside the released sections) is removed from the copy we send,
 //! and no count of withheld items appears anywhere.
 
-use std::collections::HashSet;
+use serde_json::Value;
 
-use serde_json::{json, Value};
-
-use crate::fhir::{Section, ODS_SYSTEM};
-use crate::replica::StoredItem;
+use crate::fhir::{ItemFacts, Section, ODS_SYSTEM};
 
 pub const WARNING_EXTENSION: &str =
     "https://fhir.nhs.uk/STU3/StructureDefinition/Extension-CareConnect-GPC-ListWarningCode-1";
 pub const WITHHELD_NOTE: &str = "Items excluded due to confidentiality and/or patient preferences.";
 const EMPTY_REASON_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/list-empty-reason";
 
+/// A stored resource on its way into the Bundle.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry<'a> {
+    pub facts: &'a ItemFacts,
+    /// The resource as received (JSON).
+    pub body: &'a str,
+}
+
 /// One requested section.
 #[derive(Debug)]
 pub struct SectionList<'a> {
     pub section: Section,
-    pub items: Vec<&'a StoredItem>,
+    pub items: Vec<Entry<'a>>,
     /// Something was withheld from this section (or all of it was).
     pub withheld: bool,
 }
@@ -35,91 +40,150 @@ pub struct RecordParts<'a> {
     pub practice_name: &'a str,
     pub lists: Vec<SectionList<'a>>,
     /// Shared resources (Medication, Practitioner, …) referenced by released items.
-    pub shared: &'a [StoredItem],
+    pub shared: Vec<Entry<'a>>,
     /// RFC 3339 time the record was assembled.
     pub assembled_at: &'a str,
 }
 
-/// Renders the Bundle as JSON text. Item bodies are copied as stored unless they reference
-/// something outside the Bundle.
-pub fn structured_record(parts: &RecordParts<'_>) -> String {
-    let practice_ref = format!("Organization/{}", parts.practice_ods);
-    let mut included: HashSet<String> = HashSet::new();
-    included.insert(format!("Patient/{}", parts.patient_id));
-    included.insert(practice_ref.clone());
-    let items = parts.lists.iter().flat_map(|l| l.items.iter().copied());
-    for item in items.clone().chain(parts.shared.iter()) {
-        included.insert(item.facts.reference());
+/// A set of resources as (type, id): what the Bundle contains (anything else may not be
+/// referenced), or what released items reference. Built for every record, so with a fast
+/// hash (the keys are our own stored ids, not chosen per request by a partner).
+pub(crate) struct Included<'a>(rustc_hash::FxHashSet<(&'a str, &'a str)>);
+
+impl<'a> Included<'a> {
+    pub(crate) fn new(members: impl IntoIterator<Item = (&'a str, &'a str)>) -> Included<'a> {
+        Included(members.into_iter().collect())
     }
 
-    let mut out =
-        String::with_capacity(4096 + items.clone().map(|i| i.body.len() + 16).sum::<usize>());
-    out.push_str(r#"{"resourceType":"Bundle","id":""#);
-    out.push_str(&uuid::Uuid::new_v4().to_string());
-    out.push_str(r#"","meta":{"lastUpdated":""#);
-    out.push_str(parts.assembled_at);
-    out.push_str(r#""},"type":"collection","entry":["#);
+    fn has(&self, member: (&str, &str)) -> bool {
+        self.0.contains(&member)
+    }
 
-    let mut first = true;
-    let mut push = |out: &mut String, resource: &str| {
-        if !first {
-            out.push(',');
-        }
-        first = false;
-        out.push_str(r#"{"resource":"#);
-        out.push_str(resource);
-        out.push('}');
-    };
-    let patient = serde_json::from_str::<Value>(parts.patient_body)
-        .map(|mut v| {
-            strip_outside_references(&mut v, &included);
-            v.to_string()
-        })
-        .unwrap_or_else(|_| parts.patient_body.to_owned());
-    push(&mut out, &patient);
-    let practice = json!({
-        "resourceType": "Organization", "id": parts.practice_ods,
-        "identifier": [{"system": ODS_SYSTEM, "value": parts.practice_ods}],
-        "name": parts.practice_name
-    });
-    push(&mut out, &practice.to_string());
+    pub(crate) fn contains(&self, facts: &ItemFacts) -> bool {
+        self.has((facts.resource_type.as_str(), facts.id.as_str()))
+    }
+
+    /// Whether a `Type/id` reference points inside.
+    fn has_reference(&self, reference: &str) -> bool {
+        reference
+            .split_once('/')
+            .is_some_and(|member| self.has(member))
+    }
+}
+
+/// Renders the Bundle as JSON. Item bodies are copied as stored unless they reference
+/// something outside the Bundle; the rest is written directly, as this runs for every record.
+pub fn structured_record(parts: &RecordParts<'_>) -> Vec<u8> {
+    let items = || parts.lists.iter().flat_map(|l| l.items.iter());
+    let included = Included::new(
+        items()
+            .chain(&parts.shared)
+            .map(|e| (e.facts.resource_type.as_str(), e.facts.id.as_str()))
+            .chain([
+                ("Patient", parts.patient_id),
+                ("Organization", parts.practice_ods),
+            ]),
+    );
+
+    let bodies: usize = items().chain(&parts.shared).map(|e| e.body.len()).sum();
+    let mut out = Vec::with_capacity(bodies + 1024 * (parts.lists.len() + 2));
+    out.extend_from_slice(br#"{"resourceType":"Bundle","id":""#);
+    push_uuid(&mut out);
+    out.extend_from_slice(br#"","meta":{"lastUpdated":"#);
+    push_str(&mut out, parts.assembled_at);
+    out.extend_from_slice(br#"},"type":"collection","entry":[{"resource":"#);
+    push_stripped(&mut out, parts.patient_body, &included);
+    out.extend_from_slice(br#"},{"resource":{"resourceType":"Organization","id":"#);
+    push_str(&mut out, parts.practice_ods);
+    out.extend_from_slice(br#","identifier":[{"system":"#);
+    push_str(&mut out, ODS_SYSTEM);
+    out.extend_from_slice(br#","value":"#);
+    push_str(&mut out, parts.practice_ods);
+    out.extend_from_slice(br#"}],"name":"#);
+    push_str(&mut out, parts.practice_name);
+    out.extend_from_slice(b"}}");
     for list in &parts.lists {
-        push(&mut out, &section_list(list, parts).to_string());
+        out.extend_from_slice(br#",{"resource":"#);
+        push_section_list(&mut out, list, parts);
+        out.push(b'}');
     }
-    for item in items.chain(parts.shared.iter()) {
-        let outside = item.facts.references.iter().any(|r| !included.contains(r));
+    for entry in items().chain(&parts.shared) {
+        let outside = entry
+            .facts
+            .references
+            .iter()
+            .any(|r| !included.has_reference(r));
         if outside {
-            match serde_json::from_str::<Value>(&item.body) {
-                Ok(mut value) => {
-                    strip_outside_references(&mut value, &included);
-                    push(&mut out, &value.to_string());
-                }
-                // Bodies were parsed at ingest; a body that no longer parses is left out.
-                Err(_) => continue,
-            }
+            // Bodies were parsed at ingest; one that no longer parses is left out.
+            let Ok(mut value) = serde_json::from_str::<Value>(entry.body) else {
+                continue;
+            };
+            strip_outside_references(&mut value, &included);
+            out.extend_from_slice(br#",{"resource":"#);
+            push_value(&mut out, &value);
         } else {
-            push(&mut out, &item.body);
+            out.extend_from_slice(br#",{"resource":"#);
+            out.extend_from_slice(entry.body.as_bytes());
         }
+        out.push(b'}');
     }
-    out.push_str("]}");
+    out.extend_from_slice(b"]}");
     out
 }
 
-fn section_list(list: &SectionList<'_>, parts: &RecordParts<'_>) -> Value {
+/// Copies a stored resource without the references that leave the Bundle.
+fn push_stripped(out: &mut Vec<u8>, body: &str, included: &Included<'_>) {
+    match serde_json::from_str::<Value>(body) {
+        Ok(mut value) => {
+            strip_outside_references(&mut value, included);
+            push_value(out, &value);
+        }
+        Err(_) => out.extend_from_slice(body.as_bytes()),
+    }
+}
+
+fn push_value(out: &mut Vec<u8>, value: &Value) {
+    // Writing a Value into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, value);
+}
+
+/// A JSON string, quoted and escaped.
+fn push_str(out: &mut Vec<u8>, text: &str) {
+    let _ = serde_json::to_writer(&mut *out, text);
+}
+
+fn push_uuid(out: &mut Vec<u8>) {
+    let mut buffer = uuid::Uuid::encode_buffer();
+    out.extend_from_slice(
+        uuid::Uuid::new_v4()
+            .hyphenated()
+            .encode_lower(&mut buffer)
+            .as_bytes(),
+    );
+}
+
+fn push_section_list(out: &mut Vec<u8>, list: &SectionList<'_>, parts: &RecordParts<'_>) {
     let (system, code, display) = list.section.list_code();
-    let mut value = json!({
-        "resourceType": "List",
-        "id": uuid::Uuid::new_v4().to_string(),
-        "status": "current",
-        "mode": "snapshot",
-        "title": display,
-        "code": {"coding": [{"system": system, "code": code, "display": display}]},
-        "subject": {"reference": format!("Patient/{}", parts.patient_id)},
-        "date": parts.assembled_at,
-    });
+    out.extend_from_slice(br#"{"resourceType":"List","id":""#);
+    push_uuid(out);
+    out.extend_from_slice(br#"","status":"current","mode":"snapshot","title":"#);
+    push_str(out, display);
+    out.extend_from_slice(br#","code":{"coding":[{"system":"#);
+    push_str(out, system);
+    out.extend_from_slice(br#","code":"#);
+    push_str(out, code);
+    out.extend_from_slice(br#","display":"#);
+    push_str(out, display);
+    out.extend_from_slice(br#"}]},"subject":{"reference":"#);
+    push_str(out, &format!("Patient/{}", parts.patient_id));
+    out.extend_from_slice(br#"},"date":"#);
+    push_str(out, parts.assembled_at);
     if list.withheld {
-        value["extension"] = json!([{"url": WARNING_EXTENSION, "valueCode": "confidential-items"}]);
-        value["note"] = json!([{"text": WITHHELD_NOTE}]);
+        out.extend_from_slice(br#","extension":[{"url":"#);
+        push_str(out, WARNING_EXTENSION);
+        out.extend_from_slice(br#","valueCode":"confidential-items"}],"note":[{"text":"#);
+        push_str(out, WITHHELD_NOTE);
+        out.extend_from_slice(b"}]");
     }
     if list.items.is_empty() {
         let (reason, text) = if list.withheld {
@@ -127,26 +191,38 @@ fn section_list(list: &SectionList<'_>, parts: &RecordParts<'_>) -> Value {
         } else {
             ("nilknown", "No content recorded")
         };
-        value["emptyReason"] = json!({
-            "coding": [{"system": EMPTY_REASON_SYSTEM, "code": reason}], "text": text
-        });
+        out.extend_from_slice(br#","emptyReason":{"coding":[{"system":"#);
+        push_str(out, EMPTY_REASON_SYSTEM);
+        out.extend_from_slice(br#","code":"#);
+        push_str(out, reason);
+        out.extend_from_slice(br#"}],"text":"#);
+        push_str(out, text);
+        out.push(b'}');
     } else {
-        value["entry"] = list
-            .items
-            .iter()
-            .map(|item| json!({"item": {"reference": item.facts.reference()}}))
-            .collect();
+        out.extend_from_slice(br#","entry":["#);
+        for (n, item) in list.items.iter().enumerate() {
+            if n > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(br#"{"item":{"reference":""#);
+            // Type and id were checked at ingest ([A-Za-z]+ and [A-Za-z0-9.-]+): nothing to escape.
+            out.extend_from_slice(item.facts.resource_type.as_bytes());
+            out.push(b'/');
+            out.extend_from_slice(item.facts.id.as_bytes());
+            out.extend_from_slice(br#""}}"#);
+        }
+        out.push(b']');
     }
-    value
+    out.push(b'}');
 }
 
 /// Removes every Reference whose target is not in `included` (contained `#` references stay).
-pub(crate) fn strip_outside_references(value: &mut Value, included: &HashSet<String>) {
+pub(crate) fn strip_outside_references(value: &mut Value, included: &Included<'_>) {
     let is_outside = |v: &Value| -> bool {
         match v.get("reference").and_then(Value::as_str) {
             Some(r) if r.starts_with('#') => false,
             Some(r) => match crate::fhir::split_reference(r) {
-                Some((t, id)) => !included.contains(&format!("{t}/{id}")),
+                Some(member) => !included.has(member),
                 None => true,
             },
             None => false,
@@ -175,12 +251,14 @@ pub(crate) fn strip_outside_references(value: &mut Value, included: &HashSet<Str
 mod tests {
     use super::*;
     use crate::fhir::extract_facts;
+    use serde_json::json;
 
-    fn stored(value: Value) -> StoredItem {
-        StoredItem {
-            facts: extract_facts(&value).unwrap(),
-            body: value.to_string(),
-        }
+    fn stored(value: Value) -> (ItemFacts, String) {
+        (extract_facts(&value).unwrap(), value.to_string())
+    }
+
+    fn entry((facts, body): &(ItemFacts, String)) -> Entry<'_> {
+        Entry { facts, body }
     }
 
     #[test]
@@ -201,12 +279,12 @@ mod tests {
             lists: vec![
                 SectionList {
                     section: Section::Problems,
-                    items: vec![&condition],
+                    items: vec![entry(&condition)],
                     withheld: false,
                 },
                 SectionList {
                     section: Section::Medications,
-                    items: vec![&request],
+                    items: vec![entry(&request)],
                     withheld: true,
                 },
                 SectionList {
@@ -220,10 +298,10 @@ mod tests {
                     withheld: true,
                 },
             ],
-            shared: &[],
+            shared: vec![],
             assembled_at: "2026-11-27T10:00:00Z",
         };
-        let bundle: Value = serde_json::from_str(&structured_record(&parts)).unwrap();
+        let bundle: Value = serde_json::from_slice(&structured_record(&parts)).unwrap();
         let text = bundle.to_string();
         for gone in [
             "Condition/secret",

@@ -22,12 +22,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 
-use crate::fhir::{Section, NHS_NUMBER_SYSTEM};
+use crate::fhir::{ItemFacts, Section, NHS_NUMBER_SYSTEM};
 use crate::policy::{
     decide, AccessRequest, Agreement, Basis, Decision, ErrorCode, OverrideReason, PatientData,
     Permission, SensitiveCodes,
 };
-use crate::replica::{ReaderPool, ReplicaError, StoredItem};
+use crate::replica::{ReaderPool, ReplicaError};
 use capability::{PATIENT_SEARCH_INTERACTION, STRUCTURED_RECORD_INTERACTION};
 
 pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
@@ -511,7 +511,7 @@ enum Assembled {
         basis: Basis,
         sections: Vec<Section>,
         alert: bool,
-        body: String,
+        body: Vec<u8>,
     },
 }
 
@@ -537,7 +537,7 @@ fn assemble(
                         basis: Basis::Granted,
                         sections: Vec::new(),
                         alert: false,
-                        body: searchset(None, assembled_at),
+                        body: searchset(None, assembled_at).into_bytes(),
                     }
                 }
                 Decision::Refused(r) => Assembled::Refused {
@@ -550,22 +550,27 @@ fn assemble(
                 },
             });
         };
-        let items = reader.patient_items(&patient.id)?;
-        let mut shared_refs: Vec<String> = items
+        let (item_facts, item_bodies): (Vec<ItemFacts>, Vec<String>) = reader
+            .patient_items(&patient.id)?
+            .into_iter()
+            .map(|item| (item.facts, item.body))
+            .unzip();
+        let mut shared_refs: Vec<&str> = item_facts
             .iter()
-            .flat_map(|i| i.facts.references.iter().cloned())
+            .flat_map(|facts| facts.references.iter().map(String::as_str))
+            .filter(|r| {
+                r.split_once('/')
+                    .is_some_and(|(t, _)| crate::fhir::SHARED_TYPES.contains(&t))
+            })
             .collect();
-        shared_refs.sort();
+        shared_refs.sort_unstable();
         shared_refs.dedup();
-        shared_refs.retain(|r| {
-            let t = r.split('/').next().unwrap_or_default();
-            crate::fhir::SHARED_TYPES.contains(&t)
-        });
-        let shared = reader.resources(&shared_refs)?;
-        let data = PatientData::from_items(
-            items.iter().map(|i| i.facts.clone()).collect(),
-            shared.iter().map(|s| s.facts.clone()).collect(),
-        );
+        let (shared_facts, shared_bodies): (Vec<ItemFacts>, Vec<String>) = reader
+            .resources(shared_refs)?
+            .into_iter()
+            .map(|item| (item.facts, item.body))
+            .unzip();
+        let data = PatientData::from_items(item_facts, shared_facts);
         let release = match decide(Some(agreement), access, Some(&data), sensitive) {
             Decision::Refused(r) => {
                 return Ok(Assembled::Refused {
@@ -580,26 +585,37 @@ fn assemble(
                 basis: release.basis,
                 sections: Vec::new(),
                 alert: release.alert,
-                body: searchset(Some(&patient.body), assembled_at),
+                body: searchset(Some(&patient.body), assembled_at).into_bytes(),
             });
         }
-        let released: Vec<&StoredItem> = release
+        let released: Vec<bundle::Entry<'_>> = release
             .released_items
             .iter()
-            .filter_map(|&i| items.get(i))
-            .filter(|item| wanted_by_filters(item, wanted))
+            .filter_map(|&i| {
+                Some(bundle::Entry {
+                    facts: data.items.get(i)?,
+                    body: item_bodies.get(i)?,
+                })
+            })
+            .filter(|e| wanted_by_filters(e.facts, wanted))
             .collect();
         // Shared resources go out only if a released item references them and policy kept them.
-        let referenced: BTreeSet<&String> = released
-            .iter()
-            .flat_map(|i| i.facts.references.iter())
-            .collect();
-        let shared_out: Vec<StoredItem> = release
+        let referenced = bundle::Included::new(
+            released
+                .iter()
+                .flat_map(|e| e.facts.references.iter())
+                .filter_map(|r| r.split_once('/')),
+        );
+        let shared_out = release
             .released_shared
             .iter()
-            .filter_map(|&i| shared.get(i))
-            .filter(|s| referenced.contains(&s.facts.reference()))
-            .cloned()
+            .filter_map(|&i| {
+                Some(bundle::Entry {
+                    facts: data.shared.get(i)?,
+                    body: shared_bodies.get(i)?,
+                })
+            })
+            .filter(|e| referenced.contains(e.facts))
             .collect();
         let lists = wanted
             .sections
@@ -609,7 +625,7 @@ fn assemble(
                 items: released
                     .iter()
                     .copied()
-                    .filter(|i| Section::for_resource_type(&i.facts.resource_type) == Some(section))
+                    .filter(|e| Section::for_resource_type(&e.facts.resource_type) == Some(section))
                     .collect(),
                 withheld: release.section_has_warning(section),
             })
@@ -620,7 +636,7 @@ fn assemble(
             practice_ods: &appliance.ods,
             practice_name: &appliance.name,
             lists,
-            shared: &shared_out,
+            shared: shared_out,
             assembled_at,
         });
         Ok(Assembled::Released {
@@ -633,18 +649,16 @@ fn assemble(
 }
 
 /// The request's own filters (not confidentiality): resolved allergies, medication start date.
-fn wanted_by_filters(item: &StoredItem, wanted: &parameters::RecordRequest) -> bool {
-    match item.facts.resource_type.as_str() {
+fn wanted_by_filters(facts: &ItemFacts, wanted: &parameters::RecordRequest) -> bool {
+    match facts.resource_type.as_str() {
         "AllergyIntolerance" => {
             wanted.include_resolved_allergies
-                || !matches!(item.facts.status.as_deref(), Some("resolved" | "inactive"))
+                || !matches!(facts.status.as_deref(), Some("resolved" | "inactive"))
         }
-        "MedicationStatement" | "MedicationRequest" => {
-            match (wanted.medication_from, item.facts.date) {
-                (Some(from), Some(date)) => date >= from,
-                _ => true,
-            }
-        }
+        "MedicationStatement" | "MedicationRequest" => match (wanted.medication_from, facts.date) {
+            (Some(from), Some(date)) => date >= from,
+            _ => true,
+        },
         _ => true,
     }
 }
@@ -652,11 +666,12 @@ fn wanted_by_filters(item: &StoredItem, wanted: &parameters::RecordRequest) -> b
 fn searchset(patient: Option<&str>, assembled_at: &str) -> String {
     let entries = match patient.and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok()) {
         Some(mut patient) => {
-            let full_url = format!("Patient/{}", patient["id"].as_str().unwrap_or_default());
+            let id = patient["id"].as_str().unwrap_or_default().to_owned();
             bundle::strip_outside_references(
                 &mut patient,
-                &[full_url.clone()].into_iter().collect(),
+                &bundle::Included::new([("Patient", id.as_str())]),
             );
+            let full_url = format!("Patient/{id}");
             vec![
                 serde_json::json!({"fullUrl": full_url, "resource": patient, "search": {"mode": "match"}}),
             ]

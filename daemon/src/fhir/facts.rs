@@ -68,27 +68,19 @@ pub struct ItemFacts {
     pub resource_type: String,
     pub id: String,
     /// For a Patient, its NHS number.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nhs_number: Option<String>,
     /// For a patient-scoped item, its patient.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patient: Option<PatientRef>,
     /// Every coding anywhere in the resource outside `meta`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub codes: Vec<Coding>,
     /// `meta.security` labels.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub security: Vec<Coding>,
     /// Literal references (`Type/id`) to anything but the item's own patient.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub references: Vec<String>,
     /// The clinically relevant date (seconds since the Unix epoch), where the resource has one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub date: Option<i64>,
     /// `clinicalStatus` code, or else `status`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consent: Option<ConsentFacts>,
 }
 
@@ -96,6 +88,24 @@ impl ItemFacts {
     /// `Type/id`, the form references use.
     pub fn reference(&self) -> String {
         format!("{}/{}", self.resource_type, self.id)
+    }
+
+    /// Whether `reference` (`Type/id`) names this resource, without building the string.
+    pub fn is_named_by(&self, reference: &str) -> bool {
+        reference.split_once('/') == Some((self.resource_type.as_str(), self.id.as_str()))
+    }
+
+    /// The stored form: compact binary, since every request decodes every item of a patient.
+    pub fn encode(&self) -> Result<Vec<u8>, FactsError> {
+        postcard::to_stdvec(self).map_err(|e| FactsError(format!("cannot record facts: {e}")))
+    }
+
+    /// Reads the stored form; `None` if the bytes are not facts.
+    pub fn decode(stored: &[u8]) -> Option<ItemFacts> {
+        match postcard::take_from_bytes(stored) {
+            Ok((facts, [])) => Some(facts),
+            _ => None,
+        }
     }
 }
 

@@ -347,17 +347,16 @@ fn purge_patient(tx: &Transaction<'_>, patient_id: &str) -> Result<(), Problem> 
 /// A resource checked and ready to store: everything that needs no database.
 struct Prepared {
     facts: ItemFacts,
-    facts_json: String,
+    stored_facts: Vec<u8>,
     body: String,
 }
 
 fn prepare(resource: &Value, body: String) -> Result<Prepared, String> {
     let facts = extract_facts(resource).map_err(|e| e.0)?;
-    let facts_json =
-        serde_json::to_string(&facts).map_err(|e| format!("cannot record facts: {e}"))?;
+    let stored_facts = facts.encode().map_err(|e| e.0)?;
     Ok(Prepared {
         facts,
-        facts_json,
+        stored_facts,
         body,
     })
 }
@@ -370,7 +369,7 @@ fn upsert(tx: &Transaction<'_>, resource: &Value, body: &str) -> Result<(), Prob
 fn store(tx: &Transaction<'_>, prepared: &Prepared) -> Result<(), Problem> {
     let Prepared {
         facts,
-        facts_json,
+        stored_facts,
         body,
     } = prepared;
     let patient_id = match (&facts.nhs_number, &facts.patient) {
@@ -416,7 +415,7 @@ fn store(tx: &Transaction<'_>, prepared: &Prepared) -> Result<(), Problem> {
             facts.resource_type,
             facts.id,
             patient_id,
-            facts_json,
+            stored_facts,
             body
         ])
     })

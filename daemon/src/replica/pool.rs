@@ -36,7 +36,8 @@ impl ReaderPool {
         })
     }
 
-    /// Runs `read` with a pooled connection, returning the connection afterwards.
+    /// Runs `read` in one read transaction on a pooled connection, returning the connection
+    /// afterwards.
     pub fn with<T>(
         &self,
         read: impl FnOnce(&ReplicaReader) -> Result<T, ReplicaError>,
@@ -46,7 +47,10 @@ impl ReaderPool {
             Some(reader) => reader,
             None => ReplicaReader::open(&self.path, &self.key)?,
         };
-        let result = read(&reader);
+        let result = reader.snapshot(read);
+        if !reader.is_idle() {
+            return result;
+        }
         if let Ok(mut idle) = self.idle.lock() {
             if idle.len() < MAX_IDLE {
                 idle.push(reader);

