@@ -106,6 +106,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             fhir_base: BASE.into(),
         },
         replica: Arc::new(ReaderPool::new(path, zeroize::Zeroizing::new(key))?),
+        records: Default::default(),
         audit: Arc::new(Accept),
         sensitive: Arc::new(SensitiveCodes::shipped()?),
         health: Arc::new(|| true),

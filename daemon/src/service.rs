@@ -269,6 +269,7 @@ async fn serve(
             fhir_base: config.appliance.fhir_base.as_str().to_owned(),
         },
         replica: readers.clone(),
+        records: Default::default(),
         audit: audit.clone(),
         sensitive,
         health: Arc::new(move || health_flag.load(Ordering::SeqCst)),

@@ -209,6 +209,7 @@ fn harness() -> Harness {
             fhir_base: BASE.into(),
         },
         replica: Arc::new(ReaderPool::new(path, zeroize::Zeroizing::new(KEY)).unwrap()),
+        records: Default::default(),
         audit: audit.clone(),
         sensitive: Arc::new(SensitiveCodes::shipped().unwrap()),
         health: Arc::new(|| true),
@@ -881,4 +882,35 @@ async fn unknown_routes_and_methods_are_refused() {
     )
     .await;
     assert_eq!((status, &response.body()[..]), (200, &b"ok"[..]));
+}
+
+#[tokio::test]
+async fn writes_after_a_read_are_served_at_once() {
+    // Reads are cached per patient: an upsert or a purge must still show in the next response.
+    let h = harness();
+    let request = || {
+        post_record(
+            record_body(CORE_AND_ADDITIONAL, &["includeProblems"]),
+            &token(|_| {}),
+        )
+    };
+    let (status, first, _) = send(&h, &ambulance(), request()).await;
+    assert_eq!(status, 200);
+    assert!(!resource_ids(&first).contains("Condition/p-full-diabetes"));
+
+    let mut writer = Replica::open(&h._dir.path().join("replica.db"), &KEY).unwrap();
+    let diabetes = json!({"resourceType": "Condition", "id": "p-full-diabetes",
+        "subject": {"reference": "Patient/p-full"},
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "44054006"}]}});
+    writer
+        .import_ndjson(format!("{diabetes}\n").as_bytes())
+        .unwrap();
+    let (_, second, _) = send(&h, &ambulance(), request()).await;
+    assert!(resource_ids(&second).contains("Condition/p-full-diabetes"));
+
+    let purge = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"request": {"method": "DELETE", "url": "Patient/p-full"}}]});
+    writer.apply_bundle(purge.to_string().as_bytes()).unwrap();
+    let (status, body, _) = send(&h, &ambulance(), request()).await;
+    assert_eq!((status, error_code(&body)), (404, "PATIENT_NOT_FOUND"));
 }

@@ -12,6 +12,7 @@ pub mod headers;
 pub mod jwt;
 pub mod outcome;
 pub mod parameters;
+pub mod records;
 pub mod upstream;
 
 use std::collections::BTreeSet;
@@ -24,8 +25,8 @@ use http::{header, Method, Request, Response, StatusCode};
 
 use crate::fhir::{ItemFacts, Section, NHS_NUMBER_SYSTEM};
 use crate::policy::{
-    decide, AccessRequest, Agreement, Basis, Decision, ErrorCode, OverrideReason, PatientData,
-    Permission, SensitiveCodes,
+    decide, AccessRequest, Agreement, Basis, Decision, ErrorCode, OverrideReason, Permission,
+    SensitiveCodes,
 };
 use crate::replica::{ReaderPool, ReplicaError};
 use capability::{PATIENT_SEARCH_INTERACTION, STRUCTURED_RECORD_INTERACTION};
@@ -90,6 +91,8 @@ pub trait AuditSink: Send + Sync {
 pub struct Api {
     pub appliance: Appliance,
     pub replica: Arc<ReaderPool>,
+    /// Recently read patients (see `records`).
+    pub records: Arc<records::RecordCache>,
     pub audit: Arc<dyn AuditSink>,
     pub sensitive: Arc<SensitiveCodes>,
     /// Reports whether TPM, replica and listeners are healthy, for `/healthz`.
@@ -332,6 +335,7 @@ impl Api {
         };
 
         let replica = self.replica.clone();
+        let records = self.records.clone();
         let sensitive = self.sensitive.clone();
         let appliance = self.appliance.clone();
         let assembled_at = event.time.clone();
@@ -339,6 +343,7 @@ impl Api {
         let work = tokio::task::spawn_blocking(move || {
             assemble(
                 &replica,
+                &records,
                 &sensitive,
                 &appliance,
                 &agreement,
@@ -515,10 +520,12 @@ enum Assembled {
     },
 }
 
-/// Reads the patient, decides, and renders the response body. Blocking (SQLite).
+/// Reads the patient (or takes them from the cache), decides, and renders the response body.
+/// Blocking (SQLite).
 #[allow(clippy::too_many_arguments)]
 fn assemble(
     replica: &ReaderPool,
+    records: &records::RecordCache,
     sensitive: &SensitiveCodes,
     appliance: &Appliance,
     agreement: &Agreement,
@@ -528,7 +535,8 @@ fn assemble(
     search: bool,
 ) -> Result<Assembled, ReplicaError> {
     replica.with(|reader| {
-        let Some(patient) = reader.patient_by_nhs_number(&wanted.nhs_number)? else {
+        let generation = reader.generation()?;
+        let Some(record) = records.get_or_read(reader, generation, &wanted.nhs_number)? else {
             let decision = decide(Some(agreement), access, None, sensitive);
             return Ok(match decision {
                 // GP Connect: an unknown patient is an empty searchset, not an error.
@@ -550,28 +558,13 @@ fn assemble(
                 },
             });
         };
-        let (item_facts, item_bodies): (Vec<ItemFacts>, Vec<String>) = reader
-            .patient_items(&patient.id)?
-            .into_iter()
-            .map(|item| (item.facts, item.body))
-            .unzip();
-        let mut shared_refs: Vec<&str> = item_facts
-            .iter()
-            .flat_map(|facts| facts.references.iter().map(String::as_str))
-            .filter(|r| {
-                r.split_once('/')
-                    .is_some_and(|(t, _)| crate::fhir::SHARED_TYPES.contains(&t))
-            })
-            .collect();
-        shared_refs.sort_unstable();
-        shared_refs.dedup();
-        let (shared_facts, shared_bodies): (Vec<ItemFacts>, Vec<String>) = reader
-            .resources(shared_refs)?
-            .into_iter()
-            .map(|item| (item.facts, item.body))
-            .unzip();
-        let data = PatientData::from_items(item_facts, shared_facts);
-        let release = match decide(Some(agreement), access, Some(&data), sensitive) {
+        let records::PatientRecord {
+            patient,
+            data,
+            item_bodies,
+            shared_bodies,
+        } = &*record;
+        let release = match decide(Some(agreement), access, Some(data), sensitive) {
             Decision::Refused(r) => {
                 return Ok(Assembled::Refused {
                     code: r.code,

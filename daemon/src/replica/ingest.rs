@@ -117,7 +117,7 @@ impl Replica {
                 Problem::Replica(e) => IngestError::Replica(e),
             })?;
         }
-        tx.commit().map_err(sql("committing a bundle"))?;
+        commit(tx).map_err(sql("committing a bundle"))?;
         Ok(summary)
     }
 }
@@ -176,9 +176,15 @@ impl NdjsonImport<'_> {
 
     /// Makes the whole batch durable.
     pub fn commit(self) -> Result<ImportSummary, IngestError> {
-        self.tx.commit().map_err(sql("committing an import"))?;
+        commit(self.tx).map_err(sql("committing an import"))?;
         Ok(self.summary)
     }
+}
+
+/// Commits a write, raising the generation so readers drop what they decoded before it.
+fn commit(tx: Transaction<'_>) -> Result<(), rusqlite::Error> {
+    tx.execute("UPDATE generation SET n = n + 1", [])?;
+    tx.commit()
 }
 
 /// Lines in flight between the reading and the writing thread.

@@ -21,6 +21,10 @@ const MIGRATIONS: &[&str] = &[
         id TEXT PRIMARY KEY,
         nhs_number TEXT NOT NULL UNIQUE
     );",
+    // 2: a counter every committed write raises, so readers can tell a decoded record they
+    //    hold is still current.
+    "CREATE TABLE generation (n INTEGER NOT NULL);
+    INSERT INTO generation (n) VALUES (0);",
 ];
 
 pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -201,6 +201,14 @@ impl ReplicaReader {
         self.conn.is_autocommit()
     }
 
+    /// The replica's generation: it rises with every committed write.
+    pub fn generation(&self) -> Result<i64, ReplicaError> {
+        self.conn
+            .prepare_cached("SELECT n FROM generation")
+            .and_then(|mut stmt| stmt.query_row([], |row| row.get(0)))
+            .map_err(sql("reading the generation"))
+    }
+
     pub fn patient_by_nhs_number(
         &self,
         nhs_number: &str,
