@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hardware_tests::appliance::{TestAppliance, AMBULANCE};
-use hardware_tests::load::{handshakes, run, ClientTls, RequestTemplate};
+use hardware_tests::load::{handshakes, run, run_mix, ClientTls, RequestTemplate};
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -19,11 +19,16 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-/// A core-and-additional patient with close to 150 resources.
-fn typical_patient(patients: u64) -> Result<(String, usize), String> {
+/// Core-and-additional patients with close to 150 resources (NHS number, resources), at most
+/// `limit` of them.
+fn typical_patients(patients: u64, limit: usize) -> Result<Vec<(String, usize)>, String> {
     let practice = mig::synthetic::Practice::new(1);
     let demo = mig::synthetic::demo_patients().len() as u64;
+    let mut found = Vec::new();
     for index in demo..patients {
+        if found.len() == limit {
+            break;
+        }
         let resources = practice.patient(index).map_err(|e| e.to_string())?;
         let full = resources
             .iter()
@@ -33,10 +38,13 @@ fn typical_patient(patients: u64) -> Result<(String, usize), String> {
                 .as_str()
                 .unwrap_or_default()
                 .to_owned();
-            return Ok((nhs, resources.len()));
+            found.push((nhs, resources.len()));
         }
     }
-    Err("no typical patient".into())
+    if found.is_empty() {
+        return Err("no typical patient".into());
+    }
+    Ok(found)
 }
 
 fn record_request(nhs: &str, token: &str) -> RequestTemplate {
@@ -149,7 +157,8 @@ fn main() -> Result<(), String> {
         "appliance with {patients} patients ready in {:.0} s (provision, start, import)",
         started.elapsed().as_secs_f64()
     );
-    let (nhs, resources) = typical_patient(patients)?;
+    let typical = typical_patients(patients, 300)?;
+    let (nhs, resources) = typical[0].clone();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let fhir_base = appliance.app.config.appliance.fhir_base.as_str().to_owned();
     let token = mig::api::jwt::encode_unsigned(&mig::api::jwt::example_claims(
@@ -183,6 +192,38 @@ fn main() -> Result<(), String> {
         rss_kib(pid, "VmRSS:") / 1024,
         rss_kib(pid, "VmHWM:") / 1024
     );
+    // The same load spread over many patients: far more than the record cache holds, so
+    // nearly every request reads and decodes its patient from the encrypted replica.
+    // (Only those whose record the ambulance service may see: a later dissent refuses some.)
+    let mut spread = Vec::new();
+    for (nhs, _) in &typical {
+        let request = record_request(nhs, &token);
+        if runtime
+            .block_on(hardware_tests::load::fetch(
+                appliance.address(),
+                &tls,
+                &request,
+            ))
+            .is_ok()
+        {
+            spread.push(request);
+        }
+    }
+    let spread_report = runtime.block_on(run_mix(
+        appliance.address(),
+        &tls,
+        &spread,
+        32,
+        Duration::from_secs(seconds),
+    ))?;
+    println!(
+        "migd, structured records of {} typical patients in turn, 32 connections: {spread_report}",
+        spread.len()
+    );
+    println!(
+        "migd resident memory: {} MiB now",
+        rss_kib(pid, "VmRSS:") / 1024
+    );
 
     // The same bytes from nginx, in the same run.
     let one = runtime.block_on(hardware_tests::load::fetch(
@@ -213,7 +254,10 @@ fn main() -> Result<(), String> {
         32,
         Duration::from_secs(seconds),
     ));
-    let _ = nginx.kill();
+    // A graceful stop, so the master takes its workers with it (SIGKILL would orphan them).
+    let _ = std::process::Command::new("kill")
+        .args(["-QUIT", &nginx.id().to_string()])
+        .status();
     let _ = nginx.wait();
     let static_report = static_report?;
     println!(

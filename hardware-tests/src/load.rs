@@ -99,17 +99,39 @@ pub async fn run(
     connections: usize,
     duration: Duration,
 ) -> Result<LoadReport, String> {
+    run_mix(
+        addr,
+        tls,
+        std::slice::from_ref(request),
+        connections,
+        duration,
+    )
+    .await
+}
+
+/// Like `run`, with each connection sending `requests` in turn (starting at its own offset).
+pub async fn run_mix(
+    addr: SocketAddr,
+    tls: &ClientTls,
+    requests: &[RequestTemplate],
+    connections: usize,
+    duration: Duration,
+) -> Result<LoadReport, String> {
+    if requests.is_empty() {
+        return Err("no requests to send".into());
+    }
+    let requests: Arc<[RequestTemplate]> = requests.into();
     let config = client_config(tls)?;
     let server_name = ServerName::try_from(tls.server_name.clone()).map_err(|e| e.to_string())?;
     let deadline = Instant::now() + duration;
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..connections {
+    for offset in 0..connections {
         let config = config.clone();
         let server_name = server_name.clone();
-        let request = request.clone();
+        let requests = requests.clone();
         tasks.push(tokio::spawn(async move {
-            connection(addr, config, server_name, request, deadline).await
+            connection(addr, config, server_name, requests, offset, deadline).await
         }));
     }
     let mut report = LoadReport::default();
@@ -149,11 +171,13 @@ async fn connection(
     addr: SocketAddr,
     config: Arc<rustls::ClientConfig>,
     server_name: ServerName<'static>,
-    template: RequestTemplate,
+    templates: Arc<[RequestTemplate]>,
+    offset: usize,
     deadline: Instant,
 ) -> (ConnectionStats, Vec<u32>) {
     let mut stats = ConnectionStats::default();
     let mut latencies = Vec::new();
+    let mut next = offset;
     while Instant::now() < deadline {
         let connector = tokio_rustls::TlsConnector::from(config.clone());
         let stream = match tokio::net::TcpStream::connect(addr).await {
@@ -175,6 +199,8 @@ async fn connection(
         };
         tokio::spawn(conn);
         while Instant::now() < deadline {
+            let template = &templates[next % templates.len()];
+            next += 1;
             let mut builder = http::Request::builder()
                 .method(template.method.clone())
                 .uri(&template.path)
