@@ -109,7 +109,8 @@ pub async fn run(
     .await
 }
 
-/// Like `run`, with each connection sending `requests` in turn (starting at its own offset).
+/// Like `run`, with each connection sending `requests` in turn, the connections starting evenly
+/// spaced through the list (so no two ask for the same request at about the same time).
 pub async fn run_mix(
     addr: SocketAddr,
     tls: &ClientTls,
@@ -126,7 +127,8 @@ pub async fn run_mix(
     let deadline = Instant::now() + duration;
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for offset in 0..connections {
+    for index in 0..connections {
+        let offset = index * requests.len() / connections.max(1);
         let config = config.clone();
         let server_name = server_name.clone();
         let requests = requests.clone();
