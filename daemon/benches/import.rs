@@ -19,12 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         started.elapsed().as_secs_f64()
     );
 
-    let mut files: Vec<_> = std::fs::read_dir(&data)?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .collect();
-    // Patients first, so NHS-number references resolve; then the rest in name order.
-    files.sort_by_key(|p| (p.file_name().map(|n| n != "Patient.ndjson"), p.clone()));
+    let files = mig::replica::ndjson_import_order(&data)?;
     let key = [42u8; 32];
     let mut replica = mig::replica::Replica::create(&dir.path().join("replica.db"), &key)?;
     let started = Instant::now();

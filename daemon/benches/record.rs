@@ -70,11 +70,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("ndjson");
     mig::synthetic::write_practice(&data, patients, 1)?;
-    let mut files: Vec<_> = std::fs::read_dir(&data)?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .collect();
-    files.sort_by_key(|p| (p.file_name().map(|n| n != "Patient.ndjson"), p.clone()));
+    let files = mig::replica::ndjson_import_order(&data)?;
     let key = [42u8; 32];
     let path = dir.path().join("replica.db");
     let mut replica = Replica::create(&path, &key)?;

@@ -538,17 +538,8 @@ fn ndjson_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for path in paths {
         if path.is_dir() {
-            let mut found: Vec<PathBuf> = std::fs::read_dir(path)
-                .with_context(|| format!("cannot list {}", path.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|e| e == "ndjson"))
-                .collect();
-            found.sort_by_key(|p| {
-                (
-                    p.file_name().is_none_or(|n| n != "Patient.ndjson"),
-                    p.clone(),
-                )
-            });
+            let found = mig::replica::ndjson_import_order(path)
+                .with_context(|| format!("cannot list {}", path.display()))?;
             if found.is_empty() {
                 bail!("{} holds no .ndjson files", path.display());
             }

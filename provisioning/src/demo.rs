@@ -399,15 +399,7 @@ pub fn start_migd(app: &Appliance, migd: &Path, env: &[(&str, &str)]) -> Result<
 pub fn load_practice(app: &Appliance, patients: usize) -> Result<mig::synthetic::Summary> {
     let practice = app.dir.join("practice");
     let summary = mig::synthetic::write_practice(&practice, patients as u64, 1)?;
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&practice)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    files.sort_by_key(|p| {
-        (
-            p.file_name().is_none_or(|n| n != "Patient.ndjson"),
-            p.clone(),
-        )
-    });
+    let files = mig::replica::ndjson_import_order(&practice)?;
     for file in &files {
         commands::import_file(&app.config, file).with_context(|| file.display().to_string())?;
     }

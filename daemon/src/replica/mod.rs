@@ -13,3 +13,19 @@ mod store;
 pub use ingest::{ImportSummary, IngestError, NdjsonImport};
 pub use pool::ReaderPool;
 pub use store::{PatientRow, Replica, ReplicaError, ReplicaReader, ReplicaStats, StoredItem};
+
+/// The `.ndjson` files of a Bulk Data export directory in the order to import them: Patient
+/// first (items find their patient by NHS number), then the rest by name.
+pub fn ndjson_import_order(dir: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "ndjson"))
+        .collect();
+    files.sort_by_key(|p| {
+        (
+            p.file_name().is_none_or(|n| n != "Patient.ndjson"),
+            p.clone(),
+        )
+    });
+    Ok(files)
+}
