@@ -331,7 +331,7 @@ fn a_newer_schema_is_refused() {
     {
         let conn = rusqlite::Connection::open(&path).unwrap();
         conn.execute_batch(&format!(
-            "PRAGMA key = \"x'{}'\"; PRAGMA cipher_page_size = 16384; PRAGMA user_version = 99;",
+            "PRAGMA key = \"x'{}'\"; PRAGMA cipher_page_size = 16384; PRAGMA cipher_hmac_algorithm = HMAC_SHA256; PRAGMA user_version = 99;",
             hex::encode(KEY)
         ))
         .unwrap();
@@ -414,7 +414,7 @@ fn kill_9_during_import_leaves_every_committed_batch() {
     let check: String = rusqlite::Connection::open(&path)
         .and_then(|conn| {
             conn.execute_batch(&format!(
-                "PRAGMA key = \"x'{}'\"; PRAGMA cipher_page_size = 16384;",
+                "PRAGMA key = \"x'{}'\"; PRAGMA cipher_page_size = 16384; PRAGMA cipher_hmac_algorithm = HMAC_SHA256;",
                 hex::encode(KEY)
             ))?;
             conn.query_row("PRAGMA integrity_check", [], |row| row.get(0))

@@ -43,11 +43,15 @@ fn open_keyed(path: &Path, key: &[u8; 32], flags: OpenFlags) -> Result<Connectio
     let statement = Zeroizing::new(format!("PRAGMA key = \"x'{}'\";", hex::encode(key)));
     conn.execute_batch(&statement)
         .map_err(sql("setting the key"))?;
-    // 16 KiB pages: a quarter of the per-page encryption and MAC work of the 4 KiB default,
-    // and shallower trees (NDJSON import ran about a third faster). Anyone opening the file
-    // with the sqlcipher shell must set the same.
-    conn.execute_batch("PRAGMA cipher_page_size = 16384;")
-        .map_err(sql("setting the page size"))?;
+    // 16 KiB pages: less per-page encryption work than the 4 KiB default and shallower trees
+    // (NDJSON import ran about a third faster). HMAC-SHA256 for the page MACs: as sound as
+    // SHA-512 here and about twice as fast where the CPU has SHA extensions; a page read from
+    // disk is MAC-checked on every cache miss. Anyone opening the file with the sqlcipher shell
+    // must set both.
+    conn.execute_batch(
+        "PRAGMA cipher_page_size = 16384; PRAGMA cipher_hmac_algorithm = HMAC_SHA256;",
+    )
+    .map_err(sql("setting the page size"))?;
     // SQLCipher only checks the key when it first reads a page.
     conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
         .map_err(|_| ReplicaError::WrongKey(path.to_owned()))?;
