@@ -46,7 +46,8 @@ fn open_observer(path: &std::path::Path) -> Connection {
     let conn = Connection::open(path).expect("observer opens the replica");
     let hex: String = KEY.iter().map(|b| format!("{b:02x}")).collect();
     conn.execute_batch(&format!(
-        "PRAGMA cipher_log_level = NONE; PRAGMA key = \"x'{hex}'\";"
+        "PRAGMA cipher_log_level = NONE; PRAGMA key = \"x'{hex}'\"; \
+         PRAGMA cipher_page_size = 16384; PRAGMA cipher_hmac_algorithm = HMAC_SHA256;"
     ))
     .expect("observer sets the key");
     conn
