@@ -51,7 +51,7 @@ fn open_keyed(path: &Path, key: &[u8; 32], flags: OpenFlags) -> Result<Connectio
     conn.execute_batch(
         "PRAGMA cipher_page_size = 16384; PRAGMA cipher_hmac_algorithm = HMAC_SHA256;",
     )
-    .map_err(sql("setting the page size"))?;
+    .map_err(sql("setting the page size and MAC"))?;
     // SQLCipher only checks the key when it first reads a page.
     conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
         .map_err(|_| ReplicaError::WrongKey(path.to_owned()))?;
