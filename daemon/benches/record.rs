@@ -78,20 +78,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         replica.import_ndjson(std::io::BufReader::new(std::fs::File::open(file)?))?;
     }
 
-    // Core-and-additional patients with 140–170 resources.
-    let practice = mig::synthetic::Practice::new(1);
-    let mut typical = Vec::new();
-    for index in mig::synthetic::demo_patients().len() as u64..patients {
-        let resources = practice.patient(index)?;
-        let full = resources
-            .iter()
-            .any(|r| r.to_string().contains("core-and-additional"));
-        if full && (140..=170).contains(&resources.len()) {
-            if let Some(nhs) = resources[0]["identifier"][0]["value"].as_str() {
-                typical.push(nhs.to_owned());
-            }
-        }
-    }
+    let typical: Vec<String> = mig::synthetic::Practice::new(1)
+        .typical_patients(patients, usize::MAX)?
+        .into_iter()
+        .map(|(nhs, _)| nhs)
+        .collect();
     let first = typical.first().ok_or("no typical patient")?.clone();
 
     let api = Api {

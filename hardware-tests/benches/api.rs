@@ -19,34 +19,6 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-/// Core-and-additional patients with close to 150 resources (NHS number, resources), at most
-/// `limit` of them.
-fn typical_patients(patients: u64, limit: usize) -> Result<Vec<(String, usize)>, String> {
-    let practice = mig::synthetic::Practice::new(1);
-    let demo = mig::synthetic::demo_patients().len() as u64;
-    let mut found = Vec::new();
-    for index in demo..patients {
-        if found.len() == limit {
-            break;
-        }
-        let resources = practice.patient(index).map_err(|e| e.to_string())?;
-        let full = resources
-            .iter()
-            .any(|r| r.to_string().contains("core-and-additional"));
-        if full && (140..=170).contains(&resources.len()) {
-            let nhs = resources[0]["identifier"][0]["value"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            found.push((nhs, resources.len()));
-        }
-    }
-    if found.is_empty() {
-        return Err("no typical patient".into());
-    }
-    Ok(found)
-}
-
 fn record_request(nhs: &str, token: &str) -> RequestTemplate {
     let sections = [
         "includeMedication",
@@ -157,8 +129,10 @@ fn main() -> Result<(), String> {
         "appliance with {patients} patients ready in {:.0} s (provision, start, import)",
         started.elapsed().as_secs_f64()
     );
-    let typical = typical_patients(patients, 300)?;
-    let (nhs, resources) = typical[0].clone();
+    let typical = mig::synthetic::Practice::new(1)
+        .typical_patients(patients, 300)
+        .map_err(|e| e.to_string())?;
+    let (nhs, resources) = typical.first().ok_or("no typical patient")?.clone();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let fhir_base = appliance.app.config.appliance.fhir_base.as_str().to_owned();
     let token = mig::api::jwt::encode_unsigned(&mig::api::jwt::example_claims(

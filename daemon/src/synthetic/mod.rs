@@ -475,6 +475,30 @@ impl Practice {
         resources
     }
 
+    /// The "typical patient" of the benchmarks (SPEC §11): core-and-additional sharing and
+    /// 140–170 resources. Returns (NHS number, resources) for up to `limit` of them among the
+    /// first `patients`, skipping the demo cases.
+    pub fn typical_patients(
+        &self,
+        patients: u64,
+        limit: usize,
+    ) -> Result<Vec<(String, usize)>, SyntheticError> {
+        let mut found = Vec::new();
+        for index in demo_patients().len() as u64..patients {
+            if found.len() == limit {
+                break;
+            }
+            let resources = self.patient(index)?;
+            let full = resources
+                .iter()
+                .any(|r| r.to_string().contains("core-and-additional"));
+            if full && (140..=170).contains(&resources.len()) {
+                found.push((nhs_number(index).unwrap_or_default(), resources.len()));
+            }
+        }
+        Ok(found)
+    }
+
     /// Every resource of the patient at `index`, the `Patient` first; the same as that
     /// patient's lines in [`Practice::write`]'s files.
     pub fn patient(&self, index: u64) -> Result<Vec<Value>, SyntheticError> {
