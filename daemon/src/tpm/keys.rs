@@ -3,12 +3,10 @@
 
 use tss_esapi::attributes::ObjectAttributesBuilder;
 use tss_esapi::handles::KeyHandle;
-use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
+use tss_esapi::interface_types::algorithm::HashingAlgorithm;
 use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::session_handles::AuthSession;
-use tss_esapi::structures::{
-    EccPoint, EccScheme, HashScheme, Private, Public, PublicBuilder, PublicEccParametersBuilder,
-};
+use tss_esapi::structures::{EccScheme, HashScheme, Private, Public, PublicEccParametersBuilder};
 use tss_esapi::Context;
 
 use super::blobs::Blob;
@@ -37,14 +35,7 @@ pub(crate) fn template() -> Result<Public, TpmError> {
     )
     .build()
     .map_err(tpm_err("build the signing key template"))?;
-    PublicBuilder::new()
-        .with_public_algorithm(PublicAlgorithm::Ecc)
-        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
-        .with_object_attributes(attributes)
-        .with_ecc_parameters(parameters)
-        .with_ecc_unique_identifier(EccPoint::default())
-        .build()
-        .map_err(tpm_err("build the signing key template"))
+    super::primary::ecc_template(attributes, parameters, "build the signing key template")
 }
 
 /// Creates a fresh signing key under `primary`, returning its blobs.

@@ -1,14 +1,15 @@
 //! The storage primary key: recreated from a fixed template under the owner hierarchy on every
 //! start (the TPM derives the same key from its seed each time), never stored.
 
-use tss_esapi::attributes::ObjectAttributesBuilder;
+use tss_esapi::attributes::{ObjectAttributes, ObjectAttributesBuilder};
 use tss_esapi::handles::{KeyHandle, ObjectHandle};
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
 use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::resource_handles::Hierarchy;
 use tss_esapi::interface_types::session_handles::AuthSession;
 use tss_esapi::structures::{
-    Auth, EccPoint, Public, PublicBuilder, PublicEccParametersBuilder, SymmetricDefinitionObject,
+    Auth, EccPoint, Public, PublicBuilder, PublicEccParameters, PublicEccParametersBuilder,
+    SymmetricDefinitionObject,
 };
 use tss_esapi::Context;
 use zeroize::Zeroizing;
@@ -37,6 +38,15 @@ pub(crate) fn template() -> Result<Public, TpmError> {
     )
     .build()
     .map_err(tpm_err("build the primary key template"))?;
+    ecc_template(attributes, parameters, "build the primary key template")
+}
+
+/// An ECC key template with SHA-256 names, as every key of ours has.
+pub(crate) fn ecc_template(
+    attributes: ObjectAttributes,
+    parameters: PublicEccParameters,
+    operation: &'static str,
+) -> Result<Public, TpmError> {
     PublicBuilder::new()
         .with_public_algorithm(PublicAlgorithm::Ecc)
         .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
@@ -44,7 +54,7 @@ pub(crate) fn template() -> Result<Public, TpmError> {
         .with_ecc_parameters(parameters)
         .with_ecc_unique_identifier(EccPoint::default())
         .build()
-        .map_err(tpm_err("build the primary key template"))
+        .map_err(tpm_err(operation))
 }
 
 /// Creates (re-derives) the storage primary. The caller must flush it.
