@@ -59,6 +59,7 @@ fn request(nhs: &str, token: &str) -> Result<http::Request<Bytes>, http::Error> 
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    mig::system::disable_huge_pages()?;
     let patients: u64 = std::env::var("MIG_BENCH_PATIENTS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -79,13 +80,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let typical: Vec<String> = mig::synthetic::Practice::new(1)
-        .typical_patients(patients, usize::MAX)?
+        .typical_patients(patients, 300)?
         .into_iter()
         .map(|(nhs, _)| nhs)
         .collect();
     let first = typical.first().ok_or("no typical patient")?.clone();
 
-    let api = Api {
+    let mut api = Api {
         appliance: Appliance {
             ods: "A81001".into(),
             name: "The Surgery".into(),
@@ -118,7 +119,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
 
-    let measure = |label: &str, nhs_numbers: &[String]| -> Result<(), Box<dyn std::error::Error>> {
+    let measure = |api: &Api,
+                   label: &str,
+                   nhs_numbers: &[String]|
+     -> Result<(), Box<dyn std::error::Error>> {
         let mut bytes = 0;
         let started = Instant::now();
         for nhs in nhs_numbers {
@@ -138,14 +142,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         Ok(())
     };
-    measure("warm-up", &vec![first.clone(); 200])?;
-    measure("same typical patient", &vec![first; 2_000 * rounds])?;
+    measure(&api, "warm-up", &vec![first.clone(); 200])?;
+    measure(&api, "same typical patient", &vec![first; 2_000 * rounds])?;
     let mut round = Vec::new();
     for _ in 0..rounds {
         round.extend(typical.iter().cloned());
     }
     measure(
+        &api,
         &format!("every typical patient ({}), {rounds} rounds", typical.len()),
+        &round,
+    )?;
+    api.records = Arc::new(mig::api::records::RecordCache::new(0));
+    measure(
+        &api,
+        &format!("every typical patient ({}), no record cache", typical.len()),
         &round,
     )?;
     Ok(())

@@ -19,6 +19,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    let huge_pages = mig::system::disable_huge_pages();
     // tpm2-tss prints its own warnings to stderr unless told not to.
     if std::env::var_os("TSS2_LOG").is_none() {
         std::env::set_var("TSS2_LOG", "all+NONE");
@@ -30,6 +31,9 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    if let Err(error) = huge_pages {
+        tracing::warn!(%error, "transparent huge pages stay on; migd will use more memory");
+    }
     let args = Args::parse();
     match mig::service::run(&args.config) {
         Ok(()) => ExitCode::SUCCESS,

@@ -475,8 +475,8 @@ impl Practice {
         resources
     }
 
-    /// The "typical patient" of the benchmarks (SPEC §11): core-and-additional sharing and
-    /// 140–170 resources. Returns (NHS number, resources) for up to `limit` of them among the
+    /// The "typical patient" of the benchmarks (SPEC §11): core-and-additional sharing (and no
+    /// dissent, older or newer) and 140–170 resources. Returns (NHS number, resources) for up to `limit` of them among the
     /// first `patients`, skipping the demo cases.
     pub fn typical_patients(
         &self,
@@ -489,9 +489,11 @@ impl Practice {
                 break;
             }
             let resources = self.patient(index)?;
-            let full = resources
-                .iter()
-                .any(|r| r.to_string().contains("core-and-additional"));
+            let text: Vec<String> = resources.iter().map(Value::to_string).collect();
+            let full = text.iter().any(|r| r.contains("core-and-additional"))
+                && !text
+                    .iter()
+                    .any(|r| r.contains("\"dissent\"") || r.contains("416409005"));
             if full && (140..=170).contains(&resources.len()) {
                 found.push((nhs_number(index).unwrap_or_default(), resources.len()));
             }

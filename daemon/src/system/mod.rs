@@ -18,8 +18,8 @@ pub mod sandbox;
 pub mod signals;
 
 pub use harden::{
-    disable_core_dumps, drop_privileges, harden_process, is_dumpable, lock_memory, DroppedTo,
-    HardeningReport,
+    disable_core_dumps, disable_huge_pages, drop_privileges, harden_process, is_dumpable,
+    lock_memory, DroppedTo, HardeningReport,
 };
 pub use sandbox::{Sandbox, SandboxAccess, SandboxReport, SandboxRule};
 pub use signals::{SignalEvent, Signals};
