@@ -85,8 +85,15 @@ pub fn structured_record(parts: &RecordParts<'_>) -> Vec<u8> {
             ]),
     );
 
+    // Room for every body, a List entry per item and each List's own fields, so the buffer is
+    // allocated once: growing a 100+ KB buffer copies it each time.
+    const LIST_ENTRY: usize = 96;
     let bodies: usize = items().chain(&parts.shared).map(|e| e.body.len()).sum();
-    let mut out = Vec::with_capacity(bodies + 1024 * (parts.lists.len() + 2));
+    let capacity = bodies
+        + parts.patient_body.len()
+        + LIST_ENTRY * items().count()
+        + 1024 * (parts.lists.len() + 2);
+    let mut out = Vec::with_capacity(capacity);
     out.extend_from_slice(br#"{"resourceType":"Bundle","id":""#);
     push_uuid(&mut out);
     out.extend_from_slice(br#"","meta":{"lastUpdated":"#);

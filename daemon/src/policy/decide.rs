@@ -5,8 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use super::{
     preferences, AccessRequest, Agreement, Basis, Decision, ErrorCode, PatientData, Permission,
-    Preferences, Refusal, Release, SensitiveCategory, SensitiveCodes, SharingPreference,
-    JUSTIFICATION_CHARS,
+    Preferences, Refusal, Release, SensitiveCodes, SharingPreference, JUSTIFICATION_CHARS,
 };
 use crate::fhir::{ItemFacts, Section, Tier, CONFIDENTIALITY_SYSTEM};
 
@@ -209,10 +208,10 @@ pub fn withheld_items(
         .iter()
         .map(|item| {
             is_practice_confidential(item)
-                || SensitiveCategory::ALL.into_iter().any(|category| {
-                    !preferences.specific_consents.contains(&category)
-                        && sensitive.is_in(item, category)
-                })
+                || sensitive
+                    .categories_of(item)
+                    .iter()
+                    .any(|category| !preferences.specific_consents.contains(&category))
         })
         .collect();
 

@@ -93,6 +93,32 @@ impl std::fmt::Display for SensitiveCategory {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SensitiveCodes {
     concepts: BTreeMap<SensitiveCategory, BTreeSet<String>>,
+    /// The same lists by concept id, for the lookup every coding of every item needs.
+    categories_by_concept: rustc_hash::FxHashMap<u64, Categories>,
+}
+
+/// A set of sensitive categories.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Categories(u8);
+
+impl Categories {
+    fn bit(category: SensitiveCategory) -> u8 {
+        1 << category as u8
+    }
+
+    pub fn contains(self, category: SensitiveCategory) -> bool {
+        self.0 & Categories::bit(category) != 0
+    }
+
+    pub fn insert(&mut self, category: SensitiveCategory) {
+        self.0 |= Categories::bit(category);
+    }
+
+    pub fn iter(self) -> impl Iterator<Item = SensitiveCategory> {
+        SensitiveCategory::ALL
+            .into_iter()
+            .filter(move |&c| self.contains(c))
+    }
 }
 
 impl SensitiveCodes {
@@ -106,8 +132,9 @@ impl SensitiveCodes {
         let mut codes = SensitiveCodes::empty();
         for category in SensitiveCategory::ALL {
             let source = format!("shipped {}.txt", category.name());
-            let list = parse_concept_list(&source, category.shipped_list())?;
-            codes.concepts.entry(category).or_default().extend(list);
+            for code in parse_concept_list(&source, category.shipped_list())? {
+                codes.insert(category, code);
+            }
         }
         Ok(codes)
     }
@@ -123,7 +150,6 @@ impl SensitiveCodes {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let set = self.concepts.entry(category).or_default();
         for code in codes {
             let code = code.as_ref().trim();
             if let Err(reason) = check_concept_id(code) {
@@ -133,9 +159,21 @@ impl SensitiveCodes {
                     reason,
                 });
             }
-            set.insert(code.to_owned());
+            self.insert(category, code.to_owned());
         }
         Ok(self)
+    }
+
+    /// Adds a checked concept id.
+    fn insert(&mut self, category: SensitiveCategory, code: String) {
+        // A checked concept id is at most 18 digits, so it always fits.
+        if let Ok(id) = code.parse::<u64>() {
+            self.categories_by_concept
+                .entry(id)
+                .or_default()
+                .insert(category);
+        }
+        self.concepts.entry(category).or_default().insert(code);
     }
 
     /// The concept ids of one category.
@@ -147,30 +185,41 @@ impl SensitiveCodes {
             .map(String::as_str)
     }
 
+    /// The categories whose concept lists hold a coding.
+    fn categories_of_coding(&self, coding: &Coding) -> Categories {
+        if coding.system != SNOMED {
+            return Categories::default();
+        }
+        // A code with a leading zero or sign is no concept id, though it would parse as one.
+        let canonical = !coding.code.starts_with(['0', '+']);
+        match coding.code.parse::<u64>() {
+            Ok(id) if canonical => self
+                .categories_by_concept
+                .get(&id)
+                .copied()
+                .unwrap_or_default(),
+            _ => Categories::default(),
+        }
+    }
+
     /// Whether a coding is in the category's concept list.
     pub fn contains(&self, category: SensitiveCategory, coding: &Coding) -> bool {
-        coding.system == SNOMED
-            && self
-                .concepts
-                .get(&category)
-                .is_some_and(|set| set.contains(&coding.code))
+        self.categories_of_coding(coding).contains(category)
     }
 
     /// The categories an item is in: by a `meta.security` label holding the refset id, or by any
     /// of its codes being in the category's concept list.
-    pub fn categories_of(&self, item: &ItemFacts) -> BTreeSet<SensitiveCategory> {
-        SensitiveCategory::ALL
-            .into_iter()
-            .filter(|&category| self.is_in(item, category))
-            .collect()
-    }
-
-    /// Whether an item is in one category.
-    pub fn is_in(&self, item: &ItemFacts, category: SensitiveCategory) -> bool {
-        item.security
-            .iter()
-            .any(|label| label.is(SNOMED, category.refset_id()))
-            || item.codes.iter().any(|code| self.contains(category, code))
+    pub fn categories_of(&self, item: &ItemFacts) -> Categories {
+        let mut categories = Categories::default();
+        for label in item.security.iter().filter(|l| l.system == SNOMED) {
+            if let Some(category) = SensitiveCategory::from_refset_id(&label.code) {
+                categories.insert(category);
+            }
+        }
+        for coding in &item.codes {
+            categories.0 |= self.categories_of_coding(coding).0;
+        }
+        categories
     }
 }
 
@@ -336,5 +385,58 @@ mod tests {
         assert!(SensitiveCodes::empty()
             .with_extra(SensitiveCategory::Gender, ["abc"])
             .is_err());
+    }
+
+    #[test]
+    fn only_the_exact_concept_id_matches() {
+        let codes = SensitiveCodes::empty()
+            .with_extra(SensitiveCategory::Gender, ["22298006"])
+            .unwrap();
+        for other in [
+            "022298006",
+            "+22298006",
+            " 22298006",
+            "22298006 ",
+            "2229800",
+            "",
+        ] {
+            assert!(
+                !codes.contains(SensitiveCategory::Gender, &Coding::new(SNOMED, other)),
+                "{other:?} matched"
+            );
+        }
+        assert!(!codes.contains(
+            SensitiveCategory::AssistedFertilisation,
+            &Coding::new(SNOMED, "22298006")
+        ));
+    }
+
+    #[test]
+    fn an_item_is_in_every_category_its_labels_or_codes_name() {
+        let codes = SensitiveCodes::empty()
+            .with_extra(SensitiveCategory::Gender, ["22298006"])
+            .unwrap()
+            .with_extra(SensitiveCategory::SexuallyTransmittedDisease, ["22298006"])
+            .unwrap();
+        let item = ItemFacts {
+            codes: vec![Coding::new(SNOMED, "22298006")],
+            security: vec![Coding::new(
+                SNOMED,
+                SensitiveCategory::TerminationOfPregnancy.refset_id(),
+            )],
+            ..ItemFacts::default()
+        };
+        assert_eq!(
+            codes.categories_of(&item).iter().collect::<Vec<_>>(),
+            [
+                SensitiveCategory::Gender,
+                SensitiveCategory::TerminationOfPregnancy,
+                SensitiveCategory::SexuallyTransmittedDisease
+            ]
+        );
+        assert_eq!(
+            codes.categories_of(&ItemFacts::default()),
+            Categories::default()
+        );
     }
 }
