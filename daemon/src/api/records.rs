@@ -151,14 +151,23 @@ impl RecordCache {
         if bytes > self.budget {
             return;
         }
-        let Ok(mut entries) = self.inner.lock() else {
+        // Records leave the cache here but are freed after the lock is released: freeing one
+        // is thousands of deallocations, and other requests are waiting on the lock.
+        let mut leaving = Vec::new();
+        let Ok(mut guard) = self.inner.lock() else {
             return;
         };
-        let entries = &mut *entries;
+        let entries = &mut *guard;
         // Anything from an older generation is stale for good.
-        entries
+        let stale: Vec<String> = entries
             .by_nhs_number
-            .retain(|nhs, e| e.generation >= generation && nhs != nhs_number);
+            .iter()
+            .filter(|(nhs, e)| e.generation < generation || *nhs == nhs_number)
+            .map(|(nhs, _)| nhs.clone())
+            .collect();
+        for nhs in stale {
+            leaving.extend(entries.by_nhs_number.remove(&nhs));
+        }
         entries.bytes = entries.by_nhs_number.values().map(|e| e.bytes).sum();
         while entries.bytes + bytes > self.budget {
             let Some(oldest) = entries
@@ -171,6 +180,7 @@ impl RecordCache {
             };
             if let Some(evicted) = entries.by_nhs_number.remove(&oldest) {
                 entries.bytes -= evicted.bytes;
+                leaving.push(evicted);
             }
         }
         entries.clock += 1;
@@ -185,6 +195,8 @@ impl RecordCache {
                 last_used,
             },
         );
+        drop(guard);
+        drop(leaving);
     }
 }
 
