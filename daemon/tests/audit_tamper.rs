@@ -121,6 +121,9 @@ fn changed_last_record_after_the_last_checkpoint_is_named() {
     // Simulate a crash: take the writer's file as it is, before any checkpoint covers 6..8.
     let copy = dir.path().join("copy.db");
     let conn = raw(&path);
+    // The copy is a new database: it takes SQLCipher's defaults, so make those the log's.
+    conn.execute_batch("PRAGMA cipher_default_hmac_algorithm = HMAC_SHA256;")
+        .unwrap();
     conn.execute("VACUUM INTO ?1", params![copy.to_str().unwrap()])
         .unwrap();
     drop(conn);

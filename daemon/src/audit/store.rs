@@ -116,6 +116,14 @@ pub(crate) fn open(
         let statement = Zeroizing::new(format!("PRAGMA key = \"x'{}'\"", hex_key.as_str()));
         run(&conn, &statement, "set key")?;
     }
+    // HMAC-SHA256 page MACs rather than SQLCipher's SHA-512 default: as sound here, and about
+    // twice as fast on CPUs with SHA extensions; every group commit MACs the pages it writes.
+    // Anyone opening the file with the sqlcipher shell must set it too.
+    run(
+        &conn,
+        "PRAGMA cipher_hmac_algorithm = HMAC_SHA256",
+        "set the page MAC",
+    )?;
     // A wrong key shows only at the first read.
     conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
         .map_err(|source| AuditError::WrongKey {

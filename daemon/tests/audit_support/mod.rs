@@ -71,8 +71,11 @@ pub fn manual_checkpoints() -> AuditOptions {
 /// Opens the raw database with the key, for tampering.
 pub fn raw(path: &Path) -> rusqlite::Connection {
     let conn = rusqlite::Connection::open(path).unwrap();
-    conn.execute_batch(&format!("PRAGMA key = \"x'{}'\";", hex::encode(KEY)))
-        .unwrap();
+    conn.execute_batch(&format!(
+        "PRAGMA key = \"x'{}'\"; PRAGMA cipher_hmac_algorithm = HMAC_SHA256;",
+        hex::encode(KEY)
+    ))
+    .unwrap();
     conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
         .unwrap();
     conn
