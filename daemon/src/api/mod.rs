@@ -581,22 +581,25 @@ fn assemble(
                 body: searchset(Some(&patient.body), assembled_at).into_bytes(),
             });
         }
-        let released: Vec<bundle::Entry<'_>> = release
+        // Released items with their sections (every released item has one).
+        let released: Vec<(Section, bundle::Entry<'_>)> = release
             .released_items
             .iter()
             .filter_map(|&i| {
-                Some(bundle::Entry {
-                    facts: data.items.get(i)?,
+                let facts = data.items.get(i)?;
+                let entry = bundle::Entry {
+                    facts,
                     body: item_bodies.get(i)?,
-                })
+                };
+                Some((Section::for_resource_type(&facts.resource_type)?, entry))
             })
-            .filter(|e| wanted_by_filters(e.facts, wanted))
+            .filter(|(_, e)| wanted_by_filters(e.facts, wanted))
             .collect();
         // Shared resources go out only if a released item references them and policy kept them.
         let referenced = bundle::Included::new(
             released
                 .iter()
-                .flat_map(|e| e.facts.references.iter())
+                .flat_map(|(_, e)| e.facts.references.iter())
                 .filter_map(|r| r.split_once('/')),
         );
         let shared_out = release
@@ -617,8 +620,8 @@ fn assemble(
                 section,
                 items: released
                     .iter()
-                    .copied()
-                    .filter(|e| Section::for_resource_type(&e.facts.resource_type) == Some(section))
+                    .filter(|(s, _)| *s == section)
+                    .map(|&(_, entry)| entry)
                     .collect(),
                 withheld: release.section_has_warning(section),
             })
