@@ -114,6 +114,10 @@ impl Categories {
         self.0 |= Categories::bit(category);
     }
 
+    fn union(self, other: Categories) -> Categories {
+        Categories(self.0 | other.0)
+    }
+
     pub fn iter(self) -> impl Iterator<Item = SensitiveCategory> {
         SensitiveCategory::ALL
             .into_iter()
@@ -216,10 +220,9 @@ impl SensitiveCodes {
                 categories.insert(category);
             }
         }
-        for coding in &item.codes {
-            categories.0 |= self.categories_of_coding(coding).0;
-        }
-        categories
+        item.codes.iter().fold(categories, |all, coding| {
+            all.union(self.categories_of_coding(coding))
+        })
     }
 }
 

@@ -476,8 +476,8 @@ impl Practice {
     }
 
     /// The "typical patient" of the benchmarks (SPEC §11): core-and-additional sharing (and no
-    /// dissent, older or newer) and 140–170 resources. Returns (NHS number, resources) for up to `limit` of them among the
-    /// first `patients`, skipping the demo cases.
+    /// dissent, older or newer) and 140–170 resources. Returns (NHS number, resources) for up
+    /// to `limit` of them among the first `patients`, skipping the demo cases.
     pub fn typical_patients(
         &self,
         patients: u64,
