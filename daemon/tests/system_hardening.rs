@@ -200,6 +200,18 @@ fn child_entry() {
             let mut line = String::new();
             let _ = std::io::stdin().read_line(&mut line);
         }
+        "huge_pages" => {
+            let thp = || {
+                std::fs::read_to_string("/proc/self/status")
+                    .unwrap()
+                    .lines()
+                    .find_map(|l| l.strip_prefix("THP_enabled:").map(|v| v.trim().to_owned()))
+                    .unwrap_or_else(|| "unknown".into())
+            };
+            say(format!("thp_before={}", thp()));
+            system::disable_huge_pages().unwrap();
+            say(format!("thp_after={}", thp()));
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -244,6 +256,17 @@ fn value<'a>(lines: &'a [String], key: &str) -> &'a str {
         .iter()
         .find_map(|l| l.strip_prefix(&prefix))
         .unwrap_or_else(|| panic!("child did not report {key}: {lines:?}"))
+}
+
+#[test]
+fn transparent_huge_pages_off_for_the_process() {
+    let (mut child, mut out) = spawn("huge_pages", &[]);
+    let lines = read_until(&mut out, None);
+    assert!(child.wait().unwrap().success(), "{lines:?}");
+    // Kernels before 6.0 do not report THP_enabled; the call itself must still succeed.
+    if value(&lines, "thp_before") != "unknown" {
+        assert_eq!(value(&lines, "thp_after"), "0", "{lines:?}");
+    }
 }
 
 #[test]
