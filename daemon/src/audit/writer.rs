@@ -297,6 +297,17 @@ impl AuditLog {
     }
 }
 
+/// Dropping the last handle without `shutdown` still ends the log cleanly: the queue closes,
+/// the writer commits what is queued and writes its final checkpoint, and the drop waits for
+/// that, so a log opened again at once sees the checkpoint (the queue's sender is never cloned).
+impl Drop for AuditLog {
+    fn drop(&mut self) {
+        let (closed, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.queue, closed));
+        self.join();
+    }
+}
+
 /// The writer thread's state.
 struct Writer {
     conn: Connection,
