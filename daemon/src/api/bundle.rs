@@ -51,8 +51,14 @@ pub struct RecordParts<'a> {
 pub(crate) struct Included<'a>(rustc_hash::FxHashSet<(&'a str, &'a str)>);
 
 impl<'a> Included<'a> {
-    pub(crate) fn new(members: impl IntoIterator<Item = (&'a str, &'a str)>) -> Included<'a> {
-        Included(members.into_iter().collect())
+    /// `capacity`: how many members to expect (duplicates included), so the set is sized once.
+    pub(crate) fn new(
+        capacity: usize,
+        members: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Included<'a> {
+        let mut set = rustc_hash::FxHashSet::with_capacity_and_hasher(capacity, Default::default());
+        set.extend(members);
+        Included(set)
     }
 
     fn has(&self, member: (&str, &str)) -> bool {
@@ -76,6 +82,7 @@ impl<'a> Included<'a> {
 pub fn structured_record(parts: &RecordParts<'_>) -> Vec<u8> {
     let items = || parts.lists.iter().flat_map(|l| l.items.iter());
     let included = Included::new(
+        items().count() + parts.shared.len() + 2,
         items()
             .chain(&parts.shared)
             .map(|e| (e.facts.resource_type.as_str(), e.facts.id.as_str()))

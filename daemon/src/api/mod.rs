@@ -597,6 +597,7 @@ fn assemble(
             .collect();
         // Shared resources go out only if a released item references them and policy kept them.
         let referenced = bundle::Included::new(
+            released.iter().map(|(_, e)| e.facts.references.len()).sum(),
             released
                 .iter()
                 .flat_map(|(_, e)| e.facts.references.iter())
@@ -665,7 +666,7 @@ fn searchset(patient: Option<&str>, assembled_at: &str) -> String {
             let id = patient["id"].as_str().unwrap_or_default().to_owned();
             bundle::strip_outside_references(
                 &mut patient,
-                &bundle::Included::new([("Patient", id.as_str())]),
+                &bundle::Included::new(1, [("Patient", id.as_str())]),
             );
             let full_url = format!("Patient/{id}");
             vec![
