@@ -81,8 +81,9 @@ impl<'a> Included<'a> {
 /// something outside the Bundle; the rest is written directly, as this runs for every record.
 pub fn structured_record(parts: &RecordParts<'_>) -> Vec<u8> {
     let items = || parts.lists.iter().flat_map(|l| l.items.iter());
+    let item_count: usize = parts.lists.iter().map(|l| l.items.len()).sum();
     let included = Included::new(
-        items().count() + parts.shared.len() + 2,
+        item_count + parts.shared.len() + 2,
         items()
             .chain(&parts.shared)
             .map(|e| (e.facts.resource_type.as_str(), e.facts.id.as_str()))
@@ -98,7 +99,7 @@ pub fn structured_record(parts: &RecordParts<'_>) -> Vec<u8> {
     let bodies: usize = items().chain(&parts.shared).map(|e| e.body.len()).sum();
     let capacity = bodies
         + parts.patient_body.len()
-        + LIST_ENTRY * items().count()
+        + LIST_ENTRY * item_count
         + 1024 * (parts.lists.len() + 2);
     let mut out = Vec::with_capacity(capacity);
     out.extend_from_slice(br#"{"resourceType":"Bundle","id":""#);
