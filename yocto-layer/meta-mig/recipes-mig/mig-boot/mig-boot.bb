@@ -1,0 +1,58 @@
+SUMMARY = "MIG appliance boot plumbing: state partition, boot assessment, A/B backend"
+DESCRIPTION = "Makes and opens the TPM-sealed LUKS2 state partition on /var (systemd-repart, \
+crypttab), keeps /etc/mig on it, mounts the ESP, marks a boot good only once migd is ready \
+(systemd-bless-boot), and drives systemd-boot's A/B selection for RAUC."
+LICENSE = "Apache-2.0"
+LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/Apache-2.0;md5=89aea4e17d99a7cacdbeed46a0096b10"
+
+SRC_URI = " \
+    file://50-mig-state.conf \
+    file://boot.automount \
+    file://boot.mount \
+    file://crypttab \
+    file://etc-mig.mount \
+    file://journald-mig.conf \
+    file://mig-config.tmpfiles \
+    file://mig-health.service \
+    file://mig-rauc-sdboot \
+    file://var.mount \
+"
+S = "${UNPACKDIR}"
+
+inherit systemd allarch
+
+SYSTEMD_SERVICE:${PN} = "boot.automount etc-mig.mount mig-health.service var.mount"
+
+do_install() {
+    install -d ${D}${systemd_system_unitdir} ${D}${nonarch_libdir}/repart.d \
+        ${D}${nonarch_libdir}/tmpfiles.d ${D}${nonarch_libdir}/systemd/journald.conf.d \
+        ${D}${libexecdir} ${D}${sysconfdir}/mig
+    for unit in boot.automount boot.mount etc-mig.mount mig-health.service var.mount; do
+        install -m 0644 ${S}/$unit ${D}${systemd_system_unitdir}/$unit
+    done
+    sed -i -e 's|@BINDIR@|${bindir}|' ${D}${systemd_system_unitdir}/mig-health.service
+    install -m 0644 ${S}/50-mig-state.conf ${D}${nonarch_libdir}/repart.d/50-mig-state.conf
+    install -m 0644 ${S}/mig-config.tmpfiles ${D}${nonarch_libdir}/tmpfiles.d/mig-config.conf
+    install -m 0644 ${S}/journald-mig.conf ${D}${nonarch_libdir}/systemd/journald.conf.d/50-mig.conf
+    install -m 0600 ${S}/crypttab ${D}${sysconfdir}/crypttab
+    install -m 0755 ${S}/mig-rauc-sdboot ${D}${libexecdir}/mig-rauc-sdboot
+}
+
+FILES:${PN} += " \
+    ${systemd_system_unitdir} \
+    ${nonarch_libdir}/repart.d \
+    ${nonarch_libdir}/tmpfiles.d \
+    ${nonarch_libdir}/systemd/journald.conf.d \
+"
+CONFFILES:${PN} = "${sysconfdir}/crypttab"
+
+# systemd-repart formats ext4 inside LUKS2 sealed with the TPM (the systemd PACKAGECONFIG of
+# conf/distro/mig.conf); the backend and the bundle hook use bootctl (systemd) and sfdisk.
+RDEPENDS:${PN} = " \
+    e2fsprogs-mke2fs \
+    libtss2-tcti-device \
+    migctl \
+    rauc \
+    systemd \
+    util-linux-sfdisk \
+"
