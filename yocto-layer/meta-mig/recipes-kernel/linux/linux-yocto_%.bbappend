@@ -1,3 +1,4 @@
-# What the appliance's boot chain needs built into the kernel (a vendor kernel needs the same).
-FILESEXTRAPATHS:prepend := "${THISDIR}/files:"
-SRC_URI += "file://mig.cfg"
+# What the appliance's boot chain needs built into the kernel, for the mig distro (a vendor
+# kernel that is not linux-yocto needs the same options: recipes-kernel/linux/files/mig.cfg).
+FILESEXTRAPATHS:prepend:mig := "${THISDIR}/files:"
+SRC_URI:append:mig = " file://mig.cfg"

@@ -1,13 +1,16 @@
+# nooelint: oelint.var.suggestedvar.BUGTRACKER,oelint.var.suggestedvar.CVE_PRODUCT
 SUMMARY = "MIG appliance image: verified read-only root, A/B slots and the factory disk"
 DESCRIPTION = "The root file system of the MIG appliance (migd, migctl, RAUC, the TPM stack) \
-as a dm-verity protected erofs image, the unified kernel image that names its root hash, and \
-the factory disk: ESP with systemd-boot, root A and B with their verity partitions, and room \
-for the TPM-sealed state partition made at first boot."
+               as a dm-verity protected erofs image, the unified kernel image that names \
+               its root hash, and the factory disk: ESP with systemd-boot, root A and B with \
+               their verity partitions, and room for the TPM-sealed state partition made at \
+               first boot."
+SECTION = "images"
 LICENSE = "MIT"
 
-inherit core-image mig-verity-uki
+inherit core-image mig_verity_uki
 
-IMAGE_INSTALL = " \
+IMAGE_INSTALL = "\
     packagegroup-core-boot \
     migd \
     migctl \

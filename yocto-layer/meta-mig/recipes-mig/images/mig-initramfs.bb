@@ -1,9 +1,11 @@
+# nooelint: oelint.var.suggestedvar.BUGTRACKER,oelint.var.suggestedvar.CVE_PRODUCT
 SUMMARY = "systemd initrd for the MIG appliance"
 DESCRIPTION = "A systemd initrd that opens the dm-verity root named by roothash= on the \
-kernel command line (systemd-veritysetup-generator) and switches to it."
+               kernel command line (systemd-veritysetup-generator) and switches to it."
+SECTION = "images"
 LICENSE = "MIT"
 
-PACKAGE_INSTALL = " \
+PACKAGE_INSTALL = "\
     base-files \
     base-passwd \
     systemd \
@@ -25,6 +27,7 @@ inherit image
 # The kernel starts /init (systemd-initramfs); systemd behaves as an initrd when
 # /etc/initrd-release exists.
 ROOTFS_POSTPROCESS_COMMAND += "mig_initrd_release"
+mig_initrd_release[doc] = "Marks the image as an initrd for systemd (/etc/initrd-release)"
 mig_initrd_release() {
     ln -sf ..${nonarch_libdir}/os-release ${IMAGE_ROOTFS}${sysconfdir}/initrd-release
 }

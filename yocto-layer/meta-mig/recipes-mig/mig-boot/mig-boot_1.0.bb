@@ -1,11 +1,15 @@
+# nooelint: oelint.var.mandatoryvar.HOMEPAGE,oelint.var.suggestedvar.BUGTRACKER,oelint.var.suggestedvar.CVE_PRODUCT,oelint.var.bbclassextend
 SUMMARY = "MIG appliance boot plumbing: state partition, boot assessment, A/B backend"
-DESCRIPTION = "Makes and opens the TPM-sealed LUKS2 state partition on /var (systemd-repart, \
-crypttab), keeps /etc/mig on it, mounts the ESP, marks a boot good only once migd is ready \
-(systemd-bless-boot), and drives systemd-boot's A/B selection for RAUC."
+DESCRIPTION = "Makes and opens the TPM-sealed LUKS2 state partition on /var \
+               (systemd-repart, crypttab), keeps /etc/mig on it, mounts the ESP, marks a \
+               boot good only once migd is ready (systemd-bless-boot), and drives \
+               systemd-boot's A/B selection for RAUC."
+SECTION = "base"
 LICENSE = "Apache-2.0"
-LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/Apache-2.0;md5=89aea4e17d99a7cacdbeed46a0096b10"
+LIC_FILES_CHKSUM = "file://mig-rauc-sdboot;beginline=2;endline=2;md5=653b254f286b881bdce1d14afdede628"
+# No HOMEPAGE, BUGTRACKER or CVE_PRODUCT: the project has no public site and no CPE yet.
 
-SRC_URI = " \
+SRC_URI = "\
     file://50-mig-state.conf \
     file://boot.automount \
     file://boot.mount \
@@ -38,7 +42,7 @@ do_install() {
     install -m 0755 ${S}/mig-rauc-sdboot ${D}${libexecdir}/mig-rauc-sdboot
 }
 
-FILES:${PN} += " \
+FILES:${PN} += "\
     ${systemd_system_unitdir} \
     ${nonarch_libdir}/repart.d \
     ${nonarch_libdir}/tmpfiles.d \
@@ -48,7 +52,7 @@ CONFFILES:${PN} = "${sysconfdir}/crypttab"
 
 # systemd-repart formats ext4 inside LUKS2 sealed with the TPM (the systemd PACKAGECONFIG of
 # conf/distro/mig.conf); the backend and the bundle hook use bootctl (systemd) and sfdisk.
-RDEPENDS:${PN} = " \
+RDEPENDS:${PN} = "\
     e2fsprogs-mke2fs \
     libtss2-tcti-device \
     migctl \

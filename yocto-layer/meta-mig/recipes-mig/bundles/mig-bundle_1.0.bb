@@ -1,12 +1,17 @@
+# nooelint: oelint.var.mandatoryvar.HOMEPAGE,oelint.var.suggestedvar.BUGTRACKER,oelint.var.suggestedvar.CVE_PRODUCT,oelint.var.bbclassextend
 SUMMARY = "MIG appliance update bundle (RAUC, verity format)"
 DESCRIPTION = "A signed RAUC bundle with the erofs root and its dm-verity hash tree for the \
-inactive slot, the unified kernel image that names the new root hash, and the hooks that \
-refuse an older version and install the UKI with fresh boot-counting tries."
-LICENSE = "MIT"
-
-inherit bundle
+               inactive slot, the unified kernel image that names the new root hash, and the \
+               hooks that refuse an older version and install the UKI with fresh \
+               boot-counting tries."
+SECTION = "images"
+LICENSE = "Apache-2.0"
+LIC_FILES_CHKSUM = "file://mig-bundle-hook;beginline=2;endline=2;md5=653b254f286b881bdce1d14afdede628"
+# No HOMEPAGE, BUGTRACKER or CVE_PRODUCT: the project has no public site and no CPE yet.
 
 SRC_URI = "file://mig-bundle-hook"
+
+inherit bundle
 
 RAUC_BUNDLE_COMPATIBLE = "${MIG_RAUC_COMPATIBLE}"
 MIG_RAUC_COMPATIBLE ?= "mig-appliance-${MACHINE}"

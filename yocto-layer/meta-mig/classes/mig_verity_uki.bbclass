@@ -25,7 +25,7 @@ MIG_VERITY_ENV = "${STAGING_VERITY_DIR}/${IMAGE_BASENAME}.${DM_VERITY_IMAGE_TYPE
 # ro: the root is read-only by construction; panic-on-corruption: a changed block stops the
 # box instead of hanging or serving altered code.
 MIG_UKI_CMDLINE ?= "root=/dev/mapper/root rootfstype=erofs ro \
-    systemd.verity_root_options=panic-on-corruption panic=10"
+                    systemd.verity_root_options=panic-on-corruption panic=10"
 
 def mig_verity_value(d, key):
     """A value (ROOT_HASH, ROOT_UUID, RHASH_UUID) from the verity .env of this image. Only
@@ -50,6 +50,7 @@ python mig_uki_roothash() {
     with open(os.path.join(d.getVar('DEPLOY_DIR_IMAGE'), d.getVar('UKI_FILENAME') + '.roothash'), 'w') as f:
         f.write(roothash + '\n')
 }
+mig_uki_roothash[doc] = "Adds roothash= of the verity image to the UKI command line"
 do_uki[prefuncs] += "mig_uki_roothash"
 do_uki[depends] += "${PN}:${MIG_VERITY_TASK}"
 do_uki[vardeps] += "MIG_UKI_CMDLINE"
