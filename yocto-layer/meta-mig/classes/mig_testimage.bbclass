@@ -5,8 +5,10 @@
 DEPENDS:append = " swtpm-native"
 
 MIG_SWTPM_DIR = "${WORKDIR}/swtpm"
-TEST_QEMUPARAMS:append = " -chardev socket,id=chrtpm,path=${MIG_SWTPM_DIR}/ctrl.sock \
-                          -tpmdev emulator,id=tpm0,chardev=chrtpm -device tpm-crb,tpmdev=tpm0"
+MIG_SWTPM_QEMUPARAMS = "-chardev socket,id=chrtpm,path=${MIG_SWTPM_DIR}/ctrl.sock \
+                        -tpmdev emulator,id=tpm0,chardev=chrtpm \
+                        -device tpm-crb,tpmdev=tpm0"
+TEST_QEMUPARAMS:append = " ${MIG_SWTPM_QEMUPARAMS}"
 
 python mig_swtpm_start() {
     import subprocess
