@@ -26,6 +26,8 @@ MIG_VERITY_ENV = "${STAGING_VERITY_DIR}/${IMAGE_BASENAME}.${DM_VERITY_IMAGE_TYPE
 # box instead of hanging or serving altered code.
 MIG_UKI_CMDLINE ?= "root=/dev/mapper/root rootfstype=erofs ro \
                     systemd.verity_root_options=panic-on-corruption panic=10"
+# roothash= is added when do_uki runs (mig_uki_roothash): the hash exists only then.
+UKI_CMDLINE = "${MIG_UKI_CMDLINE}"
 
 def mig_verity_value(d, key):
     """A value (ROOT_HASH, ROOT_UUID, RHASH_UUID) from the verity .env of this image. Only
@@ -53,4 +55,3 @@ python mig_uki_roothash() {
 mig_uki_roothash[doc] = "Adds roothash= of the verity image to the UKI command line"
 do_uki[prefuncs] += "mig_uki_roothash"
 do_uki[depends] += "${PN}:${MIG_VERITY_TASK}"
-do_uki[vardeps] += "MIG_UKI_CMDLINE"

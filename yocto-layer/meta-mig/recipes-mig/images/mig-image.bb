@@ -20,6 +20,8 @@ IMAGE_INSTALL = "\
     ${CORE_IMAGE_EXTRA_INSTALL} \
 "
 IMAGE_LINGUAS = ""
+# Boots are marked good by systemd-bless-boot after mig-health.service, never unconditionally.
+BAD_RECOMMENDATIONS += "rauc-mark-good"
 IMAGE_FEATURES += "read-only-rootfs"
 
 INITRAMFS_IMAGE = "mig-initramfs"

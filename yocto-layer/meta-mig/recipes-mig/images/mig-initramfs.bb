@@ -8,10 +8,12 @@ LICENSE = "MIT"
 PACKAGE_INSTALL = "\
     base-files \
     base-passwd \
+    kmod \
+    os-release \
     systemd \
     systemd-initramfs \
+    systemd-udev-rules \
     udev \
-    kmod \
     ${MACHINE_ESSENTIAL_EXTRA_RDEPENDS} \
 "
 

@@ -16,7 +16,7 @@ SRC_URI = "\
     file://crypttab \
     file://etc-mig.mount \
     file://journald-mig.conf \
-    file://mig-config.tmpfiles \
+    file://mig-config-dir.service \
     file://mig-health.service \
     file://mig-rauc-sdboot \
     file://var.mount \
@@ -29,14 +29,16 @@ SYSTEMD_SERVICE:${PN} = "boot.automount etc-mig.mount mig-health.service var.mou
 
 do_install() {
     install -d ${D}${systemd_system_unitdir} ${D}${nonarch_libdir}/repart.d \
-        ${D}${nonarch_libdir}/tmpfiles.d ${D}${nonarch_libdir}/systemd/journald.conf.d \
+        ${D}${nonarch_libdir}/systemd/journald.conf.d \
         ${D}${libexecdir} ${D}${sysconfdir}/mig
-    for unit in boot.automount boot.mount etc-mig.mount mig-health.service var.mount; do
+    for unit in boot.automount boot.mount etc-mig.mount mig-config-dir.service \
+        mig-health.service var.mount; do
         install -m 0644 ${S}/$unit ${D}${systemd_system_unitdir}/$unit
     done
     sed -i -e 's|@BINDIR@|${bindir}|' ${D}${systemd_system_unitdir}/mig-health.service
+    sed -i -e 's|@BASE_BINDIR@|${base_bindir}|' \
+        ${D}${systemd_system_unitdir}/mig-config-dir.service
     install -m 0644 ${S}/50-mig-state.conf ${D}${nonarch_libdir}/repart.d/50-mig-state.conf
-    install -m 0644 ${S}/mig-config.tmpfiles ${D}${nonarch_libdir}/tmpfiles.d/mig-config.conf
     install -m 0644 ${S}/journald-mig.conf ${D}${nonarch_libdir}/systemd/journald.conf.d/50-mig.conf
     install -m 0600 ${S}/crypttab ${D}${sysconfdir}/crypttab
     install -m 0755 ${S}/mig-rauc-sdboot ${D}${libexecdir}/mig-rauc-sdboot
@@ -45,7 +47,6 @@ do_install() {
 FILES:${PN} += "\
     ${systemd_system_unitdir} \
     ${nonarch_libdir}/repart.d \
-    ${nonarch_libdir}/tmpfiles.d \
     ${nonarch_libdir}/systemd/journald.conf.d \
 "
 CONFFILES:${PN} = "${sysconfdir}/crypttab"
