@@ -55,3 +55,5 @@ python mig_uki_roothash() {
 mig_uki_roothash[doc] = "Adds roothash= of the verity image to the UKI command line"
 do_uki[prefuncs] += "mig_uki_roothash"
 do_uki[depends] += "${PN}:${MIG_VERITY_TASK}"
+# The .wks.in is expanded by do_write_wks_template: the partition UUIDs need the root hash.
+do_write_wks_template[depends] += "${PN}:${MIG_VERITY_TASK}"

@@ -8,6 +8,9 @@ DESCRIPTION = "The root file system of the MIG appliance (migd, migctl, RAUC, th
 SECTION = "images"
 LICENSE = "MIT"
 
+# Before the inherit: mig_verity_uki (dm-verity-img) adds the verity image types to it.
+IMAGE_FSTYPES = "wic wic.bmap"
+
 inherit core-image mig_verity_uki
 
 IMAGE_INSTALL = "\
@@ -29,7 +32,6 @@ UKI_FILENAME = "mig.efi"
 # The factory disk boots slot A; an update installs slot B's UKI beside it (mig-boot's hook).
 IMAGE_EFI_BOOT_FILES = "${UKI_FILENAME};EFI/Linux/mig-a.efi"
 
-IMAGE_FSTYPES = "wic wic.bmap"
 WKS_FILE = "mig-ab.wks.in"
 WKS_FILE_DEPENDS += "systemd-boot"
 MIG_ESP_SIZE ?= "256M"
