@@ -29,7 +29,8 @@ IMAGE_FEATURES += "read-only-rootfs"
 
 INITRAMFS_IMAGE = "mig-initramfs"
 UKI_FILENAME = "mig.efi"
-# The factory disk boots slot A; an update installs slot B's UKI beside it (mig-boot's hook).
+# The factory disk boots slot A; an update installs the other slot's UKI beside it (the
+# bundle's hook).
 IMAGE_EFI_BOOT_FILES = "${UKI_FILENAME};EFI/Linux/mig-a.efi"
 
 WKS_FILE = "mig-ab.wks.in"
@@ -45,9 +46,8 @@ IMAGE_CMD:wic:append() {
     truncate -s +${MIG_STATE_ROOM} "${IMGDEPLOYDIR}/${IMAGE_NAME}.wic"
 }
 
-# runqemu / testimage: boot the disk through OVMF (UEFI), kernel and command line come from the
-# UKI on the ESP.
+# runqemu / testimage: boot the disk through UEFI firmware (runqemu's "ovmf"); kernel, initrd
+# and command line come from the UKI on the ESP.
 QB_DEFAULT_FSTYPE = "wic"
 QB_KERNEL_ROOT = ""
 QB_DEFAULT_KERNEL = "none"
-QB_DEFAULT_BIOS = ""
