@@ -36,7 +36,7 @@ impl AuditSink for Accept {
     }
 }
 
-fn request(nhs: &str, token: &str) -> Result<http::Request<Bytes>, http::Error> {
+fn request(nhs: &str, token: &str, html: bool) -> Result<http::Request<Bytes>, http::Error> {
     let mut parameters = vec![serde_json::json!({"name": "patientNHSNumber",
         "valueIdentifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs}})];
     parameters.extend(Section::ALL.iter().map(|s| match s {
@@ -53,6 +53,14 @@ fn request(nhs: &str, token: &str) -> Result<http::Request<Bytes>, http::Error> 
             "urn:nhs:names:services:gpconnect:fhir:operation:gpc.getstructuredrecord-1",
         )
         .header("Authorization", format!("Bearer {token}"))
+        .header(
+            "Accept",
+            if html {
+                "text/html"
+            } else {
+                "application/fhir+json"
+            },
+        )
         .body(Bytes::from(
             serde_json::json!({"resourceType": "Parameters", "parameter": parameters}).to_string(),
         ))
@@ -121,12 +129,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let measure = |api: &Api,
                    label: &str,
-                   nhs_numbers: &[String]|
-     -> Result<(), Box<dyn std::error::Error>> {
+                   nhs_numbers: &[String],
+                   html: bool|
+     -> Result<f64, Box<dyn std::error::Error>> {
         let mut bytes = 0;
         let started = Instant::now();
         for nhs in nhs_numbers {
-            let response = runtime.block_on(api.handle(&caller, request(nhs, &token)?));
+            let response = runtime.block_on(api.handle(&caller, request(nhs, &token, html)?));
             if !response.status().is_success() {
                 return Err(format!("{nhs}: HTTP {}", response.status()).into());
             }
@@ -140,10 +149,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             nhs_numbers.len() as f64 / seconds,
             bytes as f64 / nhs_numbers.len() as f64 / 1e3
         );
-        Ok(())
+        Ok(seconds / nhs_numbers.len() as f64)
     };
-    measure(&api, "warm-up", &vec![first.clone(); 200])?;
-    measure(&api, "same typical patient", &vec![first; 2_000 * rounds])?;
+    measure(&api, "warm-up", &vec![first.clone(); 200], false)?;
+    let same = vec![first; 2_000 * rounds];
+    let json = measure(&api, "same typical patient", &same, false)?;
+    let html = measure(&api, "same typical patient, care-record page", &same, true)?;
+    println!("care-record page / Bundle CPU: {:.2}", html / json);
     let mut round = Vec::new();
     for _ in 0..rounds {
         round.extend(typical.iter().cloned());
@@ -152,12 +164,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &api,
         &format!("every typical patient ({}), {rounds} rounds", typical.len()),
         &round,
+        false,
     )?;
     api.records = Arc::new(mig::api::records::RecordCache::new(0));
     measure(
         &api,
         &format!("every typical patient ({}), no record cache", typical.len()),
         &round,
+        false,
     )?;
     Ok(())
 }

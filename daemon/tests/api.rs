@@ -914,3 +914,165 @@ async fn writes_after_a_read_are_served_at_once() {
     let (status, body, _) = send(&h, &ambulance(), request()).await;
     assert_eq!((status, error_code(&body)), (404, "PATIENT_NOT_FOUND"));
 }
+
+fn html_request(body: String, jwt: &str) -> Request<Bytes> {
+    let mut request = post_record(body, jwt);
+    request.headers_mut().insert(
+        "accept",
+        "text/html,application/xhtml+xml,*/*;q=0.8".parse().unwrap(),
+    );
+    request
+}
+
+fn page_text(response: &Response<Bytes>) -> String {
+    String::from_utf8(response.body().to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn html_view_is_the_same_release_decided_and_audited_once() {
+    let h = harness();
+    let body = record_body(CORE_AND_ADDITIONAL, &ALL_SECTIONS);
+    let (status, bundle, _) =
+        send(&h, &ambulance(), post_record(body.clone(), &token(|_| {}))).await;
+    assert_eq!(status, 200);
+    let response = h
+        .api
+        .handle(&ambulance(), html_request(body, &token(|_| {})))
+        .await;
+    assert_eq!(response.status(), 200);
+    let headers = response.headers();
+    assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    assert_eq!(headers["cache-control"], "no-store");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.starts_with("default-src 'none'"), "{csp}");
+    assert!(!csp.contains("script-src"), "{csp}");
+    assert_eq!(headers["ssp-traceid"], TRACE);
+
+    let events = h.audit.events.lock().unwrap();
+    assert_eq!(events.len(), 2, "one audit record per request");
+    let (json_event, html_event) = (&events[0], &events[1]);
+    assert_eq!(html_event.interaction, mig::api::HTML_VIEW_INTERACTION);
+    assert!(html_event.permitted);
+    assert_eq!(html_event.sections, json_event.sections);
+    assert_eq!(html_event.basis, json_event.basis);
+
+    let page = page_text(&response);
+    assert!(!page.to_lowercase().contains("<script"), "no script");
+    for (code, title) in [
+        ("886921000000105", "Allergies and adverse reactions"),
+        ("933361000000108", "Medications and medical devices"),
+        ("717711000000103", "Problems"),
+    ] {
+        assert!(page.contains(&format!(">{title}</h2>")), "{title}");
+        // The List that carries the warning in JSON carries it on the page.
+        let warned = list(&bundle, code)["note"].is_array();
+        let section = page.split(&format!(">{title}</h2>")).nth(1).unwrap();
+        let section = section.split("</section>").next().unwrap();
+        assert_eq!(
+            section.contains(mig::api::bundle::WITHHELD_NOTE),
+            warned,
+            "{title}"
+        );
+    }
+    assert!(page.contains("999 000 0018"), "NHS number as 3-3-4");
+    assert!(page.contains("TEST, p-full"), "patient name");
+    // The withheld Condition's code and the confidential one appear nowhere.
+    for withheld in [
+        "105629000",
+        "35489007",
+        "p-full-chlamydia",
+        "p-full-confidential",
+    ] {
+        assert!(!page.contains(withheld), "{withheld} leaked into the page");
+    }
+}
+
+#[tokio::test]
+async fn html_view_of_an_override_says_it_was_reported() {
+    let h = harness();
+    let jwt = token(|c| {
+        c["permission_to_view"] = json!("override");
+        c["override_reason"] = json!("emergency");
+        c["override_justification"] = json!("Unconscious patient, allergy status needed");
+    });
+    let response = h
+        .api
+        .handle(
+            &ambulance(),
+            html_request(
+                record_body(CORE_AND_ADDITIONAL, &["includeAllergies"]),
+                &jwt,
+            ),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let page = page_text(&response);
+    assert!(page.contains("role=\"alert\""));
+    assert!(page.contains("reported to the practice's privacy officer"));
+    let events = h.audit.events.lock().unwrap();
+    assert!(events[0].alert, "the override alert is raised once");
+}
+
+#[tokio::test]
+async fn html_view_renders_hostile_record_text_as_text() {
+    let h = harness();
+    let hostile = [
+        "<script>alert(1)</script>",
+        "\"><img src=x onerror=alert(1)>",
+    ];
+    let mut writer = Replica::open(&h._dir.path().join("replica.db"), &KEY).unwrap();
+    let text = |n: usize| json!(hostile[n % 2]);
+    let resources = [
+        json!({"resourceType": "Patient", "id": "p-hostile",
+            "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9990000077"}],
+            "name": [{"family": text(0), "given": [text(1)], "prefix": [text(0)]}],
+            "gender": "female", "birthDate": "1970-01-01",
+            "address": [{"line": [text(0), text(1)], "city": text(1), "postalCode": text(0)}]}),
+        tier("p-hostile-pref", "p-hostile", "core-and-additional"),
+        json!({"resourceType": "MedicationStatement", "id": "p-hostile-med", "subject": {"reference": "Patient/p-hostile"},
+            "status": "active", "medicationCodeableConcept": {"text": text(0)},
+            "dosage": [{"text": text(1)}], "effectivePeriod": {"start": "2020-01-01"}}),
+        json!({"resourceType": "AllergyIntolerance", "id": "p-hostile-allergy", "patient": {"reference": "Patient/p-hostile"},
+            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "91936005", "display": text(1)}]},
+            "reaction": [{"manifestation": [{"text": text(0)}], "severity": text(1)}]}),
+        json!({"resourceType": "Condition", "id": "p-hostile-problem", "subject": {"reference": "Patient/p-hostile"},
+            "code": {"text": text(1)}, "note": [{"text": text(0)}],
+            "extension": [{"url": "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-ProblemSignificance", "valueCode": text(0)}]}),
+        json!({"resourceType": "Observation", "id": "p-hostile-obs", "subject": {"reference": "Patient/p-hostile"},
+            "status": "final", "code": {"text": text(0)}, "valueString": text(1),
+            "referenceRange": [{"text": text(0)}]}),
+    ];
+    let ndjson: String = resources.iter().map(|r| format!("{r}\n")).collect();
+    writer.import_ndjson(ndjson.as_bytes()).unwrap();
+    let response = h
+        .api
+        .handle(
+            &ambulance(),
+            html_request(record_body("9990000077", &ALL_SECTIONS), &token(|_| {})),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let page = page_text(&response);
+    assert!(
+        !page.contains("<script>alert"),
+        "script tag rendered as markup"
+    );
+    assert!(!page.contains("<img"), "img tag rendered as markup");
+    assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+    assert!(page.contains("&quot;&gt;&lt;img src=x onerror=alert(1)&gt;"));
+}
+
+#[tokio::test]
+async fn refusals_stay_operation_outcomes_for_the_html_view() {
+    let h = harness();
+    let (status, body, _) = send(
+        &h,
+        &ambulance(),
+        html_request(record_body(DISSENT, &["includeAllergies"]), &token(|_| {})),
+    )
+    .await;
+    assert_eq!((status, error_code(&body)), (403, "NO_PATIENT_CONSENT"));
+    let events = h.audit.events.lock().unwrap();
+    assert_eq!(events[0].interaction, mig::api::HTML_VIEW_INTERACTION);
+}

@@ -543,6 +543,20 @@ fn print_guide(dir: &Path, config_path: &Path, port: u16) {
         migctl.display(),
         config_path.display()
     );
+    let page = dir.join("record.html");
+    println!("# 4. The same record as the care-record page a clinician reads (Accept: text/html):");
+    println!(
+        "{} {} -H 'Accept: text/html' -H \"Authorization: Bearer {}\" -d '{}' -o {} {url}",
+        curl("ambulance"),
+        headers(structured),
+        token("DEMAMB", ""),
+        record(&shared),
+        page.display()
+    );
+    println!(
+        "#    then open it in a browser: xdg-open {0}   (or: chromium {0})\n",
+        page.display()
+    );
     println!("# The audit trail:");
     println!(
         "{0} --config {1} audit verify && {0} --config {1} audit patient {shared}",

@@ -9,6 +9,7 @@ pub mod audit_sink;
 pub mod bundle;
 pub mod capability;
 pub mod headers;
+pub mod html;
 pub mod jwt;
 pub mod outcome;
 pub mod parameters;
@@ -33,6 +34,9 @@ use capability::{PATIENT_SEARCH_INTERACTION, STRUCTURED_RECORD_INTERACTION};
 
 pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
 pub const METADATA_INTERACTION: &str = "urn:nhs:names:services:gpconnect:fhir:rest:read:metadata-1";
+/// The audit's name for the structured record served as the care-record page (SPEC §3, "HTML
+/// view"); the partner still sends the structured record's `Ssp-InteractionID`.
+pub const HTML_VIEW_INTERACTION: &str = "urn:mig:interaction:gpc.getstructuredrecord-html-1";
 
 /// Who this appliance is, as partners see it.
 #[derive(Debug, Clone)]
@@ -144,6 +148,29 @@ fn fhir_response(status: StatusCode, body: Bytes, trace_id: Option<&str>) -> Res
     response
 }
 
+/// The care-record page: no caching, no script, no external resource, no sniffing.
+fn html_response(body: Bytes, trace_id: Option<&str>) -> Response<Bytes> {
+    let mut response = fhir_response(StatusCode::OK, body, trace_id);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(html::CONTENT_TYPE),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(html::CONTENT_SECURITY_POLICY),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        header::HeaderValue::from_static("no-referrer"),
+    );
+    response
+}
+
 fn refusal(code: ErrorCode, reason: impl Into<String>, mut event: AccessEvent) -> Outcome {
     event.permitted = false;
     event.error_code = Some(code);
@@ -189,9 +216,20 @@ impl Api {
         };
         let now = now_unix();
         let trace_id = headers::trace_id(request.headers());
+        let format = if interaction == STRUCTURED_RECORD_INTERACTION
+            && html::prefers_html(request.headers())
+        {
+            Format::Html
+        } else {
+            Format::Json
+        };
         let event = AccessEvent {
             time: rfc3339(now),
-            interaction: interaction.to_owned(),
+            interaction: match format {
+                Format::Html => HTML_VIEW_INTERACTION,
+                Format::Json => interaction,
+            }
+            .to_owned(),
             trace_id: trace_id.clone(),
             partner_ods: caller.agreement.as_ref().map(|a| a.ods.clone()),
             certificate_sha256: caller.certificate_sha256.clone(),
@@ -208,7 +246,7 @@ impl Api {
                 self.metadata(&agreement, event, now)
             }
             Some(agreement) => {
-                self.clinical(agreement, request, interaction, event, now)
+                self.clinical(agreement, request, interaction, format, event, now)
                     .await
             }
         };
@@ -228,6 +266,9 @@ impl Api {
         }
         if permitted {
             tracing::debug!(interaction, "released");
+        }
+        if permitted && format == Format::Html {
+            return html_response(body, trace_id.as_deref());
         }
         fhir_response(status, body, trace_id.as_deref())
     }
@@ -280,6 +321,7 @@ impl Api {
         agreement: Arc<Agreement>,
         request: Request<Bytes>,
         interaction: &'static str,
+        format: Format,
         mut event: AccessEvent,
         now: i64,
     ) -> Outcome {
@@ -340,6 +382,7 @@ impl Api {
         let appliance = self.appliance.clone();
         let assembled_at = event.time.clone();
         let search = interaction == PATIENT_SEARCH_INTERACTION;
+        let trace_id = event.trace_id.clone();
         let work = tokio::task::spawn_blocking(move || {
             assemble(
                 &replica,
@@ -351,6 +394,8 @@ impl Api {
                 &wanted,
                 &assembled_at,
                 search,
+                format,
+                trace_id.as_deref(),
             )
         })
         .await;
@@ -507,6 +552,13 @@ fn percent_decode(text: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// How a released structured record is rendered, chosen by the request's `Accept`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Json,
+    Html,
+}
+
 enum Assembled {
     Refused {
         code: ErrorCode,
@@ -533,6 +585,8 @@ fn assemble(
     wanted: &parameters::RecordRequest,
     assembled_at: &str,
     search: bool,
+    format: Format,
+    trace_id: Option<&str>,
 ) -> Result<Assembled, ReplicaError> {
     replica.with(|reader| {
         let generation = reader.generation()?;
@@ -627,7 +681,7 @@ fn assemble(
                 withheld: release.section_has_warning(section),
             })
             .collect();
-        let body = bundle::structured_record(&bundle::RecordParts {
+        let parts = bundle::RecordParts {
             patient_id: &patient.id,
             patient_body: &patient.body,
             practice_ods: &appliance.ods,
@@ -635,7 +689,17 @@ fn assemble(
             lists,
             shared: shared_out,
             assembled_at,
-        });
+        };
+        let body = match format {
+            Format::Json => bundle::structured_record(&parts),
+            Format::Html => html::structured_record_page(
+                &parts,
+                &html::PageContext {
+                    basis: &release.basis,
+                    trace_id,
+                },
+            ),
+        };
         Ok(Assembled::Released {
             basis: release.basis,
             sections: release.released_sections.into_iter().collect(),
