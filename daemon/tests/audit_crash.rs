@@ -35,7 +35,9 @@ fn crash_child() {
             ..AuditOptions::default()
         };
         let path = db_path(std::path::Path::new(&dir));
-        let log = Arc::new(mig::audit::AuditLog::open(&path, &KEY, signer, options).unwrap());
+        let log = Arc::new(
+            mig::audit::AuditLog::create(&path, &KEY, signer, counter_for(&path), options).unwrap(),
+        );
         let stop = Instant::now() + Duration::from_secs(60);
         let mut tasks = Vec::new();
         for worker in 0..8u64 {
