@@ -135,8 +135,13 @@ fn sigkill_loses_no_acknowledged_record() {
         );
     }
 
-    // The log reopens and continues the chain from where the crash left it.
+    // The log reopens, at once signs a checkpoint over what the crash left uncovered, and
+    // continues the chain from there.
     let log = open(&path, signer.clone(), AuditOptions::default());
+    let reopened = audit::verify(&path, &KEY, &signer.public_key_spki_der()).unwrap();
+    assert!(reopened.is_ok(), "{reopened:?}");
+    assert_eq!(reopened.uncovered, None, "{reopened:?}");
+    assert_eq!(reopened.last_checkpoint_seq, report.records);
     let next = log.append_blocking(partner_request(1)).unwrap();
     assert_eq!(next, report.records + 1);
     log.shutdown_blocking().unwrap();

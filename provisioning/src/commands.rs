@@ -656,7 +656,10 @@ fn shown(text: &str) -> String {
 
 /// A string field of an admin answer, escaped, or `absent`.
 fn field(value: &Value, name: &str, absent: &str) -> String {
-    value[name].as_str().map(shown).unwrap_or_else(|| absent.to_owned())
+    value[name]
+        .as_str()
+        .map(shown)
+        .unwrap_or_else(|| absent.to_owned())
 }
 
 /// One line of `audit patient`.
@@ -753,9 +756,7 @@ fn verify_text(answer: &Value) -> String {
 }
 
 /// The TPM, its audit key and the audit database key, for commands that run without migd.
-fn open_audit_offline(
-    config: &Config,
-) -> Result<(Tpm, mig::service::DatabaseKey, Vec<u8>)> {
+fn open_audit_offline(config: &Config) -> Result<(Tpm, mig::service::DatabaseKey, Vec<u8>)> {
     let tpm = Tpm::connect(&mig::service::tpm_settings(config)?)?;
     tpm.load(&config.state_dir)?;
     let (_, audit_key) = mig::service::unseal_keys(&tpm)?;
@@ -961,8 +962,14 @@ mod tests {
 
     fn assert_one_clean_line(line: &str) {
         assert!(!line.contains('\n') && !line.contains('\r'), "{line:?}");
-        assert!(!line.contains('\x1b') && !line.contains('\u{9b}'), "{line:?}");
-        assert!(!line.contains('\u{202e}') && !line.contains('\x07'), "{line:?}");
+        assert!(
+            !line.contains('\x1b') && !line.contains('\u{9b}'),
+            "{line:?}"
+        );
+        assert!(
+            !line.contains('\u{202e}') && !line.contains('\x07'),
+            "{line:?}"
+        );
         assert!(line.contains("\\nFORGED"), "{line:?}");
     }
 

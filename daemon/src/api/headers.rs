@@ -42,9 +42,9 @@ pub fn check(
     let trace_id =
         trace_id(headers).ok_or((ErrorCode::BadRequest, "Ssp-TraceID missing or not a UUID"))?;
     let from_asid = from_asid(headers).ok_or((
-            ErrorCode::BadRequest,
-            "Ssp-From missing or not a 12-digit ASID",
-        ))?;
+        ErrorCode::BadRequest,
+        "Ssp-From missing or not a 12-digit ASID",
+    ))?;
     let to = header(headers, "ssp-to").ok_or((ErrorCode::BadRequest, "Ssp-To missing"))?;
     if to != appliance_asid {
         return Err((

@@ -40,7 +40,9 @@ mod tests {
         let nasty = "dr\nfake line\r\x1b[2J\x1b]0;title\x07\u{9b}31m\u{202e}evil\u{2028}x\\n";
         let shown = escape_text(nasty);
         assert!(
-            !shown.chars().any(|c| c.is_control() || is_invisible_format(c)),
+            !shown
+                .chars()
+                .any(|c| c.is_control() || is_invisible_format(c)),
             "{shown:?}"
         );
         assert_eq!(
@@ -51,7 +53,12 @@ mod tests {
 
     #[test]
     fn ordinary_text_is_unchanged() {
-        for text in ["555021935107", "R8000", "Dr Émile O'Brien", "tablet-7 {\"a\":1}"] {
+        for text in [
+            "555021935107",
+            "R8000",
+            "Dr Émile O'Brien",
+            "tablet-7 {\"a\":1}",
+        ] {
             assert_eq!(escape_text(text), text);
         }
     }

@@ -383,7 +383,10 @@ mod tests {
         // So is the caller's ASID.
         let mut four = one.clone();
         four.from_asid = Some("200000000999".into());
-        assert_ne!(record_hash(1, "t", &one, &g), record_hash(1, "t", &four, &g));
+        assert_ne!(
+            record_hash(1, "t", &one, &g),
+            record_hash(1, "t", &four, &g)
+        );
     }
 
     #[test]

@@ -188,7 +188,12 @@ pub struct CounterCheck {
 /// migd stopped between the two, `d - 1`. `tpm_before` was read before the trail and
 /// `tpm_after` after it (equal when nothing writes meanwhile): a checkpoint written in between
 /// has moved both. Behind means rolled back; more than one ahead means another TPM's.
-pub(crate) fn counter_problem(seq: u64, d: u64, tpm_before: u64, tpm_after: u64) -> Option<Problem> {
+pub(crate) fn counter_problem(
+    seq: u64,
+    d: u64,
+    tpm_before: u64,
+    tpm_after: u64,
+) -> Option<Problem> {
     if d < tpm_before {
         Some(Problem::RolledBack {
             seq,

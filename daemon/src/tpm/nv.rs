@@ -86,8 +86,7 @@ pub(crate) fn open(context: &mut Context) -> Result<NvIndexHandle, TpmError> {
         .map_err(tpm_err("read the audit counter's definition"))?;
     let attributes = public.attributes();
     let is_counter = matches!(attributes.index_type(), Ok(NvIndexType::Counter));
-    if !is_counter || attributes.orderly() || !attributes.auth_write() || !attributes.auth_read()
-    {
+    if !is_counter || attributes.orderly() || !attributes.auth_write() || !attributes.auth_read() {
         return Err(TpmError::CounterWrongType {
             index: AUDIT_COUNTER_INDEX,
         });

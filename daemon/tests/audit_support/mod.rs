@@ -66,7 +66,8 @@ impl Counter for FileCounter {
     fn increment(&self) -> Result<u64, CounterError> {
         let value = self.read()? + 1;
         let temp = self.0.with_extension("counter.tmp");
-        std::fs::write(&temp, value.to_string()).map_err(|e| CounterError::Failed(e.to_string()))?;
+        std::fs::write(&temp, value.to_string())
+            .map_err(|e| CounterError::Failed(e.to_string()))?;
         std::fs::rename(&temp, &self.0).map_err(|e| CounterError::Failed(e.to_string()))?;
         Ok(value)
     }
