@@ -733,15 +733,17 @@ fn verify_text(answer: &Value) -> String {
         ));
     }
     let counter = &report["counter"];
-    if !counter.is_null() {
-        let note = if counter["checkpoint"] == counter["tpm"] {
-            "in step"
+    if let (Some(checkpoint), Some(tpm)) = (counter["checkpoint"].as_u64(), counter["tpm"].as_u64())
+    {
+        let note = if checkpoint == tpm {
+            " (in step)"
+        } else if checkpoint == tpm + 1 {
+            " (the checkpoint is one ahead: its increment was interrupted; migd completes it)"
         } else {
-            "the checkpoint is one ahead: its increment was interrupted, migd completes it"
+            ""
         };
         out.push_str(&format!(
-            "TPM audit counter: last checkpoint {}, TPM {} ({note})\n",
-            counter["checkpoint"], counter["tpm"]
+            "TPM audit counter: last checkpoint {checkpoint}, TPM {tpm}{note}\n"
         ));
     }
     match answer["problem"].as_str() {

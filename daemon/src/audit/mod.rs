@@ -1,13 +1,17 @@
 //! The audit trail and privacy-officer alerts (SPEC §8): an append-only, hash-chained log in its
 //! own SQLCipher file, written by one group-committing thread, with checkpoints signed by the
-//! audit key, plus verification, FHIR `AuditEvent` export and subject-access queries.
+//! audit key, each carrying a TPM NV counter value, plus verification, FHIR `AuditEvent` export
+//! and subject-access queries.
 //!
 //! What it validates: `verify` proves every record's hash, every chain link from the genesis
-//! value, sequence continuity, and every checkpoint's ECDSA P-256 signature and chain head, and
-//! names the first record that fails. What it does not: records after the last checkpoint are
-//! protected only by the chain (anyone holding the database key can rewrite or drop that tail
-//! undetectably, so `verify` reports them as not yet covered), and deleting checkpoints other
-//! than the last goes unnoticed (it weakens nothing the later checkpoints do not still cover).
+//! value, sequence continuity, every checkpoint's ECDSA P-256 signature and chain head, that
+//! checkpoint counters rise, and that the last one is not behind the TPM's counter (a trail cut
+//! back or restored from an older copy); it names the first record that fails. The writer opens
+//! an existing trail only when its tail verifies the same way (`verify::check_tail`). What it
+//! does not: records after the last checkpoint are protected only by the chain while migd runs
+//! (`verify` reports them as not yet covered); deleting checkpoints other than the last goes
+//! unnoticed (the later ones still cover everything); and whoever can use the TPM's audit key
+//! and counter (root on the running box) can sign a new checkpoint over a rewritten trail.
 
 mod alerts;
 mod counter;
