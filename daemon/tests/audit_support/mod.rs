@@ -88,6 +88,7 @@ pub fn partner_request(n: u64) -> AuditRecord {
     r.interaction_id =
         Some("urn:nhs:names:services:gpconnect:fhir:operation:gpc.getstructuredrecord-1".into());
     r.trace_id = Some(format!("3f2a1b4c-0000-4000-8000-{:012}", n));
+    r.from_asid = Some("200000000999".into());
     r.basis = PermissionBasis::Granted;
     r.sections = vec!["allergies".into(), "medications".into()];
     r
