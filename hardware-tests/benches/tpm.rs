@@ -112,7 +112,10 @@ fn main() {
     report("sign, TLS key (loaded)", &tls_sign);
     report("sign, audit key (loaded per use)", &audit_sign);
     report("unseal replica key (salted policy session)", &unseal);
-    report("audit checkpoint: counter read, sign, increment", &checkpoint);
+    report(
+        "audit checkpoint: counter read, sign, increment",
+        &checkpoint,
+    );
     report("connect + load + unseal (start-up share)", &startup);
     report("provision (3 keys, once)", &provision);
     println!();

@@ -305,3 +305,32 @@ fn partner_values_print_escaped_in_audit_patient_and_alerts_list() {
     assert!(patient.contains("asid 200000000999"), "{patient}");
     stop(&mut app);
 }
+
+/// Someone removed the counter's NV index (it needs only the owner password, empty by
+/// default): migd refuses to start rather than sign checkpoints nobody can check.
+#[test]
+fn a_removed_counter_stops_migd() {
+    use tss_esapi::handles::{NvIndexHandle, NvIndexTpmHandle, TpmHandle};
+    use tss_esapi::interface_types::resource_handles::Provision;
+    use tss_esapi::interface_types::session_handles::AuthSession;
+    let mut app = TestAppliance::start(0).unwrap();
+    stop(&mut app);
+    {
+        let tcti = format!("swtpm:host=127.0.0.1,port={}", app.app.tpm_port);
+        let conf =
+            <tss_esapi::tcti_ldr::TctiNameConf as std::str::FromStr>::from_str(&tcti).unwrap();
+        let mut context = tss_esapi::Context::new(conf).unwrap();
+        let index = NvIndexTpmHandle::new(mig::tpm::AUDIT_COUNTER_INDEX).unwrap();
+        let handle = context
+            .tr_from_tpm_public(TpmHandle::NvIndex(index))
+            .unwrap();
+        context
+            .execute_with_session(Some(AuthSession::Password), |ctx| {
+                ctx.nv_undefine_space(Provision::Owner, NvIndexHandle::from(handle))
+            })
+            .unwrap();
+    }
+    let (status, line, stderr) = start_expecting_failure(&app);
+    assert!(!status.success(), "{stderr}");
+    assert!(line.contains("audit counter"), "{line}");
+}

@@ -227,7 +227,6 @@ impl Service {
             });
         }
 
-        let counter = nv::open(&mut self.context)?;
         let primary = primary::create(&mut self.context, self.owner_auth.as_ref())?;
         let mut tls = None;
         let result = (|| {
@@ -243,11 +242,13 @@ impl Service {
             )?);
             let audit = self.load_and_save(primary, audit_blob, "load the audit key")?;
             let sealed = self.load_and_save(primary, sealed_blob, "load the sealed replica key")?;
-            Ok::<_, TpmError>((primary_saved, audit, sealed))
+            // After the keys: a cleared TPM is better named by the key that no longer loads.
+            let counter = nv::open(&mut self.context)?;
+            Ok::<_, TpmError>((primary_saved, audit, sealed, counter))
         })();
         self.flush(primary);
         match (result, tls) {
-            (Ok((primary_saved, audit, sealed)), Some(tls)) => {
+            (Ok((primary_saved, audit, sealed, counter)), Some(tls)) => {
                 self.loaded = Some(Loaded {
                     tls,
                     tls_spki,
