@@ -82,7 +82,7 @@ fn clinical(patient: &str) -> Vec<Value> {
         json!({"resourceType": "MedicationStatement", "id": format!("{patient}-statin"), "subject": subject, "status": "active",
             "medicationReference": {"reference": "Medication/atorvastatin"}, "effectivePeriod": {"start": "2023-05-01"}}),
         json!({"resourceType": "MedicationStatement", "id": format!("{patient}-old-med"), "subject": subject, "status": "completed",
-            "medicationReference": {"reference": "Medication/atorvastatin"}, "effectivePeriod": {"start": "2015-05-01"}}),
+            "medicationReference": {"reference": "Medication/atorvastatin"}, "effectivePeriod": {"start": "2015-05-01", "end": "2015-06-01"}}),
         json!({"resourceType": "Condition", "id": format!("{patient}-asthma"), "subject": subject, "code": sct("195967001")}),
         json!({"resourceType": "Condition", "id": format!("{patient}-chlamydia"), "subject": subject, "code": sct("105629000")}),
         json!({"resourceType": "MedicationRequest", "id": format!("{patient}-azithromycin"), "subject": subject, "status": "completed",
@@ -862,7 +862,7 @@ async fn medication_search_date_and_resolved_allergies_filter() {
     let body = json!({"resourceType": "Parameters", "parameter": [
         {"name": "patientNHSNumber", "valueIdentifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": CORE_AND_ADDITIONAL}},
         {"name": "includeAllergies", "part": [{"name": "includeResolvedAllergies", "valueBoolean": true}]},
-        {"name": "includeMedication", "part": [{"name": "medicationSearchFromDate", "valueDate": "2020-01-01"}]}]});
+        {"name": "includeMedication", "part": [{"name": "medicationSearchFromDate", "valueDate": "2024-01-01"}]}]});
     let (status, bundle, _) = send(
         &h,
         &ambulance(),
@@ -872,8 +872,9 @@ async fn medication_search_date_and_resolved_allergies_filter() {
     assert_eq!(status, 200);
     let ids = resource_ids(&bundle);
     assert!(ids.contains("AllergyIntolerance/p-full-old-allergy"));
+    // Started before the search date and still running: active on or after it.
     assert!(ids.contains("MedicationStatement/p-full-statin"));
-    assert!(!ids.contains("MedicationStatement/p-full-old-med"));
+    assert!(!ids.contains("MedicationStatement/p-full-old-med"), "ended in 2015");
 }
 
 #[tokio::test]

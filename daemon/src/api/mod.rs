@@ -8,6 +8,7 @@
 pub mod audit_sink;
 pub mod bundle;
 pub mod capability;
+pub mod filters;
 pub mod headers;
 pub mod html;
 pub mod jwt;
@@ -16,7 +17,6 @@ pub mod parameters;
 pub mod records;
 pub mod upstream;
 
-use std::collections::BTreeSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -352,7 +352,7 @@ impl Api {
         };
         event.claims = Some(claims.clone());
         let wanted = if interaction == STRUCTURED_RECORD_INTERACTION {
-            parameters::parse(request.body()).map_err(|e| {
+            parameters::parse(request.body(), now).map_err(|e| {
                 let code = match &e {
                     parameters::ParametersError::Malformed(_) => ErrorCode::BadRequest,
                     parameters::ParametersError::IdentifierSystem => {
@@ -520,12 +520,7 @@ fn patient_search_query(
             "identifier value is not a valid NHS number".into(),
         ));
     }
-    Ok(parameters::RecordRequest {
-        nhs_number: value.to_owned(),
-        sections: BTreeSet::new(),
-        include_resolved_allergies: false,
-        medication_from: None,
-    })
+    Ok(parameters::RecordRequest::patient_only(value.to_owned()))
 }
 
 fn percent_decode(text: &str) -> Option<String> {
@@ -652,6 +647,7 @@ fn assemble(
             })
             .filter(|(_, e)| wanted_by_filters(e.facts, wanted))
             .collect();
+        let released = filters::apply(released, Some, wanted);
         // Shared resources go out only if a released item references them and policy kept them.
         let referenced = bundle::Included::new(
             released.iter().map(|(_, e)| e.facts.references.len()).sum(),
@@ -691,6 +687,7 @@ fn assemble(
             practice_name: &appliance.name,
             lists,
             shared: shared_out,
+            not_implemented: &wanted.not_implemented,
             assembled_at,
         };
         let body = match format {
@@ -712,17 +709,13 @@ fn assemble(
     })
 }
 
-/// The request's own filters (not confidentiality): resolved allergies, medication start date.
+/// Resolved allergies unless asked for (the GP Connect 1.6 filters are in `filters`).
 fn wanted_by_filters(facts: &ItemFacts, wanted: &parameters::RecordRequest) -> bool {
     match facts.resource_type.as_str() {
         "AllergyIntolerance" => {
             wanted.include_resolved_allergies
                 || !matches!(facts.status.as_deref(), Some("resolved" | "inactive"))
         }
-        "MedicationStatement" | "MedicationRequest" => match (wanted.medication_from, facts.date) {
-            (Some(from), Some(date)) => date >= from,
-            _ => true,
-        },
         _ => true,
     }
 }
