@@ -185,6 +185,7 @@ fn agreement(ods: &str, partner_type: PartnerType) -> Agreement {
         override_roles: RoleSet::Only(["R8000".to_string()].into()),
         override_sections: None,
         expires: None,
+        attested_permission: false,
     }
 }
 
@@ -874,7 +875,10 @@ async fn medication_search_date_and_resolved_allergies_filter() {
     assert!(ids.contains("AllergyIntolerance/p-full-old-allergy"));
     // Started before the search date and still running: active on or after it.
     assert!(ids.contains("MedicationStatement/p-full-statin"));
-    assert!(!ids.contains("MedicationStatement/p-full-old-med"), "ended in 2015");
+    assert!(
+        !ids.contains("MedicationStatement/p-full-old-med"),
+        "ended in 2015"
+    );
 }
 
 #[tokio::test]

@@ -453,6 +453,7 @@ pub fn partner_from_args(args: &PartnerAddArgs) -> Result<Partner> {
                 None => None,
             },
             expires,
+            attested_permission: args.attested_permission,
         },
         identity,
     })
@@ -473,13 +474,18 @@ fn describe_partner(partner: &Partner) -> String {
         }
     };
     format!(
-        "{}\t{}\t{}\tsections={}\troles={}\toverride-roles={}\texpires={}\t{}",
+        "{}\t{}\t{}\tsections={}\troles={}\toverride-roles={}\tpermission={}\texpires={}\t{}",
         a.ods,
         a.name,
         a.partner_type.name(),
         sections.join(","),
         roles(&a.roles),
         roles(&a.override_roles),
+        if a.attested_permission {
+            "attested"
+        } else {
+            "per-request"
+        },
         a.expires
             .map(|d| d.to_string())
             .unwrap_or_else(|| "never".into()),

@@ -87,6 +87,10 @@ pub struct Agreement {
     /// Last day (inclusive, UK civil date treated as UTC) the agreement is in force.
     #[serde(default)]
     pub expires: Option<time::Date>,
+    /// The agreement obliges the partner's users to ask the patient at the point of care
+    /// (`--attested-permission`): a request may then leave `permission_to_view` out.
+    #[serde(default)]
+    pub attested_permission: bool,
 }
 
 impl Agreement {

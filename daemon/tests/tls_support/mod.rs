@@ -220,6 +220,7 @@ pub fn agreement(ods: &str) -> Agreement {
         override_roles: RoleSet::none(),
         override_sections: None,
         expires: None,
+        attested_permission: false,
     }
 }
 
