@@ -214,6 +214,34 @@ pub fn add_partner(state_dir: &Path, partner: &Partner) -> Result<PathBuf, Regis
         return Err(RegistryError::Exists { path });
     }
     let mut all: Vec<(PathBuf, Partner)> = list_partners_with_paths(state_dir)?;
+    // A site that is another partner would act as that partner (and use its standing
+    // consents): refused both ways, naming the partner concerned.
+    for (_, other) in &all {
+        let theirs = &other.agreement;
+        if let Some(site) = partner
+            .agreement
+            .sites
+            .iter()
+            .find(|s| s.eq_ignore_ascii_case(&theirs.ods))
+        {
+            return Err(RegistryError::invalid(
+                &path,
+                format!(
+                    "site {site} is the ODS code of registered partner {} ({}); a site may not be another partner",
+                    theirs.name, theirs.ods
+                ),
+            ));
+        }
+        if theirs.sites.iter().any(|s| s.eq_ignore_ascii_case(ods)) {
+            return Err(RegistryError::invalid(
+                &path,
+                format!(
+                    "ODS code {ods} is a site of registered partner {} ({}); a site may not be another partner",
+                    theirs.name, theirs.ods
+                ),
+            ));
+        }
+    }
     all.push((path.clone(), partner.clone()));
     PartnerRegistry::new(all)?;
     let text = toml::to_string(partner).map_err(|source| RegistryError::TomlWrite {

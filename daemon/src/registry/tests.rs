@@ -449,7 +449,7 @@ fn a_site_may_not_be_another_partners_ods_code() {
     claimant.agreement.sites = ["RX6".to_string()].into();
     let err = add_partner(dir.path(), &claimant).unwrap_err().to_string();
     assert!(
-        err.contains("site RX6") && err.contains("RX6.toml"),
+        err.contains("site RX6") && err.contains("East Ambulance (RX6)"),
         "{err}"
     );
     assert!(!dir.path().join("partners/NWX.toml").exists());
@@ -462,7 +462,7 @@ fn a_site_may_not_be_another_partners_ods_code() {
     let err = add_partner(dir.path(), &sample_partner("RX6", 1))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("site RX6"), "{err}");
+    assert!(err.contains("RX6 is a site of registered partner"), "{err}");
     assert!(!dir.path().join("partners/RX6.toml").exists());
 
     // Written by hand anyway: migd leaves the claimant out and keeps the partner it names.
