@@ -155,7 +155,12 @@ fn create_dirs(dir: &Path) -> Result<(), RegistryError> {
         Some(parent) => owner_of(parent)?,
         None => owner_of(Path::new("."))?,
     };
-    let handle = std::fs::File::open(dir).map_err(|e| RegistryError::io("open", dir, e))?;
+    // No following a symlink swapped in meanwhile: root must not give away what it points to.
+    let handle = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY)
+        .open(dir)
+        .map_err(|e| RegistryError::io("open", dir, e))?;
     give_to(&handle, dir, owner)
 }
 
@@ -252,10 +257,17 @@ pub fn add_partner(state_dir: &Path, partner: &Partner) -> Result<PathBuf, Regis
     Ok(path)
 }
 
+/// Every partner file, each checked as migd checks it (so nothing unprintable is listed).
 fn list_partners_with_paths(state_dir: &Path) -> Result<Vec<(PathBuf, Partner)>, RegistryError> {
     list_dir(&state_dir.join(PARTNERS_DIR), Some("toml"))?
         .into_iter()
-        .map(|path| read_toml(&path).map(|p| (path, p)))
+        .map(|path| {
+            let partner: Partner = read_toml(&path)?;
+            partner
+                .check()
+                .map_err(|reason| RegistryError::invalid(&path, reason))?;
+            Ok((path, partner))
+        })
         .collect()
 }
 
