@@ -203,6 +203,23 @@ fn check_name(what: &str, name: &str, path_for_errors: &Path) -> Result<(), Regi
     }
 }
 
+/// Serialises `migctl` changes whose checks read other files (partner and upstream
+/// conflicts), so two at once cannot each pass the checks against the other. Held until the
+/// returned lock drops. `.registry.lock` in the state directory; migd never reads it.
+fn lock(state_dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, RegistryError> {
+    let path = state_dir.join(".registry.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|e| RegistryError::io("open", &path, e))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| RegistryError::io("lock", &path, e.into()))
+}
+
 /// Registers a partner as `partners/<ODS>.toml`. Refuses an invalid record, an existing ODS
 /// code, a certificate already claimed by another partner, a site that is another partner's
 /// ODS code and an ODS code that is another partner's site (migd would leave such a partner
@@ -215,6 +232,7 @@ pub fn add_partner(state_dir: &Path, partner: &Partner) -> Result<PathBuf, Regis
     partner
         .check()
         .map_err(|reason| RegistryError::invalid(&path, reason))?;
+    let _lock = lock(state_dir)?;
     if path.exists() {
         return Err(RegistryError::Exists { path });
     }
@@ -309,6 +327,7 @@ pub fn add_upstream(
         .check()
         .map_err(|reason| RegistryError::invalid(&dir, reason))?;
     let path = dir.join(format!("{}.toml", super::upstream_file_stem(name)));
+    let _lock = lock(state_dir)?;
     if path.exists() {
         return Err(RegistryError::Exists { path });
     }

@@ -617,3 +617,31 @@ fn check_reports_files_the_owner_cannot_read() {
     assert!(problems[0].error.contains("partners/NWX.toml"));
     assert!(problems[0].error.contains("cannot read"));
 }
+
+#[test]
+fn concurrent_adds_cannot_both_pass_the_site_check() {
+    // Each round: one partner names the other's ODS code as a site, both added at once. The
+    // lock makes one of them see the other; without it both could be written.
+    for round in 0..40 {
+        let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let mut claimant = sample_partner("NWX", 2);
+        claimant.agreement.sites = ["RX6".to_string()].into();
+        let handles: Vec<_> = [claimant, sample_partner("RX6", 1)]
+            .into_iter()
+            .map(|partner| {
+                let (dir, barrier) = (dir.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    add_partner(dir.path(), &partner).is_ok()
+                })
+            })
+            .collect();
+        let added: Vec<bool> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_eq!(
+            added.iter().filter(|a| **a).count(),
+            1,
+            "round {round}: {added:?}"
+        );
+    }
+}
