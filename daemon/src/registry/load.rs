@@ -164,7 +164,7 @@ pub fn load(state_dir: &Path, previous: Option<&Applied>) -> StateFiles {
     let (partners, conflicts) = PartnerRegistry::index(partners, &unreadable_ods);
     problems.extend(conflicts.into_iter().map(|error| {
         Problem::new(
-            &error_path(&error).to_path_buf(),
+            error_path(&error),
             &error,
             "this partner is not registered: it is refused",
         )
@@ -192,7 +192,7 @@ pub fn load(state_dir: &Path, previous: Option<&Applied>) -> StateFiles {
     let (upstreams, conflicts) = UpstreamRegistry::index(upstreams);
     problems.extend(conflicts.into_iter().map(|error| {
         Problem::new(
-            &error_path(&error).to_path_buf(),
+            error_path(&error),
             &error,
             "neither clinical system pinning this key is registered",
         )

@@ -296,14 +296,14 @@ impl PartnerRegistry {
                         "ODS code also registered in {}",
                         other_path.display()
                     ))
-                } else if let Some(site) = site {
-                    Some(format!(
-                        "site {site} is the ODS code of the partner registered in {}; a site may \
-                         not be another partner",
-                        other_path.display()
-                    ))
                 } else {
-                    None
+                    site.map(|site| {
+                        format!(
+                            "site {site} is the ODS code of the partner registered in {}; a site \
+                             may not be another partner",
+                            other_path.display()
+                        )
+                    })
                 };
                 if let Some(reason) = reason {
                     keep[i] = false;
