@@ -355,8 +355,10 @@ async fn serve(
             match interval {
                 Some(interval) => {
                     // A registry file that is not applied does not stop the pings (a restart
-                    // would not fix it) but is shown in the unit's status line, by name.
-                    let shown = Arc::new(Mutex::new(None::<String>));
+                    // would not fix it) but is shown in the unit's status line, by name, at
+                    // every healthy tick (so no other STATUS= outlives it) but the one right
+                    // after a recovery, where the loop itself says "serving".
+                    let shown = Arc::new(Mutex::new((true, None::<String>)));
                     notify::watchdog_loop(interval, move || {
                         let check = check.clone();
                         let healthy = healthy.clone();
@@ -368,11 +370,18 @@ async fn serve(
                             healthy.store(ok, Ordering::SeqCst);
                             let registry = registry_health(&reloader.current(), &state_dir);
                             let mut shown = shown.lock().unwrap_or_else(|p| p.into_inner());
-                            if ok && *shown != registry {
-                                let line = registry.as_deref().unwrap_or("serving");
-                                notify::status(line).ok();
-                                *shown = registry;
+                            let (was_ok, line) = &mut *shown;
+                            if ok && *was_ok {
+                                match &registry {
+                                    Some(problem) => notify::status(problem).ok(),
+                                    None if line.is_some() => notify::status("serving").ok(),
+                                    None => None,
+                                };
+                                *line = registry;
+                            } else {
+                                *line = None;
                             }
+                            *was_ok = ok;
                             ok
                         }
                     })

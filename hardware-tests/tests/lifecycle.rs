@@ -402,6 +402,60 @@ async fn watchdog_pings_only_while_healthy() {
     assert!(app.log().contains("health check failed"), "{}", app.log());
 }
 
+/// A registry file that is not applied is named in systemd's status line while the watchdog
+/// keeps pinging (a restart would not fix a file); once it is gone the status is `serving`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchdog_status_names_a_registry_file_not_applied_and_keeps_pinging() {
+    let mut app = appliance(0).await;
+    app.stop();
+    let notify = NotifySocket::bind();
+    let wrapper = app.app.dir.join("migd-watchdog.sh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nWATCHDOG_PID=$$ exec '{}' \"$@\"\n",
+            binary("migd").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let socket = notify.path.display().to_string();
+    let child = migctl::demo::start_migd(
+        &app.app,
+        &wrapper,
+        &[("NOTIFY_SOCKET", &socket), ("WATCHDOG_USEC", "1000000")],
+    )
+    .unwrap();
+    app.migd = Some(child);
+    notify
+        .until("READY=1", Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("no READY=1\n{}", app.log()));
+
+    let broken = app.app.config.state_dir.join("partners/BROKEN.toml");
+    std::fs::write(&broken, "[agreement\n").unwrap();
+    let seen = notify
+        .until("partners/BROKEN.toml", Duration::from_secs(3))
+        .unwrap_or_else(|| panic!("no STATUS naming the file\n{}", app.log()));
+    assert!(
+        seen.iter()
+            .any(|m| m.starts_with("STATUS=registry files not applied")),
+        "{seen:?}"
+    );
+    let after = notify.collect(Duration::from_millis(1500));
+    assert!(
+        after.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 2,
+        "pings stopped: {after:?}"
+    );
+    std::fs::remove_file(&broken).unwrap();
+    notify
+        .until("STATUS=serving", Duration::from_secs(3))
+        .unwrap_or_else(|| panic!("status never back to serving\n{}", app.log()));
+}
+
 /// A SIGHUP sent the moment READY=1 arrives is a reload, not the default "terminate": the
 /// handlers are installed before readiness is announced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
