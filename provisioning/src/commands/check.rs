@@ -242,8 +242,25 @@ fn certificate_checks(config: &Config) -> Vec<Finding> {
 /// broken files, and files or directories migd's user cannot read), one finding per file,
 /// then CRL freshness and partner expiry over what applies.
 fn registry_checks(config: &Config, migd_problems: &[(String, String)]) -> Vec<Finding> {
-    let (files, problems) = mig::registry::problems_for_check(&config.state_dir);
     let mut bad: Vec<(String, String)> = migd_problems.to_vec();
+    // A member of mig-admin cannot enter the state directory: only migd's report is known,
+    // and migctl's own view would wrongly call every file bad.
+    if let Err(e) = std::fs::read_dir(&config.state_dir) {
+        let mut out: Vec<Finding> = bad
+            .into_iter()
+            .map(|(_, detail)| finding("registry file", Level::Fail, detail))
+            .collect();
+        out.push(finding(
+            "registry",
+            Level::Warn,
+            format!(
+                "cannot read {} as this user ({e}): run `sudo migctl check` for the file checks",
+                config.state_dir.display()
+            ),
+        ));
+        return out;
+    }
+    let (files, problems) = mig::registry::problems_for_check(&config.state_dir);
     for problem in problems {
         let file = problem.path.display().to_string();
         if !bad.iter().any(|(f, _)| *f == file) {
