@@ -1,15 +1,18 @@
 //! The on-disk stores in the state directory that decide who may connect: the appliance's
 //! certificate chain, partner CAs, CRLs, registered partners and upstream clinical systems.
 //!
-//! Validates: every file parses (TOML with unknown keys refused, PEM/DER certificates and CRLs),
-//! partner file names match their ODS codes, no two partners claim the same certificate, and on
-//! install that CAs are CAs, CRLs are signed by a trusted CA and the appliance chain matches its
-//! key. Does not validate: client certificate paths or revocation (rustls/webpki do that in the
-//! handshake, see `tls`), nor what an agreement allows (the policy engine).
+//! Validates, file by file (a bad file is skipped and reported, see `load`): every file parses
+//! (TOML with unknown keys refused, PEM/DER certificates and CRLs), partner file names match
+//! their ODS codes, names are printable and bounded, no two partners claim the same certificate
+//! or ODS code, no site is another partner; and on install that CAs are CAs, CRLs are signed by
+//! a trusted CA and the appliance chain matches its key. Does not validate: client certificate
+//! paths or revocation (rustls/webpki do that in the handshake, see `tls`), nor what an
+//! agreement allows (the policy engine).
 //!
 //! Layout under the state directory:
 //! `tls/chain.pem` (leaf first), `trust/*.pem`, `crl/*` (PEM or DER), `partners/<ODS>.toml`,
-//! `upstream/<name>.toml`. Files whose names start with `.` are ignored (temporary files).
+//! `upstream/<name stem>.toml`. Files whose names start with `.` are ignored (temporary files).
+//! `migctl` writes them owned by the state directory's owner (migd's user), see `write_atomic`.
 
 mod load;
 mod pki;
