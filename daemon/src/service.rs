@@ -273,7 +273,16 @@ async fn serve(
         records: Default::default(),
         audit: audit.clone(),
         sensitive,
-        health: Arc::new(move || health_flag.load(Ordering::SeqCst)),
+        health: {
+            let reloader = reloader.clone();
+            let state_dir = config.state_dir.clone();
+            Arc::new(move || {
+                if !health_flag.load(Ordering::SeqCst) {
+                    return Err("the TPM or replica check fails".into());
+                }
+                registry_health(&reloader.current(), &state_dir).map_or(Ok(()), Err)
+            })
+        },
     };
     let mut servers = vec![listener::serve(
         partner_tcp,
@@ -340,17 +349,41 @@ async fn serve(
     };
     let health_task = {
         let healthy = healthy.clone();
+        let watchdog_reloader = reloader.clone();
+        let watchdog_state_dir = config.state_dir.clone();
         let check = health_check.clone();
         tokio::spawn(async move {
             let interval = notify::watchdog_interval();
             match interval {
                 Some(interval) => {
+                    // A registry file that is not applied does not stop the pings (a restart
+                    // would not fix it) but is shown in the unit's status line, by name, at
+                    // every healthy tick (so no other STATUS= outlives it) but the one right
+                    // after a recovery, where the loop itself says "serving".
+                    let shown = Arc::new(Mutex::new((true, None::<String>)));
                     notify::watchdog_loop(interval, move || {
                         let check = check.clone();
                         let healthy = healthy.clone();
+                        let reloader = watchdog_reloader.clone();
+                        let state_dir = watchdog_state_dir.clone();
+                        let shown = shown.clone();
                         async move {
                             let ok = check().await;
                             healthy.store(ok, Ordering::SeqCst);
+                            let registry = registry_health(&reloader.current(), &state_dir);
+                            let mut shown = shown.lock().unwrap_or_else(|p| p.into_inner());
+                            let (was_ok, line) = &mut *shown;
+                            if ok && *was_ok {
+                                match &registry {
+                                    Some(problem) => notify::status(problem).ok(),
+                                    None if line.is_some() => notify::status("serving").ok(),
+                                    None => None,
+                                };
+                                *line = registry;
+                            } else {
+                                *line = None;
+                            }
+                            *was_ok = ok;
                             ok
                         }
                     })
@@ -395,6 +428,31 @@ async fn serve(
     let _ = admin_task.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// One line naming every registry file that is not applied (paths relative to the state
+/// directory: `/healthz` answers partners too), or `None` when all applied.
+pub fn registry_health(snapshot: &crate::tls::Snapshot, state_dir: &Path) -> Option<String> {
+    if snapshot.problems.is_empty() {
+        return None;
+    }
+    let mut files: Vec<String> = snapshot
+        .problems
+        .iter()
+        .map(|p| {
+            p.path
+                .strip_prefix(state_dir)
+                .unwrap_or(&p.path)
+                .display()
+                .to_string()
+        })
+        .collect();
+    files.sort();
+    files.dedup();
+    Some(format!(
+        "registry files not applied (see `migctl check`): {}",
+        files.join(", ")
+    ))
 }
 
 async fn bind(address: std::net::SocketAddr) -> Result<tokio::net::TcpListener, ServiceError> {

@@ -942,6 +942,21 @@ fn status(config: &Config) -> Result<ExitCode> {
             p["type"].as_str().unwrap_or("")
         );
     }
+    let problems = answer["registry_problems"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if !problems.is_empty() {
+        println!("registry files not applied: {}", problems.len());
+    }
+    for p in problems {
+        // Quoted with escapes: the text comes from file names and contents.
+        println!(
+            "  {:?}: {:?}",
+            p["file"].as_str().unwrap_or(""),
+            p["consequence"].as_str().unwrap_or("")
+        );
+    }
     Ok(if answer["ready"].as_bool() == Some(true) {
         ExitCode::SUCCESS
     } else {

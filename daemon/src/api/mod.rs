@@ -101,8 +101,9 @@ pub struct Api {
     pub records: Arc<records::RecordCache>,
     pub audit: Arc<dyn AuditSink>,
     pub sensitive: Arc<SensitiveCodes>,
-    /// Reports whether TPM, replica and listeners are healthy, for `/healthz`.
-    pub health: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// Whether TPM, replica, listeners and every registry file are healthy, for `/healthz`;
+    /// `Err` says what is not (naming registry files).
+    pub health: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
 }
 
 impl std::fmt::Debug for Api {
@@ -284,12 +285,14 @@ impl Api {
                 "Method not allowed.",
             );
         }
-        let (status, body) = if (self.health)() {
-            (StatusCode::OK, "ok")
-        } else {
-            (StatusCode::SERVICE_UNAVAILABLE, "unhealthy")
+        let (status, body) = match (self.health)() {
+            Ok(()) => (StatusCode::OK, "ok".to_owned()),
+            Err(why) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("unhealthy: {why}\n"),
+            ),
         };
-        let mut response = Response::new(Bytes::from_static(body.as_bytes()));
+        let mut response = Response::new(Bytes::from(body));
         *response.status_mut() = status;
         response.headers_mut().insert(
             header::CONTENT_TYPE,
