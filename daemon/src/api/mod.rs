@@ -565,6 +565,15 @@ fn assemble(
             shared_bodies,
         } = &*record;
         let release = match decide(Some(agreement), access, Some(data), sensitive) {
+            // A patient answered as unknown (deceased, ended, restricted) is, in a search too.
+            Decision::Refused(r) if search && r.code == ErrorCode::PatientNotFound => {
+                return Ok(Assembled::Released {
+                    basis: Basis::Granted,
+                    sections: Vec::new(),
+                    alert: false,
+                    body: searchset(None, assembled_at).into_bytes(),
+                })
+            }
             Decision::Refused(r) => {
                 return Ok(Assembled::Refused {
                     code: r.code,
