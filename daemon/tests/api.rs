@@ -989,6 +989,14 @@ fn reviewed_patient() -> Vec<Value> {
         json!({"resourceType": "Observation", "id": "rv-focus", "subject": subject, "status": "final",
             "code": {"text": "Family history"},
             "focus": [{"reference": "Patient/p-full", "display": "Test p-full"}]}),
+        // Another patient by NHS number only, and as a contained Patient.
+        json!({"resourceType": "Observation", "id": "rv-ident", "subject": subject, "status": "final",
+            "code": {"text": "Household contact"},
+            "focus": [{"identifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": CORE_ONLY},
+                "display": "Other by NHS number"}],
+            "performer": [{"identifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": CONTAINED}}],
+            "contained": [{"resourceType": "Patient", "id": "mum", "name": [{"family": "Contained-mother"}]}],
+            "hasMember": [{"reference": "#mum", "display": "Mother"}]}),
     ]
 }
 

@@ -587,7 +587,8 @@ fn assemble(
                 basis: release.basis,
                 sections: Vec::new(),
                 alert: release.alert,
-                body: searchset(Some(&patient.body), assembled_at).into_bytes(),
+                body: searchset(Some((&patient.body, &patient.nhs_number)), assembled_at)
+                    .into_bytes(),
             });
         }
         // Released items with their sections (every released item has one).
@@ -638,6 +639,7 @@ fn assemble(
             .collect();
         let body = bundle::structured_record(&bundle::RecordParts {
             patient_id: &patient.id,
+            patient_nhs_number: &patient.nhs_number,
             patient_body: &patient.body,
             practice_ods: &appliance.ods,
             practice_name: &appliance.name,
@@ -669,13 +671,20 @@ fn wanted_by_filters(facts: &ItemFacts, wanted: &parameters::RecordRequest) -> b
     }
 }
 
-fn searchset(patient: Option<&str>, assembled_at: &str) -> String {
-    let entries = match patient.and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok()) {
-        Some(mut patient) => {
+/// `patient`: the stored body and the NHS number.
+fn searchset(patient: Option<(&str, &str)>, assembled_at: &str) -> String {
+    let parsed = patient.and_then(|(body, nhs_number)| {
+        Some((
+            serde_json::from_str::<serde_json::Value>(body).ok()?,
+            nhs_number,
+        ))
+    });
+    let entries = match parsed {
+        Some((mut patient, nhs_number)) => {
             let id = patient["id"].as_str().unwrap_or_default().to_owned();
             bundle::strip_outside_references(
                 &mut patient,
-                &bundle::Included::new(1, [("Patient", id.as_str())]),
+                &bundle::Included::new(1, [("Patient", id.as_str())]).for_patient(nhs_number),
             );
             let full_url = format!("Patient/{id}");
             vec![

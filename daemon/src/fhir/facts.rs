@@ -80,6 +80,9 @@ pub struct ItemFacts {
     /// Literal references (`Type/id`), its `contained` resources' included, to anything but
     /// the item's own `Patient/{id}` (another patient's is kept, so that it is never served).
     pub references: Vec<String>,
+    /// NHS numbers named by an identifier anywhere in the item (a Reference by identifier,
+    /// its own patient's included): one that is not the patient's is another patient.
+    pub nhs_numbers: Vec<String>,
     /// The clinically relevant date (seconds since the Unix epoch), where the resource has one.
     pub date: Option<i64>,
     /// `clinicalStatus` code, or else `status`.
@@ -205,6 +208,8 @@ pub fn extract_facts(resource: &Value) -> Result<ItemFacts, FactsError> {
     }
     facts.references.sort();
     facts.references.dedup();
+    facts.nhs_numbers.sort();
+    facts.nhs_numbers.dedup();
     if resource_type == "Patient" {
         facts.deceased = object
             .get("deceasedBoolean")
@@ -297,6 +302,13 @@ fn walk(resource: &Value, facts: &mut ItemFacts) -> Result<(), FactsError> {
                     (map.get("system"), map.get("code"))
                 {
                     facts.codes.push(Coding::new(system, code));
+                }
+                if let (Some(Value::String(system)), Some(Value::String(value))) =
+                    (map.get("system"), map.get("value"))
+                {
+                    if system == NHS_NUMBER_SYSTEM {
+                        facts.nhs_numbers.push(value.clone());
+                    }
                 }
                 if let Some(labels) = map.get("meta").and_then(|m| m.get("security")) {
                     facts.security.extend(codings_in_list(labels));

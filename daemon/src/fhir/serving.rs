@@ -2,7 +2,8 @@
 //! copy it as it is: an item without its narrative (SPEC §5 step 8: `text` can name what was
 //! withheld), and a Patient reduced to the demographics projection of SPEC §3.
 //!
-//! Removes: narrative of a resource and of its `contained` resources; of a Patient, everything
+//! Removes: narrative of a resource and of its `contained` resources; contained Patient
+//! resources and the references to them; of a Patient, everything
 //! but the projection's elements, and within those every extension (but the NHS number's
 //! verification status) and every reference into `contained`. Does not remove references that
 //! leave the Bundle: which those are depends on the request (see `api::bundle`).
@@ -34,23 +35,73 @@ pub fn serving_body(resource: &Value, received: String) -> String {
     if resource.get("resourceType").and_then(Value::as_str) == Some("Patient") {
         return patient_demographics(resource).to_string();
     }
-    let contained_narrative = resource
-        .get("contained")
-        .and_then(Value::as_array)
-        .is_some_and(|c| c.iter().any(|r| r.get("text").is_some()));
-    if resource.get("text").is_none() && !contained_narrative {
+    let contained = resource.get("contained").and_then(Value::as_array);
+    let contained_to_remove =
+        contained.is_some_and(|c| c.iter().any(|r| r.get("text").is_some() || is_patient(r)));
+    if resource.get("text").is_none() && !contained_to_remove {
         return received;
     }
     let mut resource = resource.clone();
     if let Some(map) = resource.as_object_mut() {
         map.remove("text");
+        let mut patients = Vec::new();
         if let Some(Value::Array(contained)) = map.get_mut("contained") {
+            // A contained Patient is some patient's demographics inside a clinical item: never
+            // served (the Bundle's own Patient is the projection); references to it go too.
+            contained.retain(|inner| {
+                if is_patient(inner) {
+                    patients.extend(
+                        inner
+                            .get("id")
+                            .and_then(Value::as_str)
+                            .map(|id| format!("#{id}")),
+                    );
+                }
+                !is_patient(inner)
+            });
             for inner in contained.iter_mut().filter_map(Value::as_object_mut) {
                 inner.remove("text");
             }
+            if contained.is_empty() {
+                map.remove("contained");
+            }
+        }
+        if !patients.is_empty() {
+            remove_references(&mut resource, &patients, 0);
         }
     }
     resource.to_string()
+}
+
+fn is_patient(resource: &Value) -> bool {
+    resource.get("resourceType").and_then(Value::as_str) == Some("Patient")
+}
+
+/// Removes every Reference (object with `reference`) naming one of `targets`. The JSON parser
+/// bounds nesting (128), so recursion is bounded too; `MAX_DEPTH * 8` is a second guard.
+fn remove_references(value: &mut Value, targets: &[String], depth: usize) {
+    if depth > MAX_DEPTH * 8 {
+        return;
+    }
+    let names = |v: &Value| {
+        v.get("reference")
+            .and_then(Value::as_str)
+            .is_some_and(|r| targets.iter().any(|t| t == r))
+    };
+    match value {
+        Value::Object(map) => {
+            map.retain(|_, v| !names(v));
+            map.values_mut()
+                .for_each(|v| remove_references(v, targets, depth + 1));
+        }
+        Value::Array(items) => {
+            items.retain(|v| !names(v));
+            items
+                .iter_mut()
+                .for_each(|v| remove_references(v, targets, depth + 1));
+        }
+        _ => {}
+    }
 }
 
 /// The demographics projection of a Patient (SPEC §3): `resourceType`, `id`, the NHS number
@@ -160,6 +211,21 @@ mod tests {
         let plain = r#"{"resourceType":"Condition","id":"c"}"#;
         let value: Value = serde_json::from_str(plain).unwrap();
         assert_eq!(serving_body(&value, plain.to_owned()), plain);
+    }
+
+    #[test]
+    fn contained_patients_and_references_to_them_go() {
+        let item = json!({"resourceType": "Observation", "id": "o",
+            "contained": [{"resourceType": "Patient", "id": "mum", "name": [{"family": "Other"}]},
+                {"resourceType": "Practitioner", "id": "gp"}],
+            "focus": [{"reference": "#mum", "display": "Mother"}],
+            "performer": [{"reference": "#gp"}]});
+        let body = serving_body(&item, item.to_string());
+        assert!(
+            !body.contains("Other") && !body.contains("Mother") && !body.contains("mum"),
+            "{body}"
+        );
+        assert!(body.contains("#gp"));
     }
 
     #[test]

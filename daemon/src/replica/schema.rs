@@ -119,3 +119,58 @@ fn rederive(tx: &Transaction<'_>) -> Result<(), ReplicaError> {
         after = last;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fhir::ItemFacts;
+
+    /// A replica of version 2 (facts in the old layout, bodies as received) upgrades to facts
+    /// over the whole item and bodies as served.
+    #[test]
+    fn version_2_rows_are_rederived() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        for migration in &MIGRATIONS[..2] {
+            if let Migration::Sql(sql) = migration {
+                conn.execute_batch(sql).unwrap();
+            }
+        }
+        conn.pragma_update(None, "user_version", 2).unwrap();
+        let patient = r#"{"resourceType":"Patient","id":"p","active":false,"text":{"div":"x"},
+            "identifier":[{"system":"https://fhir.nhs.uk/Id/nhs-number","value":"9434765919"}]}"#;
+        let item = r#"{"resourceType":"Condition","id":"c","subject":{"reference":"Patient/p"},
+            "text":{"div":"narrative"},"contained":[{"resourceType":"Observation","id":"o",
+            "meta":{"security":[{"system":"http://hl7.org/fhir/v3/Confidentiality","code":"R"}]}}]}"#;
+        for (kind, id, body) in [("Patient", "p", patient), ("Condition", "c", item)] {
+            conn.execute(
+                "INSERT INTO resource (type, id, patient_id, facts, body) VALUES (?1, ?2, 'p', x'00', ?3)",
+                params![kind, id, body],
+            )
+            .unwrap();
+        }
+        migrate(&mut conn).unwrap();
+        let read = |kind: &str| -> (ItemFacts, String) {
+            conn.query_row(
+                "SELECT facts, body FROM resource WHERE type = ?1",
+                [kind],
+                |row| {
+                    Ok((
+                        ItemFacts::decode(&row.get::<_, Vec<u8>>(0)?).unwrap(),
+                        row.get(1)?,
+                    ))
+                },
+            )
+            .unwrap()
+        };
+        let (facts, body) = read("Patient");
+        assert!(facts.ended);
+        assert!(!body.contains("active") && !body.contains("text"), "{body}");
+        let (facts, body) = read("Condition");
+        assert_eq!(facts.security[0].code, "R", "contained label read");
+        assert!(!body.contains("narrative"), "{body}");
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, CURRENT_VERSION);
+    }
+}
