@@ -40,10 +40,16 @@ fuzz_target!(|data: &[u8]| {
     check(&outer);
     if let Ok(inner) = extract_facts(&value) {
         for coding in &inner.codes {
-            assert!(outer.codes.contains(coding), "buried coding {coding:?} lost");
+            assert!(
+                outer.codes.contains(coding),
+                "buried coding {coding:?} lost"
+            );
         }
         for label in &inner.security {
-            assert!(outer.security.contains(label), "buried label {label:?} lost");
+            assert!(
+                outer.security.contains(label),
+                "buried label {label:?} lost"
+            );
         }
         for reference in &inner.references {
             assert!(
