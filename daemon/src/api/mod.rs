@@ -625,6 +625,15 @@ fn assemble(
             shared_bodies,
         } = &*record;
         let release = match decide(Some(agreement), access, Some(data), sensitive) {
+            // A patient answered as unknown (deceased, ended, restricted) is, in a search too.
+            Decision::Refused(r) if search && r.code == ErrorCode::PatientNotFound => {
+                return Ok(Assembled::Released {
+                    basis: Basis::Granted,
+                    sections: Vec::new(),
+                    alert: false,
+                    body: searchset(None, assembled_at).into_bytes(),
+                })
+            }
             Decision::Refused(r) => {
                 return Ok(Assembled::Refused {
                     code: r.code,
@@ -638,7 +647,8 @@ fn assemble(
                 basis: release.basis,
                 sections: Vec::new(),
                 alert: release.alert,
-                body: searchset(Some(&patient.body), assembled_at).into_bytes(),
+                body: searchset(Some((&patient.body, &patient.nhs_number)), assembled_at)
+                    .into_bytes(),
             });
         }
         // Released items with their sections (every released item has one).
@@ -689,6 +699,7 @@ fn assemble(
             .collect();
         let parts = bundle::RecordParts {
             patient_id: &patient.id,
+            patient_nhs_number: &patient.nhs_number,
             patient_body: &patient.body,
             practice_ods: &appliance.ods,
             practice_name: &appliance.name,
@@ -730,13 +741,20 @@ fn wanted_by_filters(facts: &ItemFacts, wanted: &parameters::RecordRequest) -> b
     }
 }
 
-fn searchset(patient: Option<&str>, assembled_at: &str) -> String {
-    let entries = match patient.and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok()) {
-        Some(mut patient) => {
+/// `patient`: the stored body and the NHS number.
+fn searchset(patient: Option<(&str, &str)>, assembled_at: &str) -> String {
+    let parsed = patient.and_then(|(body, nhs_number)| {
+        Some((
+            serde_json::from_str::<serde_json::Value>(body).ok()?,
+            nhs_number,
+        ))
+    });
+    let entries = match parsed {
+        Some((mut patient, nhs_number)) => {
             let id = patient["id"].as_str().unwrap_or_default().to_owned();
             bundle::strip_outside_references(
                 &mut patient,
-                &bundle::Included::new(1, [("Patient", id.as_str())]),
+                &bundle::Included::new(1, [("Patient", id.as_str())]).for_patient(nhs_number),
             );
             let full_url = format!("Patient/{id}");
             vec![
