@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::policy::Agreement;
 
 pub(crate) use pki::unix_seconds;
-pub use pki::{cert_identity, CertIdentity, CrlInfo};
+pub use pki::{cert_identity, cert_not_after, CertIdentity, CrlInfo};
 pub(crate) use store::check_appliance_chain;
 pub use store::{
     add_partner, add_trust_ca, add_upstream, install_appliance_chain, install_crl, list_partners,

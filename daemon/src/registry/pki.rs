@@ -202,3 +202,9 @@ pub(crate) fn check_in_date(
 pub(crate) fn issued_by(child: &X509Certificate<'_>, issuer: &X509Certificate<'_>) -> bool {
     child.issuer() == issuer.subject() && child.verify_signature(Some(issuer.public_key())).is_ok()
 }
+
+/// The notAfter of a DER certificate, Unix seconds; `None` if it does not parse.
+pub fn cert_not_after(der: &[u8]) -> Option<i64> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}

@@ -2,13 +2,15 @@
 //! upstreams) and the `Reloader` that rebuilds one from the state directory and swaps it in.
 //!
 //! A reload is all or nothing: a broken file anywhere rejects the new snapshot (logged naming
-//! the file) and the old one keeps serving. Open connections keep the configuration they
-//! started with; new connections get the new one.
+//! the file) and the old one keeps serving. New connections get the new configuration; open
+//! connections are re-checked against it at their next request (the listener compares the
+//! generation and re-runs the snapshot's client verifier on the peer's chain).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use rustls::server::danger::ClientCertVerifier;
 use rustls::ServerConfig;
 use tokio::sync::watch;
 
@@ -25,6 +27,9 @@ pub struct Snapshot {
     pub partner_tls: Arc<ServerConfig>,
     /// Server configuration for the upstream (clinical system) listener.
     pub upstream_tls: Arc<ServerConfig>,
+    /// The client verifiers inside those configurations, to re-check open connections.
+    pub partner_verifier: Arc<dyn ClientCertVerifier>,
+    pub upstream_verifier: Arc<dyn ClientCertVerifier>,
     pub partners: Arc<PartnerRegistry>,
     pub upstreams: Arc<UpstreamRegistry>,
     /// Installed CRLs (file, summary), for status and `migctl check`.
@@ -65,22 +70,30 @@ pub fn build_snapshot(
 
     let same_certs = previous.filter(|p| p.fingerprint.certificates == fingerprint.certificates);
     let key = certified_key(&files.chain, signer.clone(), now)?;
-    let partner_tls = match same_certs {
-        Some(previous) => previous.partner_tls.clone(),
+    let (partner_tls, partner_verifier) = match same_certs {
+        Some(previous) => (
+            previous.partner_tls.clone(),
+            previous.partner_verifier.clone(),
+        ),
         None => {
             let trust: Vec<_> = files.trust.iter().map(|(_, c)| c.clone()).collect();
             let crl_ders: Vec<_> = files.crls.iter().map(|(_, d, _)| d.clone()).collect();
             partner_server_config(key.clone(), &trust, crl_ders, settings)?
         }
     };
-    let upstream_tls = match same_certs.filter(|p| p.fingerprint.upstreams == fingerprint.upstreams)
-    {
-        Some(previous) => previous.upstream_tls.clone(),
-        None => upstream_server_config(key, files.upstreams.pins().copied(), settings)?,
-    };
+    let (upstream_tls, upstream_verifier) =
+        match same_certs.filter(|p| p.fingerprint.upstreams == fingerprint.upstreams) {
+            Some(previous) => (
+                previous.upstream_tls.clone(),
+                previous.upstream_verifier.clone(),
+            ),
+            None => upstream_server_config(key, files.upstreams.pins().copied(), settings)?,
+        };
     Ok(Snapshot {
         partner_tls,
         upstream_tls,
+        partner_verifier,
+        upstream_verifier,
         partners: Arc::new(files.partners),
         upstreams: Arc::new(files.upstreams),
         crls,
