@@ -430,7 +430,9 @@ async fn connection(
             }
             allowed
         });
-        with_full_handshake_gate(gate, start.into_stream(config))
+        // `into_stream` processes the ClientHello (and signs) as it is called, so it must be
+        // called inside the gate's scope, not evaluated as its argument.
+        with_full_handshake_gate(gate, async move { start.into_stream(config).await })
             .await
             .map(|tls| (tls, generation))
     };
