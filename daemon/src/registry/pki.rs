@@ -20,9 +20,11 @@ pub struct CertIdentity {
     pub cert_sha256: [u8; 32],
     /// SHA-256 of its DER SubjectPublicKeyInfo (what partners are pinned by).
     pub spki_sha256: [u8; 32],
-    /// Subject DN, RDNs in certificate order, e.g. `C=GB, O=Ambulance Trust, CN=ePCR`.
+    /// Subject DN, RDNs in certificate order, e.g. `C=GB, O=Ambulance Trust, CN=ePCR`. For
+    /// display and logs only: never compared to identify anyone (it is not an unambiguous
+    /// encoding of the name).
     pub subject: String,
-    /// Issuer DN in the same form.
+    /// Issuer DN in the same form, for display only.
     pub issuer: String,
     /// End of the certificate's validity, Unix seconds.
     pub not_after: i64,
