@@ -467,7 +467,16 @@ async fn connection(
         Some(b"h2") => Protocol::Http2,
         _ => Protocol::Http1,
     };
-    let now = unix_now();
+    // A resumed session skipped certificate verification and its ticket may be hours old: its
+    // first request verifies the chain again. A snapshot that changed during the handshake is
+    // caught by the generation. Either way the refusal is a 403 at the first request (audited),
+    // not a silent close.
+    let resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    let reverify_at = if resumed {
+        0
+    } else {
+        unix_now().saturating_add(REVERIFY_EVERY)
+    };
     let client = Arc::new(Client {
         identity,
         chain,
@@ -475,18 +484,10 @@ async fn connection(
         remote,
         protocol,
         verified_generation: AtomicU64::new(generation),
-        reverify_at: AtomicI64::new(now.saturating_add(REVERIFY_EVERY)),
+        reverify_at: AtomicI64::new(reverify_at),
         close: Notify::new(),
     });
-    // A resumed session skips certificate verification and its ticket may be hours old, so the
-    // chain is checked against the current snapshot now, as it will be at every request.
-    let snapshot = shared.source.current();
-    if let Err(reason) = client.still_valid(&snapshot, shared.source.role, now) {
-        tracing::info!(%remote, %reason, "client certificate refused after the handshake; closing");
-        return;
-    }
-    let key = ClientKey::of(&client.peer(&snapshot, shared.source.role));
-    drop(snapshot);
+    let key = ClientKey::of(&client.peer(&shared.source.current(), shared.source.role));
     let Some(_partner_slot) = shared
         .per_partner
         .enter(key, limits.max_connections_per_partner)
