@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 use crate::admin::commands::AdminService;
 use crate::admin::transport::AdminListener;
 use crate::api::upstream::Upstream;
-use crate::api::{Api, Appliance, Caller};
+use crate::api::{Api, Appliance};
 use crate::audit::{AuditLog, AuditOptions};
 use crate::config::Config;
 use crate::keys::{derive, AUDIT_KEY_PURPOSE, REPLICA_KEY_PURPOSE};
@@ -134,24 +134,14 @@ fn listener_limits(config: &Config) -> ListenerLimits {
         max_header_bytes: limits.max_header_bytes,
         max_body_bytes: limits.max_body_bytes,
         per_partner_concurrency: limits.per_partner_concurrency,
+        client_hello_timeout: limits.client_hello_timeout,
+        max_connections_per_source: limits.max_connections_per_source,
+        max_connections_per_partner: limits.max_connections_per_partner,
+        handshake_rate_per_source: limits.handshake_rate_per_source,
+        handshake_burst_per_source: limits.handshake_burst_per_source,
+        max_connection_age: limits.max_connection_age,
         shutdown_grace: config.service.shutdown_grace,
         ..ListenerLimits::default()
-    }
-}
-
-struct PartnerHandler {
-    api: Api,
-}
-
-impl Handler for PartnerHandler {
-    fn handle(&self, peer: Peer, request: Request<Bytes>) -> HandlerFuture<'_> {
-        Box::pin(async move {
-            let caller = Caller {
-                agreement: peer.partner.as_ref().map(|p| Arc::new(p.agreement.clone())),
-                certificate_sha256: hex::encode(peer.leaf_cert_sha256),
-            };
-            self.api.handle(&caller, request).await
-        })
     }
 }
 
@@ -288,7 +278,7 @@ async fn serve(
         partner_tcp,
         SnapshotSource::new(reloader.subscribe(), Role::Partner),
         limits.clone(),
-        Arc::new(PartnerHandler { api }),
+        Arc::new(api),
         shutdown.clone(),
     )];
     if let Some(upstream) = &config.upstream {

@@ -897,13 +897,24 @@ async fn unknown_routes_and_methods_are_refused() {
     )
     .await;
     assert_eq!(status, 404);
-    let (status, _, _) = send(
+    let refused = last_event(&h);
+    assert!(!refused.permitted);
+    assert_eq!(
+        refused.http_refusal,
+        Some(mig::api::outcome::HttpRefusal::UnknownRoute)
+    );
+    let (status, body, _) = send(
         &h,
         &ambulance(),
         Request::delete("/fhir/Patient").body(Bytes::new()).unwrap(),
     )
     .await;
     assert_eq!(status, 405);
+    assert_eq!(error_code(&body), "NOT_IMPLEMENTED");
+    assert_eq!(
+        last_event(&h).http_refusal,
+        Some(mig::api::outcome::HttpRefusal::MethodNotAllowed)
+    );
     let (status, _, response) = send(
         &h,
         &ambulance(),

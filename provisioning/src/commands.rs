@@ -468,9 +468,6 @@ fn describe_partner(partner: &Partner) -> String {
     let sections: Vec<_> = a.sections.iter().map(|s| s.name()).collect();
     let identity = match &partner.identity {
         CertificateMatch::SpkiSha256(pin) => format!("spki-sha256 {}", hex::encode(pin)),
-        CertificateMatch::SubjectIssuer { subject, issuer } => {
-            format!("subject {subject:?} issuer {issuer:?}")
-        }
     };
     format!(
         "{}\t{}\t{}\tsections={}\troles={}\toverride-roles={}\texpires={}\t{}",

@@ -8,6 +8,7 @@
 pub mod audit_sink;
 pub mod bundle;
 pub mod capability;
+mod edge;
 pub mod headers;
 pub mod html;
 pub mod jwt;
@@ -73,6 +74,8 @@ pub struct AccessEvent {
     pub override_justification: Option<String>,
     pub permitted: bool,
     pub error_code: Option<ErrorCode>,
+    /// A refusal at the HTTP layer (its Spine code goes to the audit when `error_code` is None).
+    pub http_refusal: Option<outcome::HttpRefusal>,
     /// Why it was refused, in plain words; never sent to the partner.
     pub refusal_reason: Option<String>,
     pub sections: Vec<Section>,
@@ -199,23 +202,16 @@ impl Api {
     pub async fn handle(&self, caller: &Caller, request: Request<Bytes>) -> Response<Bytes> {
         let path = request.uri().path();
         let method = request.method().clone();
-        if path == "/healthz" {
-            return self.healthz(&method);
+        if path == "/healthz" && method == Method::GET {
+            return self.healthz();
         }
-        let interaction = match (method.clone(), path) {
-            (Method::GET, "/fhir/metadata") => METADATA_INTERACTION,
-            (Method::POST, "/fhir/Patient/$gpc.getstructuredrecord") => {
-                STRUCTURED_RECORD_INTERACTION
+        let interaction = match route(&method, path) {
+            Ok(interaction) => interaction,
+            Err(refusal) => {
+                let (parts, _) = request.into_parts();
+                let head = Request::from_parts(parts, ());
+                return self.refuse_http(caller, Some(&head), refusal).await;
             }
-            (Method::GET, "/fhir/Patient") => PATIENT_SEARCH_INTERACTION,
-            (_, "/fhir/metadata" | "/fhir/Patient/$gpc.getstructuredrecord" | "/fhir/Patient") => {
-                return plain_outcome(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "not-supported",
-                    "Method not allowed.",
-                );
-            }
-            _ => return plain_outcome(StatusCode::NOT_FOUND, "not-found", "No such endpoint."),
         };
         let now = now_unix();
         let trace_id = headers::trace_id(request.headers());
@@ -277,14 +273,50 @@ impl Api {
         fhir_response(status, body, trace_id.as_deref())
     }
 
-    fn healthz(&self, method: &Method) -> Response<Bytes> {
-        if method != Method::GET {
+    /// Answers a refusal at the HTTP layer (unknown route or method, a listener limit, a
+    /// certificate withdrawn on an open connection) after auditing it like any other request;
+    /// 503 if the audit cannot be written.
+    pub async fn refuse_http(
+        &self,
+        caller: &Caller,
+        request: Option<&Request<()>>,
+        refusal: outcome::HttpRefusal,
+    ) -> Response<Bytes> {
+        let trace_id = request.and_then(|r| headers::trace_id(r.headers()));
+        let interaction = match request {
+            Some(r) => route(r.method(), r.uri().path())
+                .map(str::to_owned)
+                .unwrap_or_else(|_| printable_request_line(r)),
+            None => String::new(),
+        };
+        let event = AccessEvent {
+            time: rfc3339(now_unix()),
+            interaction,
+            trace_id: trace_id.clone(),
+            partner_ods: caller.agreement.as_ref().map(|a| a.ods.clone()),
+            certificate_sha256: caller.certificate_sha256.clone(),
+            error_code: (refusal == outcome::HttpRefusal::CertificateWithdrawn)
+                .then_some(ErrorCode::AccessDenied),
+            http_refusal: Some(refusal),
+            refusal_reason: Some(format!("refused at the HTTP layer: {refusal:?}")),
+            ..AccessEvent::default()
+        };
+        if self.audit.record(event).await.is_err() {
+            tracing::error!("audit unavailable: refusing a partner request with 503");
             return plain_outcome(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "not-supported",
-                "Method not allowed.",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "transient",
+                "The service is temporarily unavailable.",
             );
         }
+        fhir_response(
+            StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::BAD_REQUEST),
+            Bytes::from(refusal.outcome().to_string()),
+            trace_id.as_deref(),
+        )
+    }
+
+    fn healthz(&self) -> Response<Bytes> {
         let (status, body) = match (self.health)() {
             Ok(()) => (StatusCode::OK, "ok".to_owned()),
             Err(why) => (
@@ -457,6 +489,41 @@ impl Api {
             }
         }
     }
+}
+
+/// The interaction a method and path name, or why there is none.
+fn route(method: &Method, path: &str) -> Result<&'static str, outcome::HttpRefusal> {
+    match (method, path) {
+        (&Method::GET, "/fhir/metadata") => Ok(METADATA_INTERACTION),
+        (&Method::POST, "/fhir/Patient/$gpc.getstructuredrecord") => {
+            Ok(STRUCTURED_RECORD_INTERACTION)
+        }
+        (&Method::GET, "/fhir/Patient") => Ok(PATIENT_SEARCH_INTERACTION),
+        (
+            _,
+            "/fhir/metadata"
+            | "/fhir/Patient/$gpc.getstructuredrecord"
+            | "/fhir/Patient"
+            | "/healthz",
+        ) => Err(outcome::HttpRefusal::MethodNotAllowed),
+        _ => Err(outcome::HttpRefusal::UnknownRoute),
+    }
+}
+
+/// `METHOD /path` of a request no route names, for the audit: printable ASCII only (anything
+/// else as `?`) and at most 128 characters, so it cannot forge output where it is printed.
+fn printable_request_line(request: &Request<()>) -> String {
+    format!("{} {}", request.method(), request.uri().path())
+        .chars()
+        .take(128)
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
 }
 
 fn permission(claims: &jwt::Claims) -> Option<Permission> {

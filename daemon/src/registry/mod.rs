@@ -29,7 +29,7 @@ use crate::policy::Agreement;
 
 pub use load::{fingerprint, load, problems_for_check, FileStamp, Fingerprint};
 pub(crate) use pki::unix_seconds;
-pub use pki::{cert_identity, CertIdentity, CrlInfo};
+pub use pki::{cert_identity, cert_not_after, CertIdentity, CrlInfo};
 pub(crate) use store::check_appliance_chain;
 pub use store::{
     add_partner, add_trust_ca, add_upstream, install_appliance_chain, install_crl, list_partners,
@@ -96,15 +96,17 @@ impl RegistryError {
     }
 }
 
-/// How a partner's client certificate is recognised (SPEC §5 step 1).
+/// How a partner's client certificate is recognised (SPEC §5 step 1): by the SHA-256 of its
+/// DER SubjectPublicKeyInfo (survives re-issue with the same key).
+///
+/// Matching by subject and issuer names is deliberately not offered: names compared as text
+/// are ambiguous (RFC 4514 escaping of `,` and `+`) and, unless tied to the CA that verified
+/// the chain, any other trusted CA can issue a certificate with the same names. A partner file
+/// with `subject_issuer` is refused at load, naming the file.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum CertificateMatch {
-    /// SHA-256 of the certificate's DER SubjectPublicKeyInfo (survives re-issue with the same key).
     SpkiSha256(#[serde(with = "hex32")] [u8; 32]),
-    /// Subject and issuer distinguished names, as `CertIdentity` prints them
-    /// (RDNs in certificate order, `CN=…, O=…`); survives re-keying by the same CA.
-    SubjectIssuer { subject: String, issuer: String },
 }
 
 /// A registered partner: its data sharing agreement and the certificate it connects with.
@@ -249,7 +251,6 @@ impl Upstream {
 pub struct PartnerRegistry {
     partners: Vec<Arc<Partner>>,
     by_spki: HashMap<[u8; 32], Arc<Partner>>,
-    by_names: HashMap<(String, String), Arc<Partner>>,
 }
 
 impl PartnerRegistry {
@@ -342,26 +343,15 @@ impl PartnerRegistry {
                 CertificateMatch::SpkiSha256(hash) => {
                     registry.by_spki.insert(*hash, partner.clone());
                 }
-                CertificateMatch::SubjectIssuer { subject, issuer } => {
-                    registry
-                        .by_names
-                        .insert((subject.clone(), issuer.clone()), partner.clone());
-                }
             }
             registry.partners.push(partner);
         }
         (registry, conflicts)
     }
 
-    /// The partner a (handshake-verified) client certificate belongs to; the key hash wins over
-    /// the names.
+    /// The partner a (handshake-verified) client certificate belongs to, by its key.
     pub fn identify(&self, cert: &CertIdentity) -> Option<Arc<Partner>> {
-        if let Some(partner) = self.by_spki.get(&cert.spki_sha256) {
-            return Some(partner.clone());
-        }
-        self.by_names
-            .get(&(cert.subject.clone(), cert.issuer.clone()))
-            .cloned()
+        self.by_spki.get(&cert.spki_sha256).cloned()
     }
 
     /// Every registered partner, in ODS order.

@@ -97,15 +97,20 @@ fn partners_round_trip_through_their_files() {
 }
 
 #[test]
-fn subject_issuer_match_round_trips() {
+fn partner_matched_by_subject_and_issuer_names_is_refused_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    let mut partner = sample_partner("RX6", 1);
-    partner.identity = CertificateMatch::SubjectIssuer {
-        subject: "CN=ePCR, O=East Ambulance".into(),
-        issuer: "CN=NHS Partner CA".into(),
-    };
-    add_partner(dir.path(), &partner).unwrap();
-    assert_eq!(list_partners(dir.path()).unwrap(), [partner]);
+    let partners = dir.path().join(PARTNERS_DIR);
+    std::fs::create_dir_all(&partners).unwrap();
+    let mut text = toml::to_string(&sample_partner("RX6", 1)).unwrap();
+    let at = text.find("[identity]").unwrap();
+    text.truncate(at);
+    text.push_str("[identity.subject_issuer]\nsubject = \"CN=ePCR, O=East Ambulance\"\nissuer = \"CN=NHS Partner CA\"\n");
+    std::fs::write(partners.join("RX6.toml"), text).unwrap();
+    let err = load(dir.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("RX6.toml") && err.contains("subject_issuer"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -3,13 +3,16 @@
 //!
 //! Each store file applies on its own (see `registry::load`): a broken or unreadable one is
 //! skipped, logged and kept in `Snapshot::problems` (for `/healthz`, the watchdog status and
-//! `migctl check`) while every other change applies. Open connections keep the configuration
-//! they started with; new connections get the new one.
+//! `migctl check`) while every other change applies. New connections get the new
+//! configuration; open connections are re-checked against it at their next request (the
+//! listener compares the generation and re-runs the snapshot's client verifier on the peer's
+//! chain).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use rustls::server::danger::ClientCertVerifier;
 use rustls::ServerConfig;
 use tokio::sync::watch;
 
@@ -28,6 +31,9 @@ pub struct Snapshot {
     pub partner_tls: Arc<ServerConfig>,
     /// Server configuration for the upstream (clinical system) listener.
     pub upstream_tls: Arc<ServerConfig>,
+    /// The client verifiers inside those configurations, to re-check open connections.
+    pub partner_verifier: Arc<dyn ClientCertVerifier>,
+    pub upstream_verifier: Arc<dyn ClientCertVerifier>,
     pub partners: Arc<PartnerRegistry>,
     pub upstreams: Arc<UpstreamRegistry>,
     /// Installed CRLs (file, summary), for status and `migctl check`.
@@ -95,22 +101,30 @@ pub fn build_snapshot(
         },
     };
     let same_certs = previous.filter(|p| p.fingerprint.certificates == fingerprint.certificates);
-    let partner_tls = match same_certs {
-        Some(previous) => previous.partner_tls.clone(),
+    let (partner_tls, partner_verifier) = match same_certs {
+        Some(previous) => (
+            previous.partner_tls.clone(),
+            previous.partner_verifier.clone(),
+        ),
         None => {
             let trust: Vec<_> = files.trust.iter().map(|(_, c)| c.clone()).collect();
             let crl_ders: Vec<_> = files.crls.iter().map(|(_, d, _)| d.clone()).collect();
             partner_server_config(key.clone(), &trust, crl_ders, settings)?
         }
     };
-    let upstream_tls = match same_certs.filter(|p| p.fingerprint.upstreams == fingerprint.upstreams)
-    {
-        Some(previous) => previous.upstream_tls.clone(),
-        None => upstream_server_config(key, files.upstreams.pins().copied(), settings)?,
-    };
+    let (upstream_tls, upstream_verifier) =
+        match same_certs.filter(|p| p.fingerprint.upstreams == fingerprint.upstreams) {
+            Some(previous) => (
+                previous.upstream_tls.clone(),
+                previous.upstream_verifier.clone(),
+            ),
+            None => upstream_server_config(key, files.upstreams.pins().copied(), settings)?,
+        };
     Ok(Snapshot {
         partner_tls,
         upstream_tls,
+        partner_verifier,
+        upstream_verifier,
         partners: Arc::new(files.partners),
         upstreams: Arc::new(files.upstreams),
         crls,
