@@ -215,11 +215,6 @@ pub fn parse(body: &[u8], now: i64) -> Result<RecordRequest, ParametersError> {
     }
     request.nhs_number = nhs_number
         .ok_or_else(|| ParametersError::Parameter("patientNHSNumber is missing".into()))?;
-    if request.sections.is_empty() {
-        return parameter_error(
-            "no clinical area requested (no include parameter implemented here)",
-        );
-    }
     for (parameter, forbidden) in FORBIDDEN_WITH {
         if !top_level.contains(parameter) {
             continue;
@@ -508,6 +503,16 @@ mod tests {
             ["includeDiaryEntries", "includeImmunisations.includeStatus"]
         );
         assert!(request.include_prescription_issues, "default true");
+
+        // The assurance suite's "one parameter, no clinical information": the patient alone.
+        let alone = parse(&body(json!([nhs("9434765919")])), NOW).unwrap();
+        assert!(alone.sections.is_empty() && alone.not_implemented.is_empty());
+        let unsupported_only = parse(
+            &body(json!([nhs("9434765919"), {"name": "includeDiaryEntries"}])),
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(unsupported_only.not_implemented, ["includeDiaryEntries"]);
     }
 
     #[test]
@@ -545,14 +550,6 @@ mod tests {
             (
                 body(json!([{"name": "includeProblems"}])),
                 |e| matches!(e, Parameter(r) if r.contains("patientNHSNumber is missing")),
-            ),
-            (
-                body(json!([nhs("9434765919")])),
-                |e| matches!(e, Parameter(r) if r.contains("no clinical area")),
-            ),
-            (
-                body(json!([nhs("9434765919"), {"name": "includeDiaryEntries"}])),
-                |e| matches!(e, Parameter(r) if r.contains("no clinical area")),
             ),
             (
                 with(json!({"name": "includeEverything"})),
