@@ -107,15 +107,15 @@ impl Preferences {
 /// `patient-privacy` or that has no `dateTime`; a `core` or `core-and-additional` Consent whose
 /// `provision.type` is `deny` (a dissent may say `deny`: that is what it means).
 pub fn check_consent(consent: &ConsentFacts, provision_type: Option<&str>) -> Result<(), String> {
-    for coding in &consent.categories {
-        if coding.system == SHARING_PREFERENCE_SYSTEM {
-            if SharingPreference::from_name(&coding.code).is_none() {
-                return Err(format!(
-                    "category code {:?} in {SHARING_PREFERENCE_SYSTEM} is not dissent, core or core-and-additional",
-                    coding.code
-                ));
-            }
-        }
+    let unlisted = consent.categories.iter().find(|coding| {
+        coding.system == SHARING_PREFERENCE_SYSTEM
+            && SharingPreference::from_name(&coding.code).is_none()
+    });
+    if let Some(coding) = unlisted {
+        return Err(format!(
+            "category code {:?} in {SHARING_PREFERENCE_SYSTEM} is not dissent, core or core-and-additional",
+            coding.code
+        ));
     }
     let Some(tier) = tier_of(consent) else {
         return Ok(());
@@ -173,7 +173,8 @@ pub fn preferences(consents: &[ConsentFacts], now: i64) -> Preferences {
 
     // Per ODS code (upper-cased), the newest standing consents; a tie keeps the one that does
     // not stand.
-    let mut by_ods: BTreeMap<String, Vec<(Option<i64>, (bool, &ConsentFacts))>> = BTreeMap::new();
+    type Dated<'c> = (Option<i64>, (bool, &'c ConsentFacts));
+    let mut by_ods: BTreeMap<String, Vec<Dated<'_>>> = BTreeMap::new();
     for consent in consents.iter().filter(|c| {
         c.active
             && c.categories
@@ -194,7 +195,7 @@ pub fn preferences(consents: &[ConsentFacts], now: i64) -> Preferences {
             let (stands, consent) = newest_in_force(candidates, now)
                 .into_iter()
                 .min_by_key(|(stands, c)| (*stands, c.period_end, c.period_start))?;
-            stands.then(|| StandingConsent {
+            stands.then_some(StandingConsent {
                 ods,
                 start: consent.period_start,
                 end: consent.period_end,
