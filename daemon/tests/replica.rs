@@ -24,6 +24,9 @@ fn item(resource_type: &str, id: &str, patient_id: &str) -> Value {
     let mut value = json!({"resourceType": resource_type, "id": id,
         "code": {"coding": [{"system": "http://snomed.info/sct", "code": "22298006"}]}});
     value[field] = json!({"reference": format!("Patient/{patient_id}")});
+    if resource_type == "Consent" {
+        value["status"] = json!("active");
+    }
     value
 }
 
@@ -674,6 +677,9 @@ fn a_consent_that_cannot_be_read_one_way_is_rejected_naming_its_line() {
         (consent(MIG, "core-and-additional", &deny), "line 2: Consent/pref: a core-and-additional Consent with provision.type deny is ambiguous"),
         (consent(SCT, "417528008", &deny), "line 2: Consent/pref: a core Consent with provision.type deny is ambiguous"),
         (consent(MIG, "dissent", &other_scope), "line 2: Consent/pref: a sharing-preference Consent needs scope patient-privacy"),
+        (consent(MIG, "dissent", &|c| c["status"] = json!("Active")), r#"line 2: Consent/pref: status "Active" is not a FHIR Consent status"#),
+        (consent(SCT, "416409005", &|c| c["category"][0]["coding"][0]["code"] = json!(416409005)), "line 2: Consent/pref: a category coding has no string system and code"),
+        (consent(SCT, "827241000000103", &|c| { c["category"][0]["coding"][0].as_object_mut().unwrap().remove("system"); }), "line 2: Consent/pref: a category coding has no string system and code"),
     ];
     for (bad, expected) in cases {
         let input = ndjson(&[item("Condition", "c1", "p1"), bad]);

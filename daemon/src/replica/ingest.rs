@@ -367,7 +367,8 @@ fn prepare(resource: &Value, body: String) -> Result<Prepared, String> {
     let facts = extract_facts(resource).map_err(|e| e.0)?;
     if let Some(consent) = &facts.consent {
         let provision_type = resource.pointer("/provision/type").and_then(Value::as_str);
-        check_consent(consent, provision_type)
+        check_consent_text(resource)
+            .and_then(|()| check_consent(consent, provision_type))
             .map_err(|reason| format!("{}: {reason}", facts.reference()))?;
     }
     let stored_facts = facts.encode().map_err(|e| e.0)?;
@@ -376,6 +377,42 @@ fn prepare(resource: &Value, body: String) -> Result<Prepared, String> {
         stored_facts,
         body,
     })
+}
+
+/// FHIR R4 `Consent.status` codes.
+const CONSENT_STATUSES: &[&str] = &[
+    "draft",
+    "proposed",
+    "active",
+    "rejected",
+    "inactive",
+    "entered-in-error",
+];
+
+/// Refuses what the facts would read as absent: a status that is not a FHIR code (`"Active"`
+/// would make a dissent or a withdrawal silently inactive) and a category coding without a
+/// string system and code (a dissent or Type 1 opt-out coded as a number would be unseen).
+fn check_consent_text(resource: &Value) -> Result<(), String> {
+    match resource.get("status").and_then(Value::as_str) {
+        Some(status) if CONSENT_STATUSES.contains(&status) => {}
+        Some(status) => return Err(format!("status {status:?} is not a FHIR Consent status")),
+        None => return Err("status is missing or not a string".into()),
+    }
+    let codings = resource
+        .get("category")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|concept| concept.get("coding")?.as_array())
+        .flatten();
+    for coding in codings {
+        if !(coding.get("system").is_some_and(Value::is_string)
+            && coding.get("code").is_some_and(Value::is_string))
+        {
+            return Err("a category coding has no string system and code".into());
+        }
+    }
+    Ok(())
 }
 
 fn upsert(tx: &Transaction<'_>, resource: &Value, body: &str) -> Result<(), Problem> {
