@@ -16,7 +16,11 @@ use serde_json::{Map, Number, Value};
 
 /// Parses JSON text, refusing a repeated key in any object.
 pub fn from_str(text: &str) -> Result<Value, serde_json::Error> {
-    from_slice(text.as_bytes())
+    // Not `from_slice`: text already known to be UTF-8 is not checked again.
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let value = Strict { role: Role::Plain }.deserialize(&mut deserializer)?;
+    deserializer.end()?;
+    Ok(value)
 }
 
 /// Parses JSON bytes, refusing a repeated key in any object.
