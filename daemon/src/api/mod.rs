@@ -177,13 +177,17 @@ fn html_response(body: Bytes, trace_id: Option<&str>) -> Response<Bytes> {
     response
 }
 
+/// A refusal whose `diagnostics` is `reason`: it names the header, claim or parameter at fault
+/// (or the rule that refused), and never holds record data.
 fn refusal(code: ErrorCode, reason: impl Into<String>, mut event: AccessEvent) -> Outcome {
+    let reason = reason.into();
     event.permitted = false;
     event.error_code = Some(code);
-    event.refusal_reason = Some(reason.into());
+    let body = outcome::operation_outcome_saying(code, &reason).to_string();
+    event.refusal_reason = Some(reason);
     Outcome {
         status: StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::FORBIDDEN),
-        body: Bytes::from(outcome::operation_outcome(code).to_string()),
+        body: Bytes::from(body),
         event,
     }
 }
@@ -480,7 +484,14 @@ impl Api {
             }
         };
         match assembled {
-            Assembled::Refused { code, reason } => refusal(code, reason, event),
+            Assembled::Refused { code, reason } => {
+                let mut outcome = refusal(code, reason, event);
+                if let Some(fixed) = patient_diagnostics(code) {
+                    outcome.body =
+                        Bytes::from(outcome::operation_outcome_saying(code, fixed).to_string());
+                }
+                outcome
+            }
             Assembled::Released {
                 basis,
                 sections,
@@ -542,6 +553,20 @@ fn printable_request_line(request: &Request<()>) -> String {
             }
         })
         .collect()
+}
+
+/// The partner's words for a refusal about the patient: fixed, so that a deceased, ended or
+/// restricted record reads exactly as an unknown one, and a dissent is not told apart from a
+/// missing permission. Other refusals name their header, claim, parameter or agreement rule.
+fn patient_diagnostics(code: ErrorCode) -> Option<&'static str> {
+    match code {
+        ErrorCode::PatientNotFound => Some("No patient with that NHS number is registered here."),
+        ErrorCode::NoPatientConsent => Some(
+            "The patient has not consented to this record being shared with this organisation \
+             (permission_to_view absent and no standing consent, or the patient has dissented).",
+        ),
+        _ => None,
+    }
 }
 
 fn permission(claims: &jwt::Claims) -> Option<Permission> {

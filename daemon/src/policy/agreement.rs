@@ -44,6 +44,9 @@ impl PartnerType {
     }
 }
 
+/// The job role of a request whose token names none.
+pub const UNKNOWN_JOB_ROLE: &str = "UNK";
+
 /// A set of SDS job role codes, or every role (`'*'`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -57,10 +60,12 @@ impl RoleSet {
         RoleSet::Only(BTreeSet::new())
     }
 
+    /// Whether `role` is in the set. `UNK` (no job role in the token) is in `Any` only: a
+    /// listed set names roles, and "unknown" is not one (SPEC §3).
     pub fn contains(&self, role: &str) -> bool {
         match self {
             RoleSet::Any => true,
-            RoleSet::Only(roles) => roles.contains(role),
+            RoleSet::Only(roles) => role != UNKNOWN_JOB_ROLE && roles.contains(role),
         }
     }
 }

@@ -266,6 +266,32 @@ fn job_role_outside_agreement_is_access_denied() {
 }
 
 #[test]
+fn no_job_role_is_admitted_only_by_an_any_role_agreement() {
+    let mut request = granted();
+    request.job_role = UNKNOWN_JOB_ROLE.into();
+    let mut listing_unk = agreement();
+    listing_unk.roles = roles(&[PARAMEDIC, UNKNOWN_JOB_ROLE]);
+    assert_eq!(
+        refusal(&decide(
+            Some(&listing_unk),
+            &request,
+            Some(&open_patient(vec![])),
+            &sensitive()
+        )),
+        ErrorCode::AccessDenied,
+        "UNK is not a role a list can name"
+    );
+    let mut any = agreement();
+    any.roles = RoleSet::Any;
+    release(decide(
+        Some(&any),
+        &request,
+        Some(&open_patient(vec![])),
+        &sensitive(),
+    ));
+}
+
+#[test]
 fn any_role_agreement_accepts_every_role() {
     let mut agreement = agreement();
     agreement.roles = RoleSet::Any;
