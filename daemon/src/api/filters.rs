@@ -49,7 +49,7 @@ pub fn apply<'a, K: Copy>(
             .filter(|(_, (k, e))| is_consultation(section_of(*k), e))
             .map(|(i, (_, e))| (i, e.facts.date.unwrap_or(i64::MIN)))
             .collect();
-        consultations.sort_by(|a, b| b.1.cmp(&a.1));
+        consultations.sort_by_key(|c| std::cmp::Reverse(c.1));
         let dropped: BTreeSet<usize> = consultations.iter().skip(n).map(|(i, _)| *i).collect();
         let mut index = 0;
         kept.retain(|_| {
@@ -231,7 +231,7 @@ fn problem_admitted(entry: &Entry<'_>, wanted: &RecordRequest) -> bool {
         None
     };
     filters.iter().any(|f| {
-        f.status.as_deref().map_or(true, |s| status == Some(s))
+        f.status.as_deref().is_none_or(|s| status == Some(s))
             && match (f.significance.as_deref(), significance.as_deref()) {
                 (Some(wanted), Some(recorded)) => wanted == recorded,
                 _ => true,

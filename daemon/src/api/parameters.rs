@@ -32,7 +32,7 @@ impl Period {
     /// GP Connect returns undated information alongside what matches.
     pub fn admits(&self, date: Option<i64>) -> bool {
         let Some(date) = date else { return true };
-        self.start.map_or(true, |s| date >= s) && self.end.map_or(true, |e| date <= e)
+        self.start.is_none_or(|s| date >= s) && self.end.is_none_or(|e| date <= e)
     }
 }
 
