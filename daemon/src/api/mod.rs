@@ -617,6 +617,7 @@ fn assemble(
             data,
             item_bodies,
             shared_bodies,
+            ..
         } = &*record;
         let release = match decide(Some(agreement), access, Some(data), sensitive) {
             Decision::Refused(r) => {
@@ -645,7 +646,7 @@ fn assemble(
                     facts,
                     body: item_bodies.get(i)?,
                 };
-                Some((Section::for_resource_type(&facts.resource_type)?, entry))
+                Some((section_of(facts)?, entry))
             })
             .filter(|(_, e)| wanted_by_filters(e.facts, wanted))
             .collect();
@@ -698,6 +699,7 @@ fn assemble(
                     basis: &release.basis,
                     trace_id,
                 },
+                record.page(section_of),
             ),
         };
         Ok(Assembled::Released {
@@ -707,6 +709,11 @@ fn assemble(
             body,
         })
     })
+}
+
+/// The section an item is listed in (every released item has one).
+fn section_of(facts: &ItemFacts) -> Option<Section> {
+    Section::for_resource_type(&facts.resource_type)
 }
 
 /// The request's own filters (not confidentiality): resolved allergies, medication start date.
