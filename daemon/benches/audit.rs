@@ -47,8 +47,16 @@ fn run(runtime: &tokio::runtime::Runtime, group_commit: bool, records: u64) -> R
         group_commit,
         ..AuditOptions::default()
     };
+    let counter = Arc::new(mig::audit::InMemoryCounter::new(0));
     let log = Arc::new(
-        AuditLog::open(&dir.path().join("audit.db"), &[9u8; 32], signer, options).unwrap(),
+        AuditLog::create(
+            &dir.path().join("audit.db"),
+            &[9u8; 32],
+            signer,
+            counter,
+            options,
+        )
+        .unwrap(),
     );
     let per_task = records / APPENDERS;
     let start = Instant::now();

@@ -204,6 +204,7 @@ pub fn run(config_path: &Path) -> Result<(), ServiceError> {
         &config.state_dir.join(AUDIT_FILE),
         &audit_key,
         tpm.signer(KeyRole::Audit)?,
+        tpm.audit_counter(),
         audit_options,
     )?);
     let tls_settings = TlsSettings {
@@ -306,6 +307,7 @@ async fn serve(
         readers.clone(),
         audit.clone(),
         tpm.public_key_spki_der(KeyRole::Audit)?,
+        tpm.audit_counter(),
         tls_signer,
         reloader.clone(),
         ready.clone(),

@@ -356,6 +356,26 @@ async fn unregistered_certificate_is_refused_and_audited() {
     assert_eq!(event.certificate_sha256, "cd".repeat(32));
 }
 
+/// `Ssp-From` (the caller's ASID) reaches the audit record of a permitted request and of a
+/// refused one; a malformed value is not recorded as if it were an ASID.
+#[tokio::test]
+async fn ssp_from_is_recorded_in_the_audit_even_on_refusals() {
+    let h = harness();
+    let body = record_body(CORE_AND_ADDITIONAL, &ALL_SECTIONS);
+    send(&h, &ambulance(), post_record(body.clone(), &token(|_| {}))).await;
+    assert_eq!(last_event(&h).from_asid.as_deref(), Some("200000000999"));
+    let (status, _, _) = send(&h, &ambulance(), post_record(body.clone(), "not-a-jwt")).await;
+    assert_ne!(status, 200);
+    let refused = last_event(&h);
+    assert!(!refused.permitted);
+    assert_eq!(refused.from_asid.as_deref(), Some("200000000999"));
+    let mut bad = post_record(body, &token(|_| {}));
+    bad.headers_mut()
+        .insert("Ssp-From", "2000000009991".parse().unwrap());
+    send(&h, &ambulance(), bad).await;
+    assert_eq!(last_event(&h).from_asid, None);
+}
+
 #[tokio::test]
 async fn metadata_needs_no_token_but_a_registered_partner() {
     let h = harness();

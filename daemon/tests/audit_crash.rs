@@ -35,7 +35,9 @@ fn crash_child() {
             ..AuditOptions::default()
         };
         let path = db_path(std::path::Path::new(&dir));
-        let log = Arc::new(mig::audit::AuditLog::open(&path, &KEY, signer, options).unwrap());
+        let log = Arc::new(
+            mig::audit::AuditLog::create(&path, &KEY, signer, counter_for(&path), options).unwrap(),
+        );
         let stop = Instant::now() + Duration::from_secs(60);
         let mut tasks = Vec::new();
         for worker in 0..8u64 {
@@ -133,8 +135,13 @@ fn sigkill_loses_no_acknowledged_record() {
         );
     }
 
-    // The log reopens and continues the chain from where the crash left it.
+    // The log reopens, at once signs a checkpoint over what the crash left uncovered, and
+    // continues the chain from there.
     let log = open(&path, signer.clone(), AuditOptions::default());
+    let reopened = audit::verify(&path, &KEY, &signer.public_key_spki_der()).unwrap();
+    assert!(reopened.is_ok(), "{reopened:?}");
+    assert_eq!(reopened.uncovered, None, "{reopened:?}");
+    assert_eq!(reopened.last_checkpoint_seq, report.records);
     let next = log.append_blocking(partner_request(1)).unwrap();
     assert_eq!(next, report.records + 1);
     log.shutdown_blocking().unwrap();

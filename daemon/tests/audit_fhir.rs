@@ -136,7 +136,16 @@ fn exported_audit_events_carry_the_audit_fields() {
         "https://fhir.nhs.uk/Id/ods-organization-code"
     );
     assert_eq!(org["who"]["identifier"]["value"], "RX9");
-    assert_eq!(read["agent"][2]["requestor"], false);
+    // The calling system, by its ASID (Ssp-From).
+    let system = &read["agent"][2];
+    assert_eq!(system["type"]["coding"][0]["code"], "110150");
+    assert_eq!(
+        system["who"]["identifier"]["system"],
+        "https://fhir.nhs.uk/Id/accredited-system"
+    );
+    assert_eq!(system["who"]["identifier"]["value"], "200000000999");
+    assert_eq!(system["requestor"], false);
+    assert_eq!(read["agent"][3]["requestor"], false);
     let patient = &read["entity"][0];
     assert_eq!(
         patient["what"]["identifier"]["system"],
@@ -159,6 +168,7 @@ fn exported_audit_events_carry_the_audit_fields() {
         "allergies,medications"
     );
     assert_eq!(detail("permission-basis").unwrap(), "granted");
+    assert_eq!(detail("Ssp-From").unwrap(), "200000000999");
 
     assert_eq!(
         events[1]["purposeOfEvent"][0]["coding"][0]["code"],

@@ -374,7 +374,8 @@ fn a_failing_signer_delays_checkpoints_but_not_appends() {
         checkpoint_interval: Duration::from_millis(100),
         ..AuditOptions::default()
     };
-    let log = audit::AuditLog::open(&path, &KEY, flaky.clone(), options).unwrap();
+    let log =
+        audit::AuditLog::create(&path, &KEY, flaky.clone(), counter_for(&path), options).unwrap();
     for n in 0..12 {
         log.append_blocking(partner_request(n)).unwrap();
     }

@@ -226,17 +226,17 @@ fn forged_checkpoint_signature_is_named() {
 fn checkpoint_signed_by_another_key_is_refused() {
     let (_dir, path, signer) = trail();
     let conn = raw(&path);
-    let (head, time): (Vec<u8>, String) = conn
+    let (head, time, counter): (Vec<u8>, String, i64) = conn
         .query_row(
-            "SELECT head, time FROM checkpoints WHERE seq = 30",
+            "SELECT head, time, counter FROM checkpoints WHERE seq = 30",
             [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .unwrap();
     let other = InMemorySigner::generate().unwrap();
     let head: [u8; 32] = head.try_into().unwrap();
     let forged = other
-        .sign(&audit::checkpoint_message(30, &head, &time))
+        .sign(&audit::checkpoint_message(30, &head, counter as u64, &time))
         .unwrap();
     conn.execute(
         "UPDATE checkpoints SET signature = ?1 WHERE seq = 30",

@@ -1,5 +1,6 @@
 //! TPM keystore latencies on swtpm (or `MIG_TEST_TCTI`): sign with the TLS key (kept loaded),
-//! sign with the audit key (loaded per use), unseal, and connect+load (part of migd's start).
+//! sign with the audit key (loaded per use), unseal, connect+load (part of migd's start), and a
+//! checkpoint's TPM share (audit-key signature + counter read + increment + read).
 //! Run: `cargo bench -p hardware-tests --bench tpm` (SIGNS / UNSEALS env vars change counts).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -83,6 +84,11 @@ fn main() {
     let unseal = measure(unseals, |_| {
         tpm.unseal_replica_key().unwrap();
     });
+    let checkpoint = measure(unseals, |_| {
+        tpm.counter_read().unwrap();
+        audit.sign(&message).unwrap();
+        tpm.counter_increment().unwrap();
+    });
 
     // Throughput with 8 threads asking at once: the TPM thread serves one at a time.
     let threads = 8;
@@ -106,6 +112,10 @@ fn main() {
     report("sign, TLS key (loaded)", &tls_sign);
     report("sign, audit key (loaded per use)", &audit_sign);
     report("unseal replica key (salted policy session)", &unseal);
+    report(
+        "audit checkpoint: counter read, sign, increment",
+        &checkpoint,
+    );
     report("connect + load + unseal (start-up share)", &startup);
     report("provision (3 keys, once)", &provision);
     println!();

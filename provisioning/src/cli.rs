@@ -216,7 +216,8 @@ pub struct PartnerAddArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Prove the hash chain and checkpoint signatures; name the first bad record.
+    /// Prove the hash chain, the checkpoint signatures and the TPM audit counter; name the
+    /// first bad record. Works with migd stopped too.
     Verify,
     /// Write FHIR AuditEvent NDJSON.
     Export {
@@ -229,6 +230,13 @@ pub enum AuditCommand {
     },
     /// Who viewed a patient's record, when, and on what basis.
     Patient { nhs_number: String },
+    /// Recovery, with migd stopped: archive a trail that does not verify (cut back, rolled
+    /// back, missing or unreadable) and start a new one whose first record says so.
+    NewTrail {
+        /// Why, in words (recorded in the new trail's first record).
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -221,10 +221,11 @@ pub fn init(config_path: &Path, args: &InitArgs) -> Result<Config> {
         "audit_spki_der_hex": hex::encode(tpm.public_key_spki_der(KeyRole::Audit)?),
     });
     registry::write_atomic(&state.join(PUBLIC_KEYS_FILE), keys.to_string().as_bytes())?;
-    let audit = mig::audit::AuditLog::open(
+    let audit = mig::audit::AuditLog::create(
         &state.join(AUDIT_FILE),
         &audit_key,
         tpm.signer(KeyRole::Audit)?,
+        tpm.audit_counter(),
         mig::audit::AuditOptions::default(),
     )?;
     audit.append_blocking(mig::audit::AuditRecord::admin_action(
@@ -601,33 +602,18 @@ pub fn import_file(config: &Config, file: &Path) -> Result<u64> {
 fn audit(config: &Config, command: AuditCommand) -> Result<ExitCode> {
     match command {
         AuditCommand::Verify => {
-            let answer = admin_call(config, &json!({"command": "audit-verify"}))?;
-            let report = &answer["report"];
-            println!(
-                "{} records, {} checkpoints verified, chain head {}",
-                report["records"],
-                report["checkpoints_verified"],
-                report["chain_head"].as_str().unwrap_or("-")
-            );
-            if let Some(range) = report["uncovered"].as_array() {
-                println!(
-                    "warning: records {} to {} are not yet covered by a signed checkpoint",
-                    range[0], range[1]
-                );
-            }
-            match answer["problem"].as_str() {
-                None => {
-                    println!("audit trail verified");
-                    Ok(ExitCode::SUCCESS)
-                }
-                Some(problem) => {
-                    println!(
-                        "AUDIT TRAIL FAILED VERIFICATION at record {}: {problem}",
-                        answer["first_bad_record"]
-                    );
-                    Ok(ExitCode::FAILURE)
-                }
-            }
+            let answer = match admin_call(config, &json!({"command": "audit-verify"})) {
+                Ok(answer) => answer,
+                // migd refuses to start on a trail that does not verify: say why without it.
+                Err(AdminFailure::NotRunning(_)) => verify_offline(config)?,
+                Err(AdminFailure::Refused(e)) => return Err(e),
+            };
+            print!("{}", verify_text(&answer));
+            Ok(if answer["problem"].is_null() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         AuditCommand::Export { since, out } => {
             let answer = admin_call(config, &json!({"command": "audit-export", "since": since}))?;
@@ -652,36 +638,247 @@ fn audit(config: &Config, command: AuditCommand) -> Result<ExitCode> {
             )?;
             let accesses = answer["accesses"].as_array().cloned().unwrap_or_default();
             if accesses.is_empty() {
-                println!("no recorded access to {nhs_number}");
+                println!("no recorded access to {}", shown(&nhs_number));
             }
             for a in accesses {
-                println!(
-                    "{}\t{}\tpartner {}\torg {}\tuser {}\trole {}\t{}\tbasis {}{}\tsections {}",
-                    a["time"].as_str().unwrap_or(""),
-                    a["decision"].as_str().unwrap_or(""),
-                    a["partner_ods"].as_str().unwrap_or("-"),
-                    a["requesting_org_ods"].as_str().unwrap_or("-"),
-                    a["sds_user_id"].as_str().unwrap_or("-"),
-                    a["job_role"].as_str().unwrap_or("-"),
-                    a["error_code"].as_str().unwrap_or("released"),
-                    a["basis"].as_str().unwrap_or("-"),
-                    a["override_reason"]
-                        .as_str()
-                        .map(|r| format!(" ({r})"))
-                        .unwrap_or_default(),
-                    a["sections"]
-                        .as_array()
-                        .map(|s| s
-                            .iter()
-                            .filter_map(Value::as_str)
-                            .collect::<Vec<_>>()
-                            .join(","))
-                        .unwrap_or_default(),
-                );
+                println!("{}", access_line(&a));
             }
             Ok(ExitCode::SUCCESS)
         }
+        AuditCommand::NewTrail { reason } => new_trail(config, &reason),
     }
+}
+
+/// A value from the audit trail as the terminal may show it (see `mig::audit::escape_text`).
+fn shown(text: &str) -> String {
+    mig::audit::escape_text(text)
+}
+
+/// A string field of an admin answer, escaped, or `absent`.
+fn field(value: &Value, name: &str, absent: &str) -> String {
+    value[name]
+        .as_str()
+        .map(shown)
+        .unwrap_or_else(|| absent.to_owned())
+}
+
+/// One line of `audit patient`.
+fn access_line(a: &Value) -> String {
+    format!(
+        "{}\t{}\tpartner {}\tasid {}\torg {}\tuser {}\trole {}\t{}\tbasis {}{}\tsections {}",
+        field(a, "time", ""),
+        field(a, "decision", ""),
+        field(a, "partner_ods", "-"),
+        field(a, "from_asid", "-"),
+        field(a, "requesting_org_ods", "-"),
+        field(a, "sds_user_id", "-"),
+        field(a, "job_role", "-"),
+        field(a, "error_code", "released"),
+        field(a, "basis", "-"),
+        a["override_reason"]
+            .as_str()
+            .map(|r| format!(" ({})", shown(r)))
+            .unwrap_or_default(),
+        a["sections"]
+            .as_array()
+            .map(|s| s
+                .iter()
+                .filter_map(Value::as_str)
+                .map(shown)
+                .collect::<Vec<_>>()
+                .join(","))
+            .unwrap_or_default(),
+    )
+}
+
+/// One line of `alerts list`.
+fn alert_line(a: &Value) -> String {
+    let ack = &a["acknowledged"];
+    format!(
+        "#{}\t{}\tpartner {}\tuser {} ({})\torg {}\tpatient {}\t{}: \"{}\"{}",
+        a["id"],
+        field(a, "time", ""),
+        field(a, "partner_ods", "-"),
+        field(a, "sds_user_id", "-"),
+        field(a, "job_role", "-"),
+        field(a, "requesting_org_ods", "-"),
+        field(a, "nhs_number", "-"),
+        field(a, "reason", "-"),
+        field(a, "justification", ""),
+        if ack.is_null() {
+            String::new()
+        } else {
+            format!(
+                "\tacknowledged by {} ({})",
+                field(ack, "operator", "?"),
+                field(ack, "note", "")
+            )
+        },
+    )
+}
+
+/// What `audit verify` prints for an answer (migd's, or `verify_offline`'s of the same shape).
+fn verify_text(answer: &Value) -> String {
+    let report = &answer["report"];
+    let mut out = format!(
+        "{} records, {} checkpoints verified, chain head {}\n",
+        report["records"],
+        report["checkpoints_verified"],
+        report["chain_head"].as_str().unwrap_or("-")
+    );
+    if let Some(range) = report["uncovered"].as_array() {
+        out.push_str(&format!(
+            "warning: records {} to {} are not yet covered by a signed checkpoint\n",
+            range[0], range[1]
+        ));
+    }
+    let counter = &report["counter"];
+    if let (Some(checkpoint), Some(tpm)) = (counter["checkpoint"].as_u64(), counter["tpm"].as_u64())
+    {
+        let note = if checkpoint == tpm {
+            " (in step)"
+        } else if checkpoint == tpm + 1 {
+            " (the checkpoint is one ahead: its increment was interrupted; migd completes it)"
+        } else {
+            ""
+        };
+        out.push_str(&format!(
+            "TPM audit counter: last checkpoint {checkpoint}, TPM {tpm}{note}\n"
+        ));
+    }
+    match answer["problem"].as_str() {
+        None => out.push_str("audit trail verified\n"),
+        Some(problem) => out.push_str(&format!(
+            "AUDIT TRAIL FAILED VERIFICATION at record {}: {problem}\n\
+             see docs/operations.md, 'Audit trail recovery'\n",
+            answer["first_bad_record"]
+        )),
+    }
+    out
+}
+
+/// The TPM, its audit key and the audit database key, for commands that run without migd.
+fn open_audit_offline(config: &Config) -> Result<(Tpm, mig::service::DatabaseKey, Vec<u8>)> {
+    let tpm = Tpm::connect(&mig::service::tpm_settings(config)?)?;
+    tpm.load(&config.state_dir)?;
+    let (_, audit_key) = mig::service::unseal_keys(&tpm)?;
+    let spki = tpm.public_key_spki_der(KeyRole::Audit)?;
+    Ok((tpm, audit_key, spki))
+}
+
+/// `audit verify` with migd stopped: the same checks, straight from the TPM and the file.
+fn verify_offline(config: &Config) -> Result<Value> {
+    let (tpm, key, spki) = open_audit_offline(config)?;
+    let path = config.state_dir.join(AUDIT_FILE);
+    if !path.exists() {
+        bail!(
+            "the audit database {} is missing; see docs/operations.md, 'Audit trail recovery'",
+            path.display()
+        );
+    }
+    let report = mig::audit::AuditReader::open(&path, &key)?
+        .verify_with_counter(&spki, tpm.audit_counter().as_ref())?;
+    Ok(json!({
+        "problem": report.problem.as_ref().map(|p| p.to_string()),
+        "first_bad_record": report.problem.as_ref().map(|p| p.first_bad_record()),
+        "report": report,
+    }))
+}
+
+/// `audit new-trail`: with migd stopped, archive a trail that does not verify and start a new
+/// one whose first record names the old one, what was wrong with it, and the operator.
+fn new_trail(config: &Config, reason: &str) -> Result<ExitCode> {
+    let reason = reason.trim();
+    if reason.is_empty() {
+        bail!("--reason: say why a new trail is started (it is recorded)");
+    }
+    match admin_call(config, &json!({"command": "status"})) {
+        Err(AdminFailure::NotRunning(_)) => {}
+        _ => bail!(
+            "migd is running; stop it first (systemctl stop migd): a new trail is started only \
+             while migd is stopped"
+        ),
+    }
+    let (tpm, key, spki) = open_audit_offline(config)?;
+    let counter = tpm.audit_counter();
+    let path = config.state_dir.join(AUDIT_FILE);
+    let verdict = if path.exists() {
+        match mig::audit::AuditReader::open(&path, &key)
+            .and_then(|r| r.verify_with_counter(&spki, counter.as_ref()))
+        {
+            Ok(report) => match report.problem {
+                None => bail!(
+                    "the audit trail {} verifies: there is nothing to recover, and a good trail \
+                     is never replaced",
+                    path.display()
+                ),
+                Some(problem) => format!("it did not verify: {problem}"),
+            },
+            Err(e) => format!("it could not be read: {e}"),
+        }
+    } else {
+        "it was missing".to_owned()
+    };
+    let archive = if path.exists() {
+        Some(archive_trail(&config.state_dir, &path)?)
+    } else {
+        None
+    };
+    let tpm_counter = counter.read()?;
+    let log = mig::audit::AuditLog::create(
+        &path,
+        &key,
+        tpm.signer(KeyRole::Audit)?,
+        counter,
+        mig::audit::AuditOptions::default(),
+    )?;
+    let archived = match &archive {
+        Some(file) => format!("archived as {}", file.display()),
+        None => "nothing to archive".to_owned(),
+    };
+    log.append_blocking(mig::audit::AuditRecord::admin_action(
+        &operator(),
+        &format!(
+            "audit new-trail: the previous trail was set aside because {verdict}; {archived}; \
+             TPM audit counter at {tpm_counter}; reason: {reason}"
+        ),
+        mig::audit::Decision::Permit,
+    ))?;
+    log.shutdown_blocking()?;
+    println!("previous audit trail: {verdict}");
+    println!("{archived}");
+    println!(
+        "started a new audit trail in {} (its first record says why); migd can start",
+        path.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Moves the trail (and its WAL and shared-memory files) into `STATE/audit-archive/`.
+fn archive_trail(state: &Path, path: &Path) -> Result<PathBuf> {
+    let dir = state.join("audit-archive");
+    create_private_dir(&dir)?;
+    let stamp = time::OffsetDateTime::now_utc()
+        .format(&time::macros::format_description!(
+            "[year][month][day]T[hour][minute][second]Z"
+        ))
+        .map_err(|e| anyhow!("formatting the archive time: {e}"))?;
+    let target = dir.join(format!("audit-{stamp}.db"));
+    if target.exists() {
+        bail!("{} exists; try again in a second", target.display());
+    }
+    for suffix in ["-wal", "-shm", ""] {
+        let mut from = path.as_os_str().to_owned();
+        from.push(suffix);
+        let mut to = target.as_os_str().to_owned();
+        to.push(suffix);
+        let from = PathBuf::from(from);
+        if from.exists() {
+            std::fs::rename(&from, &to)
+                .with_context(|| format!("moving {} to the archive", from.display()))?;
+        }
+    }
+    Ok(target)
 }
 
 fn alerts(config: &Config, command: AlertsCommand) -> Result<ExitCode> {
@@ -693,27 +890,7 @@ fn alerts(config: &Config, command: AlertsCommand) -> Result<ExitCode> {
                 println!("no {}alerts", if all { "" } else { "unacknowledged " });
             }
             for a in alerts {
-                let ack = &a["acknowledged"];
-                println!(
-                    "#{}\t{}\tpartner {}\tuser {} ({})\tpatient {}\t{}: {:?}{}",
-                    a["id"],
-                    a["time"].as_str().unwrap_or(""),
-                    a["partner_ods"].as_str().unwrap_or("-"),
-                    a["sds_user_id"].as_str().unwrap_or("-"),
-                    a["job_role"].as_str().unwrap_or("-"),
-                    a["nhs_number"].as_str().unwrap_or("-"),
-                    a["reason"].as_str().unwrap_or("-"),
-                    a["justification"].as_str().unwrap_or(""),
-                    if ack.is_null() {
-                        String::new()
-                    } else {
-                        format!(
-                            "\tacknowledged by {} ({})",
-                            ack["operator"].as_str().unwrap_or("?"),
-                            ack["note"].as_str().unwrap_or("")
-                        )
-                    },
-                );
+                println!("{}", alert_line(&a));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -773,3 +950,57 @@ fn status(config: &Config) -> Result<ExitCode> {
 }
 
 pub mod check;
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Every partner-supplied field at once, holding a line break, a screen clear, an OSC
+    /// title change, a C1 CSI and a bidi override.
+    fn nasty() -> String {
+        "x\nFORGED\tline\r\x1b[2J\x1b]0;pwned\x07\u{9b}1m\u{202e}".to_owned()
+    }
+
+    fn assert_one_clean_line(line: &str) {
+        assert!(!line.contains('\n') && !line.contains('\r'), "{line:?}");
+        assert!(
+            !line.contains('\x1b') && !line.contains('\u{9b}'),
+            "{line:?}"
+        );
+        assert!(
+            !line.contains('\u{202e}') && !line.contains('\x07'),
+            "{line:?}"
+        );
+        assert!(line.contains("\\nFORGED"), "{line:?}");
+    }
+
+    #[test]
+    fn audit_patient_escapes_partner_values() {
+        let n = nasty();
+        let access = json!({
+            "time": "2026-12-06T09:00:00.000000Z", "decision": "permit",
+            "partner_ods": n, "from_asid": n, "requesting_org_ods": n, "sds_user_id": n,
+            "job_role": n, "error_code": null, "basis": "override", "override_reason": n,
+            "sections": [n],
+        });
+        let line = access_line(&access);
+        // Only the separators migctl itself puts between fields remain as tabs.
+        assert_eq!(line.matches('\t').count(), 9, "{line:?}");
+        assert_one_clean_line(&line);
+    }
+
+    #[test]
+    fn alerts_list_escapes_partner_values() {
+        let n = nasty();
+        let alert = json!({
+            "id": 3, "time": "2026-12-06T09:00:00.000000Z", "partner_ods": n,
+            "sds_user_id": n, "job_role": n, "requesting_org_ods": n, "nhs_number": n,
+            "reason": n, "justification": n,
+            "acknowledged": {"operator": n, "note": n},
+        });
+        let line = alert_line(&alert);
+        assert_eq!(line.matches('\t').count(), 7, "{line:?}");
+        assert_one_clean_line(&line);
+    }
+}

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
 use super::transport::{error_response, AdminHandler, HandlerFuture, PeerCred};
-use crate::audit::{AuditLog, AuditRecord, Decision};
+use crate::audit::{AuditLog, AuditRecord, Counter, Decision};
 use crate::keys::Signer;
 use crate::replica::{ImportSummary, IngestError, ReaderPool, Replica};
 use crate::tls::Reloader;
@@ -27,6 +27,8 @@ pub struct AdminService {
     pub readers: Arc<ReaderPool>,
     pub audit: Arc<AuditLog>,
     pub audit_public_key: Vec<u8>,
+    /// The TPM's audit counter, which `audit verify` compares the last checkpoint with.
+    pub audit_counter: Arc<dyn Counter>,
     pub tls_signer: Arc<dyn Signer>,
     pub reloader: Arc<Reloader>,
     pub ready: Arc<AtomicBool>,
@@ -76,6 +78,7 @@ impl AdminService {
         readers: Arc<ReaderPool>,
         audit: Arc<AuditLog>,
         audit_public_key: Vec<u8>,
+        audit_counter: Arc<dyn Counter>,
         tls_signer: Arc<dyn Signer>,
         reloader: Arc<Reloader>,
         ready: Arc<AtomicBool>,
@@ -87,6 +90,7 @@ impl AdminService {
             readers,
             audit,
             audit_public_key,
+            audit_counter,
             tls_signer,
             reloader,
             ready,
@@ -382,7 +386,10 @@ impl AdminService {
     async fn audit_verify(&self, peer: &PeerCred) -> Result<Value, Value> {
         self.audited(peer, "audit verify".into(), true).await?;
         let key = self.audit_public_key.clone();
-        let report = self.blocking_audit_read(move |r| r.verify(&key)).await?;
+        let counter = self.audit_counter.clone();
+        let report = self
+            .blocking_audit_read(move |r| r.verify_with_counter(&key, counter.as_ref()))
+            .await?;
         Ok(ok(json!({
             "verified": report.is_ok(),
             "problem": report.problem.as_ref().map(|p| p.to_string()),

@@ -31,6 +31,7 @@ impl From<&AccessEvent> for AuditRecord {
         record.nhs_number = event.nhs_number.clone();
         record.interaction_id = Some(event.interaction.clone());
         record.trace_id = event.trace_id.clone();
+        record.from_asid = event.from_asid.clone();
         record.basis = match event.basis.as_deref() {
             Some(name) => PermissionBasis::from_name(name).unwrap_or(PermissionBasis::None),
             None => PermissionBasis::None,

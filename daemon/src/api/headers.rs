@@ -25,6 +25,14 @@ pub fn trace_id(headers: &HeaderMap) -> Option<String> {
         .map(|u| u.hyphenated().to_string())
 }
 
+/// The caller's ASID (`Ssp-From`), if the request carries a well-formed one (12 digits); for
+/// the audit, even on refusals.
+pub fn from_asid(headers: &HeaderMap) -> Option<String> {
+    header(headers, "ssp-from")
+        .filter(|v| v.len() == 12 && v.bytes().all(|b| b.is_ascii_digit()))
+        .map(str::to_owned)
+}
+
 /// Checks the headers for an interaction; the error carries the code and, for the audit, why.
 pub fn check(
     headers: &HeaderMap,
@@ -33,12 +41,10 @@ pub fn check(
 ) -> Result<SspHeaders, (ErrorCode, &'static str)> {
     let trace_id =
         trace_id(headers).ok_or((ErrorCode::BadRequest, "Ssp-TraceID missing or not a UUID"))?;
-    let from_asid = header(headers, "ssp-from")
-        .filter(|v| v.len() == 12 && v.bytes().all(|b| b.is_ascii_digit()))
-        .ok_or((
-            ErrorCode::BadRequest,
-            "Ssp-From missing or not a 12-digit ASID",
-        ))?;
+    let from_asid = from_asid(headers).ok_or((
+        ErrorCode::BadRequest,
+        "Ssp-From missing or not a 12-digit ASID",
+    ))?;
     let to = header(headers, "ssp-to").ok_or((ErrorCode::BadRequest, "Ssp-To missing"))?;
     if to != appliance_asid {
         return Err((
@@ -56,7 +62,7 @@ pub fn check(
     }
     Ok(SspHeaders {
         trace_id,
-        from_asid: from_asid.to_owned(),
+        from_asid,
     })
 }
 

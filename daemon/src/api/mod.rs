@@ -62,6 +62,8 @@ pub struct AccessEvent {
     pub time: String,
     pub interaction: String,
     pub trace_id: Option<String>,
+    /// `Ssp-From`, when well-formed.
+    pub from_asid: Option<String>,
     pub partner_ods: Option<String>,
     pub certificate_sha256: String,
     pub claims: Option<jwt::Claims>,
@@ -231,6 +233,7 @@ impl Api {
             }
             .to_owned(),
             trace_id: trace_id.clone(),
+            from_asid: headers::from_asid(request.headers()),
             partner_ods: caller.agreement.as_ref().map(|a| a.ods.clone()),
             certificate_sha256: caller.certificate_sha256.clone(),
             ..AccessEvent::default()

@@ -15,6 +15,8 @@ use super::{AuditError, Decision, PermissionBasis, RecordKind};
 
 const NHS_NUMBER_SYSTEM: &str = "https://fhir.nhs.uk/Id/nhs-number";
 const ODS_SYSTEM: &str = "https://fhir.nhs.uk/Id/ods-organization-code";
+/// The NHS identifier system for a calling system's ASID (`Ssp-From`).
+const ASID_SYSTEM: &str = "https://fhir.nhs.uk/Id/accredited-system";
 const SDS_USER_SYSTEM: &str = "https://fhir.nhs.uk/Id/sds-user-id";
 const SDS_ROLE_PROFILE_SYSTEM: &str = "https://fhir.nhs.uk/Id/sds-role-profile-id";
 const SDS_JOB_ROLE_SYSTEM: &str = "https://fhir.hl7.org.uk/CodeSystem/UKCore-SDSJobRoleName";
@@ -43,6 +45,8 @@ pub struct AccessSummary {
     pub sds_role_profile_id: Option<String>,
     pub job_role: Option<String>,
     pub interaction_id: Option<String>,
+    /// `Ssp-From`: the calling system's ASID.
+    pub from_asid: Option<String>,
     pub basis: PermissionBasis,
     pub override_reason: Option<String>,
     pub decision: Decision,
@@ -149,6 +153,13 @@ pub fn audit_event(stored: &StoredRecord) -> Value {
             }
             agents.push(organisation);
         }
+        if let Some(asid) = &r.from_asid {
+            agents.push(json!({
+                "type": {"coding": [coding(DCM, "110150", Some("Application"))]},
+                "who": {"identifier": {"system": ASID_SYSTEM, "value": asid}},
+                "requestor": false,
+            }));
+        }
     } else if let Some(operator) = &r.operator {
         agents.push(json!({
             "type": {"coding": [coding(SECURITY_ROLE_TYPE, "humanuser", Some("human user"))]},
@@ -180,6 +191,9 @@ pub fn audit_event(stored: &StoredRecord) -> Value {
     }
     if let Some(interaction) = &r.interaction_id {
         detail("Ssp-InteractionID", interaction);
+    }
+    if let Some(asid) = &r.from_asid {
+        detail("Ssp-From", asid);
     }
     detail("permission-basis", r.basis.name());
     if let Some(reason) = &r.override_reason {
@@ -276,6 +290,7 @@ pub(crate) fn patient_accesses(
             sds_role_profile_id: r.sds_role_profile_id,
             job_role: r.job_role,
             interaction_id: r.interaction_id,
+            from_asid: r.from_asid,
             basis: r.basis,
             override_reason: r.override_reason,
             decision: r.decision,

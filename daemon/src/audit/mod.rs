@@ -1,15 +1,21 @@
 //! The audit trail and privacy-officer alerts (SPEC §8): an append-only, hash-chained log in its
 //! own SQLCipher file, written by one group-committing thread, with checkpoints signed by the
-//! audit key, plus verification, FHIR `AuditEvent` export and subject-access queries.
+//! audit key, each carrying a TPM NV counter value, plus verification, FHIR `AuditEvent` export
+//! and subject-access queries.
 //!
 //! What it validates: `verify` proves every record's hash, every chain link from the genesis
-//! value, sequence continuity, and every checkpoint's ECDSA P-256 signature and chain head, and
-//! names the first record that fails. What it does not: records after the last checkpoint are
-//! protected only by the chain (anyone holding the database key can rewrite or drop that tail
-//! undetectably, so `verify` reports them as not yet covered), and deleting checkpoints other
-//! than the last goes unnoticed (it weakens nothing the later checkpoints do not still cover).
+//! value, sequence continuity, every checkpoint's ECDSA P-256 signature and chain head, that
+//! checkpoint counters rise, and that the last one is not behind the TPM's counter (a trail cut
+//! back or restored from an older copy); it names the first record that fails. The writer opens
+//! an existing trail only when its tail verifies the same way (`verify::check_tail`). What it
+//! does not: records after the last checkpoint are protected only by the chain while migd runs
+//! (`verify` reports them as not yet covered); deleting checkpoints other than the last goes
+//! unnoticed (the later ones still cover everything); and whoever can use the TPM's audit key
+//! and counter (root on the running box) can sign a new checkpoint over a rewritten trail.
 
 mod alerts;
+mod counter;
+mod escape;
 mod export;
 mod record;
 mod store;
@@ -19,12 +25,14 @@ mod writer;
 use std::path::PathBuf;
 
 pub use alerts::{Acknowledgement, Alert};
+pub use counter::{Counter, CounterError, InMemoryCounter};
+pub use escape::escape_text;
 pub use export::{audit_event, AccessSummary};
 pub use record::{
     canonical_bytes, checkpoint_message, format_time, genesis, parse_time, record_hash,
     AuditRecord, Decision, PermissionBasis, RecordKind, StoredRecord,
 };
-pub use verify::{Problem, VerifyReport};
+pub use verify::{CounterCheck, Problem, VerifyReport};
 pub use writer::{AuditLog, AuditOptions, AuditStats};
 
 use std::io::Write;
@@ -56,7 +64,7 @@ pub enum AuditError {
         source: rusqlite::Error,
     },
     /// The file is not an audit database of the schema this build knows.
-    #[error("{path} is not an audit database of schema version 1 (found {found:?})")]
+    #[error("{path} is not an audit database of schema version 2 (found {found:?})")]
     Schema {
         path: PathBuf,
         found: Option<String>,
@@ -93,6 +101,18 @@ pub enum AuditError {
     /// The checkpoint could not be signed.
     #[error("signing the audit checkpoint failed: {0}")]
     Checkpoint(#[source] crate::keys::SignError),
+    /// The TPM audit counter could not be read or incremented.
+    #[error("{0}")]
+    Counter(#[from] CounterError),
+    /// The audit database is gone.
+    #[error("the audit database {path} is missing; migd never starts a new trail by itself: restore it, or start a new trail as docs/operations.md ('Audit trail recovery') describes (migctl audit new-trail)")]
+    Missing { path: PathBuf },
+    /// A new trail was asked for where one exists.
+    #[error("the audit database {path} already exists; refusing to replace it")]
+    AlreadyExists { path: PathBuf },
+    /// The trail's tail does not verify: migd will not add to it.
+    #[error("the audit trail {path} does not verify: {problem}; migd will not add to it. Run `migctl audit verify`, then follow docs/operations.md ('Audit trail recovery'): restore the trail, or archive it with `migctl audit new-trail --reason TEXT`")]
+    TrailRejected { path: PathBuf, problem: Problem },
 }
 
 /// How long readers wait for a lock before giving up.
@@ -116,9 +136,19 @@ impl AuditReader {
         Ok(AuditReader { conn })
     }
 
-    /// Proves the chain and checkpoint signatures; see `VerifyReport`.
+    /// Proves the chain and checkpoint signatures; see `VerifyReport`. Without a counter the
+    /// checkpoints' TPM counter values are checked only for order, not against the TPM.
     pub fn verify(&self, audit_public_key_spki_der: &[u8]) -> Result<VerifyReport, AuditError> {
-        verify::verify(&self.conn, audit_public_key_spki_der)
+        verify::verify(&self.conn, audit_public_key_spki_der, None)
+    }
+
+    /// `verify`, and the last checkpoint's counter against the TPM's (`counter`).
+    pub fn verify_with_counter(
+        &self,
+        audit_public_key_spki_der: &[u8],
+        counter: &dyn Counter,
+    ) -> Result<VerifyReport, AuditError> {
+        verify::verify(&self.conn, audit_public_key_spki_der, Some(counter))
     }
 
     /// Writes FHIR R4 `AuditEvent` NDJSON for records at or after `since`; returns the count.

@@ -130,6 +130,8 @@ pub struct AuditRecord {
     pub interaction_id: Option<String>,
     /// `Ssp-TraceID`.
     pub trace_id: Option<String>,
+    /// `Ssp-From`: the caller's ASID (12 digits), when the request carried a well-formed one.
+    pub from_asid: Option<String>,
     pub basis: PermissionBasis,
     /// `emergency`, `safeguarding` or `unable-to-consent`.
     pub override_reason: Option<String>,
@@ -163,6 +165,7 @@ impl AuditRecord {
             nhs_number: None,
             interaction_id: None,
             trace_id: None,
+            from_asid: None,
             basis: PermissionBasis::None,
             override_reason: None,
             override_justification: None,
@@ -206,9 +209,9 @@ pub struct StoredRecord {
 }
 
 /// Domain separation for record bytes; bump the version if the layout ever changes.
-const RECORD_MAGIC: &[u8] = b"MIG-AUDIT-RECORD-V1";
+const RECORD_MAGIC: &[u8] = b"MIG-AUDIT-RECORD-V2";
 /// Domain separation for checkpoint messages.
-const CHECKPOINT_MAGIC: &[u8] = b"MIG-AUDIT-CHECKPOINT-V1";
+const CHECKPOINT_MAGIC: &[u8] = b"MIG-AUDIT-CHECKPOINT-V2";
 
 /// The value record 1 chains from: SHA-256 of the ASCII bytes `MIG-AUDIT-GENESIS-V1`.
 pub fn genesis() -> [u8; 32] {
@@ -256,10 +259,10 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
 
 /// The canonical bytes of a record: what its hash, and so the next record's `prev_hash`, cover.
 ///
-/// Layout (version 1), all integers big-endian:
-/// `"MIG-AUDIT-RECORD-V1"` ‖ seq (u64) ‖ prev_hash (32 bytes) ‖ then each field in this order:
+/// Layout (version 2), all integers big-endian:
+/// `"MIG-AUDIT-RECORD-V2"` ‖ seq (u64) ‖ prev_hash (32 bytes) ‖ then each field in this order:
 /// time, kind, partner_ods, partner_cert_sha256, sds_user_id, sds_role_profile_id, job_role,
-/// requesting_org_ods, requesting_device, nhs_number, interaction_id, trace_id, basis,
+/// requesting_org_ods, requesting_device, nhs_number, interaction_id, trace_id, from_asid, basis,
 /// override_reason, override_justification, decision, error_code, sections, operator, action,
 /// alert_id. A text field is `0x00` when absent, else `0x01` ‖ length (u32) ‖ UTF-8 bytes;
 /// time is the stored text, kind/basis/decision their kebab-case names (always present),
@@ -286,6 +289,7 @@ pub fn canonical_bytes(
     put_field(&mut out, record.nhs_number.as_deref());
     put_field(&mut out, record.interaction_id.as_deref());
     put_field(&mut out, record.trace_id.as_deref());
+    put_field(&mut out, record.from_asid.as_deref());
     put_field(&mut out, Some(record.basis.name()));
     put_field(&mut out, record.override_reason.as_deref());
     put_field(&mut out, record.override_justification.as_deref());
@@ -321,13 +325,15 @@ impl StoredRecord {
 }
 
 /// The message a checkpoint signature covers:
-/// `"MIG-AUDIT-CHECKPOINT-V1"` ‖ seq (u64 BE) ‖ chain head (32 bytes) ‖ length (u32 BE) ‖ time.
-/// The chain head is the hash of record `seq`.
-pub fn checkpoint_message(seq: u64, head: &[u8; 32], time_text: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(96);
+/// `"MIG-AUDIT-CHECKPOINT-V2"` ‖ seq (u64 BE) ‖ chain head (32 bytes) ‖ TPM counter (u64 BE) ‖
+/// length (u32 BE) ‖ time. The chain head is the hash of record `seq`; the counter is the value
+/// the TPM's audit counter has once this checkpoint's increment is done.
+pub fn checkpoint_message(seq: u64, head: &[u8; 32], counter: u64, time_text: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(104);
     out.extend_from_slice(CHECKPOINT_MAGIC);
     out.extend_from_slice(&seq.to_be_bytes());
     out.extend_from_slice(head);
+    out.extend_from_slice(&counter.to_be_bytes());
     put_bytes(&mut out, time_text.as_bytes());
     out
 }
@@ -374,6 +380,22 @@ mod tests {
         );
         // The sequence number is covered.
         assert_ne!(record_hash(1, "t", &one, &g), record_hash(2, "t", &one, &g));
+        // So is the caller's ASID.
+        let mut four = one.clone();
+        four.from_asid = Some("200000000999".into());
+        assert_ne!(
+            record_hash(1, "t", &one, &g),
+            record_hash(1, "t", &four, &g)
+        );
+    }
+
+    #[test]
+    fn checkpoint_message_covers_the_counter() {
+        let head = [5u8; 32];
+        assert_ne!(
+            checkpoint_message(9, &head, 41, "t"),
+            checkpoint_message(9, &head, 42, "t")
+        );
     }
 
     #[test]

@@ -11,7 +11,9 @@ use super::record::{Decision, PermissionBasis, RecordKind, StoredRecord};
 use super::{AuditError, AuditRecord};
 
 /// Bumped when the schema changes; stored in `meta`.
-const SCHEMA_VERSION: &str = "1";
+/// Version 2 added the TPM counter to checkpoints and `Ssp-From` to records; nothing with
+/// version 1 was released, so there is no migration.
+pub(crate) const SCHEMA_VERSION: &str = "2";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -42,7 +44,8 @@ CREATE TABLE IF NOT EXISTS records (
     action TEXT,
     alert_id INTEGER,
     prev_hash BLOB NOT NULL,
-    hash BLOB NOT NULL
+    hash BLOB NOT NULL,
+    from_asid TEXT
 );
 CREATE INDEX IF NOT EXISTS records_nhs_number ON records(nhs_number);
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -50,6 +53,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     seq INTEGER NOT NULL,
     head BLOB NOT NULL,
     time TEXT NOT NULL,
+    counter INTEGER NOT NULL,
     signature BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS alerts (
@@ -75,7 +79,7 @@ CREATE TABLE IF NOT EXISTS alerts (
 pub(crate) const RECORD_COLUMNS: &str = "seq, time, kind, partner_ods, partner_cert_sha256, \
     sds_user_id, sds_role_profile_id, job_role, requesting_org_ods, requesting_device, \
     nhs_number, interaction_id, trace_id, basis, override_reason, override_justification, \
-    decision, error_code, sections, operator, action, alert_id, prev_hash, hash";
+    decision, error_code, sections, operator, action, alert_id, prev_hash, hash, from_asid";
 
 fn db_error(operation: &'static str) -> impl FnOnce(rusqlite::Error) -> AuditError {
     move |source| AuditError::Database { operation, source }
@@ -213,6 +217,7 @@ pub(crate) fn record_from_row(row: &Row<'_>) -> Result<StoredRecord, AuditError>
         nhs_number: text(10)?,
         interaction_id: text(11)?,
         trace_id: text(12)?,
+        from_asid: text(24)?,
         basis,
         override_reason: text(14)?,
         override_justification: text(15)?,
@@ -242,7 +247,7 @@ pub(crate) fn insert_record(conn: &Connection, stored: &StoredRecord) -> Result<
     let mut stmt = conn
         .prepare_cached(&format!(
             "INSERT INTO records ({RECORD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, \
-             ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)"
+             ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)"
         ))
         .map_err(db_error("prepare record insert"))?;
     stmt.execute(params![
@@ -270,6 +275,7 @@ pub(crate) fn insert_record(conn: &Connection, stored: &StoredRecord) -> Result<
         r.alert_id.map(to_i64).transpose()?,
         &stored.prev_hash[..],
         &stored.hash[..],
+        r.from_asid,
     ])
     .map_err(db_error("insert audit record"))?;
     Ok(())
@@ -281,26 +287,4 @@ pub(crate) fn to_i64(value: u64) -> Result<i64, AuditError> {
         seq: value,
         what: "number too large for the database".into(),
     })
-}
-
-/// The last record, if any.
-pub(crate) fn last_record(conn: &Connection) -> Result<Option<StoredRecord>, AuditError> {
-    let mut stmt = conn
-        .prepare(&format!(
-            "SELECT {RECORD_COLUMNS} FROM records ORDER BY seq DESC LIMIT 1"
-        ))
-        .map_err(db_error("read last record"))?;
-    let mut rows = stmt.query([]).map_err(db_error("read last record"))?;
-    match rows.next().map_err(db_error("read last record"))? {
-        Some(row) => Ok(Some(record_from_row(row)?)),
-        None => Ok(None),
-    }
-}
-
-/// The sequence number of the last checkpoint, 0 if none.
-pub(crate) fn last_checkpoint_seq(conn: &Connection) -> Result<u64, AuditError> {
-    let seq: Option<i64> = conn
-        .query_row("SELECT max(seq) FROM checkpoints", [], |row| row.get(0))
-        .map_err(db_error("read last checkpoint"))?;
-    Ok(seq.and_then(|s| u64::try_from(s).ok()).unwrap_or(0))
 }

@@ -12,8 +12,10 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::counter::Counter;
 use super::record::{checkpoint_message, format_time, genesis, record_hash, StoredRecord};
 use super::store::{self, to_i64};
+use super::verify::check_tail;
 use super::{AuditError, AuditReader, AuditRecord, Decision, RecordKind};
 use crate::keys::Signer;
 
@@ -119,42 +121,95 @@ fn unavailable(why: impl std::fmt::Display) -> AuditError {
 }
 
 impl AuditLog {
-    /// Opens (creating if missing) the audit database at `path` and starts the writer thread.
-    /// Blocking (a few milliseconds of file I/O).
+    /// Opens the existing audit database at `path` and starts the writer thread, once the
+    /// trail's tail verifies against the audit key and the TPM counter (`verify::check_tail`);
+    /// a tail that does not is `TrailRejected`, and nothing is added to it. After a crash it
+    /// finishes an interrupted counter increment and signs a checkpoint over the records left
+    /// uncovered before returning. Blocking (file I/O and TPM commands).
     pub fn open(
         path: &Path,
         key: &[u8; 32],
         signer: Arc<dyn Signer>,
+        counter: Arc<dyn Counter>,
         options: AuditOptions,
     ) -> Result<AuditLog, AuditError> {
-        let conn = store::open(path, key, true, options.busy_timeout)?;
-        let (next_seq, head) = match store::last_record(&conn)? {
-            None => (1, genesis()),
-            Some(last) => {
-                let computed = last.computed_hash();
-                if computed != last.hash {
-                    // Chain on from what the record says; `verify` will name it as modified.
-                    tracing::error!(
-                        seq = last.seq,
-                        "the last audit record does not match its hash; run `migctl audit verify`"
-                    );
-                }
-                (last.seq + 1, computed)
+        if !path.exists() {
+            return Err(AuditError::Missing {
+                path: path.to_path_buf(),
+            });
+        }
+        let conn = store::open(path, key, false, options.busy_timeout)?;
+        let tpm = counter.read()?;
+        let tail = match check_tail(&conn, &signer.public_key_spki_der(), tpm)? {
+            Ok(tail) => tail,
+            Err(problem) => {
+                return Err(AuditError::TrailRejected {
+                    path: path.to_path_buf(),
+                    problem,
+                })
             }
         };
-        let last_checkpoint = store::last_checkpoint_seq(&conn)?;
-        let counters = Arc::new(Counters::default());
-        let (queue, receiver) = mpsc::channel(options.queue_capacity.max(1));
+        let mut writer = Writer {
+            conn,
+            signer,
+            counter,
+            next_seq: tail.last_seq + 1,
+            head: tail.head,
+            last_checkpoint: tail.checkpoint_seq,
+            last_counter: tail.checkpoint_counter,
+            owed: tail.checkpoint_counter > tpm,
+            uncovered_since: None,
+            counters: Arc::new(Counters::default()),
+            options,
+        };
+        if writer.owed || writer.next_seq > writer.last_checkpoint + 1 {
+            tracing::warn!(
+                uncovered_from = writer.last_checkpoint + 1,
+                last = writer.next_seq - 1,
+                "the audit trail ends after its last checkpoint (migd stopped without its final \
+                 checkpoint); signing one now"
+            );
+            writer.checkpoint()?;
+        }
+        Self::start(path, key, writer)
+    }
+
+    /// Creates a new, empty audit database at `path` (which must not exist) and starts the
+    /// writer; its first checkpoint carries the TPM counter's next value. For `migctl init`
+    /// and `migctl audit new-trail`.
+    pub fn create(
+        path: &Path,
+        key: &[u8; 32],
+        signer: Arc<dyn Signer>,
+        counter: Arc<dyn Counter>,
+        options: AuditOptions,
+    ) -> Result<AuditLog, AuditError> {
+        if path.exists() {
+            return Err(AuditError::AlreadyExists {
+                path: path.to_path_buf(),
+            });
+        }
+        let conn = store::open(path, key, true, options.busy_timeout)?;
+        let last_counter = counter.read()?;
         let writer = Writer {
             conn,
             signer,
-            next_seq,
-            head,
-            last_checkpoint,
-            uncovered_since: (next_seq > last_checkpoint + 1).then(Instant::now),
-            counters: counters.clone(),
+            counter,
+            next_seq: 1,
+            head: genesis(),
+            last_checkpoint: 0,
+            last_counter,
+            owed: false,
+            uncovered_since: None,
+            counters: Arc::new(Counters::default()),
             options,
         };
+        Self::start(path, key, writer)
+    }
+
+    fn start(path: &Path, key: &[u8; 32], writer: Writer) -> Result<AuditLog, AuditError> {
+        let counters = writer.counters.clone();
+        let (queue, receiver) = mpsc::channel(writer.options.queue_capacity.max(1));
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || writer.run(receiver))
@@ -312,6 +367,12 @@ impl Drop for AuditLog {
 struct Writer {
     conn: Connection,
     signer: Arc<dyn Signer>,
+    /// The TPM's audit counter.
+    counter: Arc<dyn Counter>,
+    /// The counter value the last stored checkpoint carries.
+    last_counter: u64,
+    /// The last checkpoint is stored but the counter has not been incremented to its value yet.
+    owed: bool,
     /// The sequence number the next record gets.
     next_seq: u64,
     /// Hash of the last committed record (or genesis).
@@ -494,28 +555,64 @@ impl Writer {
         }
     }
 
-    /// Signs (last seq, head) and stores it, if any record is uncovered.
+    /// Signs (last seq, head, next counter value) and stores it, if any record is uncovered,
+    /// then increments the TPM counter to that value.
+    ///
+    /// Store first, then increment: the TPM is then never ahead of the trail, so a trail whose
+    /// last checkpoint is behind the TPM has lost a checkpoint, even one. A stop between the two
+    /// leaves the trail one ahead, which the next checkpoint (or the next start) settles.
     fn checkpoint(&mut self) -> Result<(), AuditError> {
+        if self.owed {
+            self.settle_counter()?;
+        }
         let seq = self.next_seq - 1;
         if seq == 0 || seq <= self.last_checkpoint {
             self.uncovered_since = None;
             return Ok(());
         }
+        let tpm = self.counter.read()?;
+        if tpm != self.last_counter {
+            // Only something other than migd moves it: worth a look, not a reason to stop.
+            tracing::warn!(
+                expected = self.last_counter,
+                tpm,
+                "the TPM audit counter was incremented outside migd"
+            );
+        }
+        let value = tpm.max(self.last_counter) + 1;
         let time_text = format_time(OffsetDateTime::now_utc())?;
-        let message = checkpoint_message(seq, &self.head, &time_text);
+        let message = checkpoint_message(seq, &self.head, value, &time_text);
         let signature = self.signer.sign(&message).map_err(AuditError::Checkpoint)?;
         self.conn
             .execute(
-                "INSERT INTO checkpoints (seq, head, time, signature) VALUES (?1, ?2, ?3, ?4)",
-                params![to_i64(seq)?, &self.head[..], time_text, signature],
+                "INSERT INTO checkpoints (seq, head, time, counter, signature) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    to_i64(seq)?,
+                    &self.head[..],
+                    time_text,
+                    to_i64(value)?,
+                    signature
+                ],
             )
             .map_err(|source| AuditError::Database {
                 operation: "store checkpoint",
                 source,
             })?;
         self.last_checkpoint = seq;
+        self.last_counter = value;
+        self.owed = true;
         self.uncovered_since = None;
         self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+        self.settle_counter()
+    }
+
+    /// Brings the TPM counter up to the last stored checkpoint's value.
+    fn settle_counter(&mut self) -> Result<(), AuditError> {
+        if self.counter.read()? < self.last_counter {
+            self.counter.increment()?;
+        }
+        self.owed = false;
         Ok(())
     }
 }

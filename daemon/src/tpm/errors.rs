@@ -95,6 +95,18 @@ pub enum TpmError {
         /// PCRs in the config now.
         configured: Vec<u8>,
     },
+    /// The audit counter's NV index is not defined on this TPM.
+    #[error("the audit counter (TPM NV index {index:#010x}) is not defined on this TPM: the TPM was cleared or replaced, or the appliance was provisioned before audit counters; re-provision the appliance (migctl init)")]
+    CounterMissing {
+        /// The NV index.
+        index: u32,
+    },
+    /// Something other than a plain, non-orderly counter sits at the audit counter's index.
+    #[error("TPM NV index {index:#010x} is not the audit counter (not a non-orderly NV counter with its own auth); another program defined it: remove it (tpm2_nvundefine) and re-provision the appliance")]
+    CounterWrongType {
+        /// The NV index.
+        index: u32,
+    },
     /// The owner-hierarchy password was refused.
     #[error("the TPM refused the owner hierarchy password; set owner_auth in the config to the TPM's owner password (or leave it out if the owner password is empty)")]
     OwnerAuthRejected,

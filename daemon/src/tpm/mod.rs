@@ -8,6 +8,7 @@
 mod blobs;
 mod errors;
 mod keys;
+mod nv;
 mod primary;
 mod seal;
 mod service;
@@ -23,8 +24,10 @@ use sha2::{Digest as _, Sha256};
 use tss_esapi::tcti_ldr::TctiNameConf;
 use zeroize::Zeroizing;
 
+use crate::audit::{Counter, CounterError};
 use crate::keys::{SignError, Signer};
 pub use errors::TpmError;
+pub use nv::AUDIT_COUNTER_INDEX;
 pub use seal::REPLICA_KEY_LEN;
 use service::{Reply, Request, Service};
 
@@ -203,6 +206,21 @@ impl Tpm {
         self.call(|reply| Request::Random { len, reply })
     }
 
+    /// The audit checkpoint counter's value (TPM2_NV_Read). Blocking.
+    pub fn counter_read(&self) -> Result<u64, TpmError> {
+        self.call(|reply| Request::CounterRead { reply })
+    }
+
+    /// Increments the audit checkpoint counter and returns its new value. Blocking.
+    pub fn counter_increment(&self) -> Result<u64, TpmError> {
+        self.call(|reply| Request::CounterIncrement { reply })
+    }
+
+    /// The audit checkpoint counter, for the audit log.
+    pub fn audit_counter(&self) -> Arc<dyn Counter> {
+        Arc::new(TpmCounter { tpm: self.clone() })
+    }
+
     /// A cheap round trip to the TPM (TPM2_GetRandom), for the watchdog.
     pub fn health_check(&self) -> Result<(), TpmError> {
         self.call(|reply| Request::HealthCheck { reply })
@@ -251,6 +269,29 @@ impl Signer for TpmSigner {
 
     fn public_key_spki_der(&self) -> Vec<u8> {
         self.spki.clone()
+    }
+}
+
+/// The audit log's `Counter` backed by the TPM's NV counter.
+#[derive(Debug)]
+struct TpmCounter {
+    tpm: Tpm,
+}
+
+impl Counter for TpmCounter {
+    fn read(&self) -> Result<u64, CounterError> {
+        self.tpm.counter_read().map_err(counter_error)
+    }
+
+    fn increment(&self) -> Result<u64, CounterError> {
+        self.tpm.counter_increment().map_err(counter_error)
+    }
+}
+
+fn counter_error(e: TpmError) -> CounterError {
+    match e {
+        TpmError::ServiceStopped => CounterError::Unavailable,
+        other => CounterError::Failed(other.to_string()),
     }
 }
 

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender};
 
-use tss_esapi::handles::{KeyHandle, ObjectHandle};
+use tss_esapi::handles::{KeyHandle, NvIndexHandle, ObjectHandle};
 use tss_esapi::utils::TpmsContext;
 use tss_esapi::Context;
 use zeroize::Zeroizing;
@@ -20,7 +20,7 @@ use zeroize::Zeroizing;
 use super::blobs::{self, Manifest, Object};
 use super::errors::{tpm_err, TpmError};
 use super::seal::{self, UnsealError, REPLICA_KEY_LEN};
-use super::{keys, primary, sign, KeyRole};
+use super::{keys, nv, primary, sign, KeyRole};
 
 /// Where a request's answer goes.
 pub(crate) type Reply<T> = SyncSender<Result<T, TpmError>>;
@@ -53,6 +53,12 @@ pub(crate) enum Request {
     },
     HealthCheck {
         reply: Reply<()>,
+    },
+    CounterRead {
+        reply: Reply<u64>,
+    },
+    CounterIncrement {
+        reply: Reply<u64>,
     },
 }
 
@@ -95,6 +101,8 @@ struct Loaded {
     primary: TpmsContext,
     sealed: TpmsContext,
     pcr_values: BTreeMap<u8, String>,
+    /// The audit checkpoint counter (an ESYS handle for an NV index: no transient slot).
+    counter: NvIndexHandle,
 }
 
 impl Service {
@@ -141,6 +149,12 @@ impl Service {
                 Request::HealthCheck { reply } => {
                     let _ = reply.send(self.random(8).map(|_| ()));
                 }
+                Request::CounterRead { reply } => {
+                    let _ = reply.send(self.counter_read());
+                }
+                Request::CounterIncrement { reply } => {
+                    let _ = reply.send(self.counter_increment());
+                }
             }
         }
     }
@@ -160,6 +174,7 @@ impl Service {
             let audit = keys::create(&mut self.context, primary)?;
             let sealed = seal::create(&mut self.context, primary, &self.pcrs)?;
             let pcr_values = seal::read_pcrs(&mut self.context, &self.pcrs)?;
+            nv::provision(&mut self.context)?;
             Ok::<_, TpmError>((tls, audit, sealed, pcr_values))
         })();
         self.flush(primary);
@@ -227,11 +242,13 @@ impl Service {
             )?);
             let audit = self.load_and_save(primary, audit_blob, "load the audit key")?;
             let sealed = self.load_and_save(primary, sealed_blob, "load the sealed replica key")?;
-            Ok::<_, TpmError>((primary_saved, audit, sealed))
+            // After the keys: a cleared TPM is better named by the key that no longer loads.
+            let counter = nv::open(&mut self.context)?;
+            Ok::<_, TpmError>((primary_saved, audit, sealed, counter))
         })();
         self.flush(primary);
         match (result, tls) {
-            (Ok((primary_saved, audit, sealed)), Some(tls)) => {
+            (Ok((primary_saved, audit, sealed, counter)), Some(tls)) => {
                 self.loaded = Some(Loaded {
                     tls,
                     tls_spki,
@@ -240,6 +257,7 @@ impl Service {
                     primary: primary_saved,
                     sealed,
                     pcr_values: manifest.pcr_values,
+                    counter,
                 });
                 Ok(())
             }
@@ -358,6 +376,18 @@ impl Service {
                 })
             }
         }
+    }
+
+    fn counter_read(&mut self) -> Result<u64, TpmError> {
+        let counter = self.loaded()?.counter;
+        nv::read(&mut self.context, counter)
+    }
+
+    /// Increments the counter and returns its new value.
+    fn counter_increment(&mut self) -> Result<u64, TpmError> {
+        let counter = self.loaded()?.counter;
+        nv::increment(&mut self.context, counter)?;
+        nv::read(&mut self.context, counter)
     }
 
     fn random(&mut self, len: usize) -> Result<Vec<u8>, TpmError> {

@@ -4,7 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use mig::audit::{AuditLog, AuditOptions, AuditRecord, Decision, PermissionBasis, RecordKind};
+use mig::audit::{
+    AuditLog, AuditOptions, AuditRecord, Counter, CounterError, Decision, PermissionBasis,
+    RecordKind,
+};
 use mig::keys::{InMemorySigner, Signer};
 
 pub const KEY: [u8; 32] = [7u8; 32];
@@ -17,9 +20,57 @@ pub fn db_path(dir: &Path) -> PathBuf {
     dir.join("audit.db")
 }
 
+/// Opens the trail at `path`, creating it if missing, with `counter_for(path)`.
 pub fn open(path: &Path, signer: Arc<InMemorySigner>, options: AuditOptions) -> AuditLog {
+    try_open(path, signer, options).unwrap()
+}
+
+pub fn try_open(
+    path: &Path,
+    signer: Arc<InMemorySigner>,
+    options: AuditOptions,
+) -> Result<AuditLog, mig::audit::AuditError> {
     let signer: Arc<dyn Signer> = signer;
-    AuditLog::open(path, &KEY, signer, options).unwrap()
+    let counter = counter_for(path);
+    if path.exists() {
+        AuditLog::open(path, &KEY, signer, counter, options)
+    } else {
+        AuditLog::create(path, &KEY, signer, counter, options)
+    }
+}
+
+/// The stand-in for the TPM's counter that goes with the trail at `path`: a file beside it
+/// (`audit.counter`), so it outlives a reopen or a killed process, as the TPM's does.
+pub fn counter_for(path: &Path) -> Arc<FileCounter> {
+    Arc::new(FileCounter(path.with_extension("counter")))
+}
+
+#[derive(Debug)]
+pub struct FileCounter(pub PathBuf);
+
+impl FileCounter {
+    pub fn set(&self, value: u64) {
+        std::fs::write(&self.0, value.to_string()).unwrap();
+    }
+}
+
+impl Counter for FileCounter {
+    fn read(&self) -> Result<u64, CounterError> {
+        match std::fs::read_to_string(&self.0) {
+            Ok(text) => Ok(text.trim().parse().unwrap()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(CounterError::Failed(e.to_string())),
+        }
+    }
+
+    fn increment(&self) -> Result<u64, CounterError> {
+        let value = self.read()? + 1;
+        let temp = self.0.with_extension("counter.tmp");
+        std::fs::write(&temp, value.to_string())
+            .map_err(|e| CounterError::Failed(e.to_string()))?;
+        std::fs::rename(&temp, &self.0).map_err(|e| CounterError::Failed(e.to_string()))?;
+        Ok(value)
+    }
 }
 
 /// A permitted structured-record request with every field filled.
@@ -37,6 +88,7 @@ pub fn partner_request(n: u64) -> AuditRecord {
     r.interaction_id =
         Some("urn:nhs:names:services:gpconnect:fhir:operation:gpc.getstructuredrecord-1".into());
     r.trace_id = Some(format!("3f2a1b4c-0000-4000-8000-{:012}", n));
+    r.from_asid = Some("200000000999".into());
     r.basis = PermissionBasis::Granted;
     r.sections = vec!["allergies".into(), "medications".into()];
     r

@@ -131,7 +131,7 @@ fn tpm_checks(config: &Config) -> Vec<Finding> {
     out.push(finding(
         "keys load",
         Level::Ok,
-        "TLS and audit keys and the sealed replica key loaded",
+        "TLS and audit keys, the sealed replica key and the audit counter loaded",
     ));
     out.push(match tpm.unseal_replica_key() {
         Ok(_) => finding(
