@@ -8,7 +8,7 @@
 //! withheld item cannot be named through one. maud escapes every value; the page has no script
 //! and no external resource, and `CONTENT_SECURITY_POLICY` forbids both.
 
-use maud::{html, Markup, DOCTYPE};
+use maud::{html, Markup, PreEscaped, DOCTYPE};
 use rustc_hash::FxHashMap;
 use serde_json::Value;
 
@@ -72,12 +72,22 @@ const NOT_RECORDED: &str = "—";
 pub struct PageCache {
     banner: Banner,
     /// Each item's row by `Type/id`, with the section its columns were made for.
-    rows: FxHashMap<String, (Section, Vec<Cell>)>,
+    rows: FxHashMap<String, Row>,
     /// Each Medication's name by id.
     medication_names: FxHashMap<String, String>,
 }
 
-/// One table cell.
+/// One item's table row, made for its section's columns.
+#[derive(Debug)]
+struct Row {
+    section: Section,
+    /// What the item is: the row's header cell.
+    name: Cell,
+    /// The other cells, already rendered (escaped) as `td` elements.
+    rest: String,
+}
+
+/// The header cell of a row.
 #[derive(Debug)]
 enum Cell {
     Text(String),
@@ -99,7 +109,7 @@ impl PageCache {
             .filter_map(|(facts, body)| {
                 let section = section_of(facts)?;
                 let item = serde_json::from_str::<Value>(body).ok()?;
-                Some((member(facts), (section, row(section, &item))))
+                Some((member(facts), row(section, &item)))
             })
             .collect();
         let medication_names = shared
@@ -250,7 +260,7 @@ fn section(list: &SectionList<'_>, parts: &RecordParts<'_>, page: &PageCache) ->
     let id = list.section.name();
     let headers = headers(list.section);
     let mut key = String::new();
-    let rows: Vec<Vec<&str>> = list
+    let rows: Vec<&Row> = list
         .items
         .iter()
         .filter_map(|entry| {
@@ -258,11 +268,10 @@ fn section(list: &SectionList<'_>, parts: &RecordParts<'_>, page: &PageCache) ->
             key.push_str(&entry.facts.resource_type);
             key.push('/');
             key.push_str(&entry.facts.id);
-            let (section, cells) = page.rows.get(key.as_str())?;
+            let row = page.rows.get(key.as_str())?;
             // Made for another section's columns: not shown rather than misaligned.
-            (*section == list.section).then_some(cells)
+            (row.section == list.section).then_some(row)
         })
-        .map(|cells| cells.iter().map(|c| cell_text(c, parts, page)).collect())
         .collect();
     html! {
         section aria-labelledby=(id) {
@@ -278,15 +287,10 @@ fn section(list: &SectionList<'_>, parts: &RecordParts<'_>, page: &PageCache) ->
                 table {
                     thead { tr { @for h in headers { th scope="col" { (h) } } } }
                     tbody {
-                        @for cells in &rows {
+                        @for row in &rows {
                             tr {
-                                @for (n, cell) in cells.iter().enumerate() {
-                                    @if n == 0 {
-                                        th scope="row" { (cell) }
-                                    } @else {
-                                        td data-label=(headers.get(n).copied().unwrap_or_default()) { (cell) }
-                                    }
-                                }
+                                th scope="row" { (cell_text(&row.name, parts, page)) }
+                                (PreEscaped(&row.rest))
                             }
                         }
                     }
@@ -331,13 +335,24 @@ fn cell_text<'a>(cell: &'a Cell, parts: &RecordParts<'_>, page: &'a PageCache) -
     }
 }
 
-fn row(section: Section, item: &Value) -> Vec<Cell> {
-    let mut cells = Vec::new();
-    if section == Section::Medications {
-        cells.push(medication_name(item));
+fn row(section: Section, item: &Value) -> Row {
+    let mut texts = text_row(section, item).into_iter();
+    let name = if section == Section::Medications {
+        medication_name(item)
+    } else {
+        Cell::Text(texts.next().unwrap_or_else(|| NOT_RECORDED.to_owned()))
+    };
+    let labels = headers(section).iter().skip(1);
+    let rest = html! {
+        @for (label, text) in labels.zip(texts) {
+            td data-label=(label) { (text) }
+        }
+    };
+    Row {
+        section,
+        name,
+        rest: rest.into_string(),
     }
-    cells.extend(text_row(section, item).into_iter().map(Cell::Text));
-    cells
 }
 
 fn text_row(section: Section, item: &Value) -> Vec<String> {
