@@ -61,6 +61,14 @@ fn main() {
             .unwrap_or(0);
         let options = Options {
             sign_delay: (delay_ms > 0).then(|| Duration::from_millis(delay_ms)),
+            // Capacity, not the per-source limits, is measured: every client here is 127.0.0.1.
+            limits: mig::listener::ListenerLimits {
+                handshake_rate_per_source: 1_000_000,
+                handshake_burst_per_source: 1_000_000,
+                max_connections_per_source: 1_000_000,
+                max_connections_per_partner: 1_000_000,
+                ..Default::default()
+            },
             ..Default::default()
         };
         let app = Appliance::start(&[&ca], &[partner("RX6", &who)], options).await;

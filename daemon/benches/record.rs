@@ -105,7 +105,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         records: Default::default(),
         audit: Arc::new(Accept),
         sensitive: Arc::new(SensitiveCodes::shipped()?),
-        health: Arc::new(|| true),
+        health: Arc::new(|| Ok(())),
     };
     let caller = Caller {
         agreement: Some(Arc::new(Agreement {

@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 use crate::admin::commands::AdminService;
 use crate::admin::transport::AdminListener;
 use crate::api::upstream::Upstream;
-use crate::api::{Api, Appliance, Caller};
+use crate::api::{Api, Appliance};
 use crate::audit::{AuditLog, AuditOptions};
 use crate::config::Config;
 use crate::keys::{derive, AUDIT_KEY_PURPOSE, REPLICA_KEY_PURPOSE};
@@ -134,24 +134,14 @@ fn listener_limits(config: &Config) -> ListenerLimits {
         max_header_bytes: limits.max_header_bytes,
         max_body_bytes: limits.max_body_bytes,
         per_partner_concurrency: limits.per_partner_concurrency,
+        client_hello_timeout: limits.client_hello_timeout,
+        max_connections_per_source: limits.max_connections_per_source,
+        max_connections_per_partner: limits.max_connections_per_partner,
+        handshake_rate_per_source: limits.handshake_rate_per_source,
+        handshake_burst_per_source: limits.handshake_burst_per_source,
+        max_connection_age: limits.max_connection_age,
         shutdown_grace: config.service.shutdown_grace,
         ..ListenerLimits::default()
-    }
-}
-
-struct PartnerHandler {
-    api: Api,
-}
-
-impl Handler for PartnerHandler {
-    fn handle(&self, peer: Peer, request: Request<Bytes>) -> HandlerFuture<'_> {
-        Box::pin(async move {
-            let caller = Caller {
-                agreement: peer.partner.as_ref().map(|p| Arc::new(p.agreement.clone())),
-                certificate_sha256: hex::encode(peer.leaf_cert_sha256),
-            };
-            self.api.handle(&caller, request).await
-        })
     }
 }
 
@@ -273,13 +263,22 @@ async fn serve(
         records: Default::default(),
         audit: audit.clone(),
         sensitive,
-        health: Arc::new(move || health_flag.load(Ordering::SeqCst)),
+        health: {
+            let reloader = reloader.clone();
+            let state_dir = config.state_dir.clone();
+            Arc::new(move || {
+                if !health_flag.load(Ordering::SeqCst) {
+                    return Err("the TPM or replica check fails".into());
+                }
+                registry_health(&reloader.current(), &state_dir).map_or(Ok(()), Err)
+            })
+        },
     };
     let mut servers = vec![listener::serve(
         partner_tcp,
         SnapshotSource::new(reloader.subscribe(), Role::Partner),
         limits.clone(),
-        Arc::new(PartnerHandler { api }),
+        Arc::new(api),
         shutdown.clone(),
     )];
     if let Some(upstream) = &config.upstream {
@@ -340,17 +339,41 @@ async fn serve(
     };
     let health_task = {
         let healthy = healthy.clone();
+        let watchdog_reloader = reloader.clone();
+        let watchdog_state_dir = config.state_dir.clone();
         let check = health_check.clone();
         tokio::spawn(async move {
             let interval = notify::watchdog_interval();
             match interval {
                 Some(interval) => {
+                    // A registry file that is not applied does not stop the pings (a restart
+                    // would not fix it) but is shown in the unit's status line, by name, at
+                    // every healthy tick (so no other STATUS= outlives it) but the one right
+                    // after a recovery, where the loop itself says "serving".
+                    let shown = Arc::new(Mutex::new((true, None::<String>)));
                     notify::watchdog_loop(interval, move || {
                         let check = check.clone();
                         let healthy = healthy.clone();
+                        let reloader = watchdog_reloader.clone();
+                        let state_dir = watchdog_state_dir.clone();
+                        let shown = shown.clone();
                         async move {
                             let ok = check().await;
                             healthy.store(ok, Ordering::SeqCst);
+                            let registry = registry_health(&reloader.current(), &state_dir);
+                            let mut shown = shown.lock().unwrap_or_else(|p| p.into_inner());
+                            let (was_ok, line) = &mut *shown;
+                            if ok && *was_ok {
+                                match &registry {
+                                    Some(problem) => notify::status(problem).ok(),
+                                    None if line.is_some() => notify::status("serving").ok(),
+                                    None => None,
+                                };
+                                *line = registry;
+                            } else {
+                                *line = None;
+                            }
+                            *was_ok = ok;
                             ok
                         }
                     })
@@ -395,6 +418,31 @@ async fn serve(
     let _ = admin_task.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// One line naming every registry file that is not applied (paths relative to the state
+/// directory: `/healthz` answers partners too), or `None` when all applied.
+pub fn registry_health(snapshot: &crate::tls::Snapshot, state_dir: &Path) -> Option<String> {
+    if snapshot.problems.is_empty() {
+        return None;
+    }
+    let mut files: Vec<String> = snapshot
+        .problems
+        .iter()
+        .map(|p| {
+            p.path
+                .strip_prefix(state_dir)
+                .unwrap_or(&p.path)
+                .display()
+                .to_string()
+        })
+        .collect();
+    files.sort();
+    files.dedup();
+    Some(format!(
+        "registry files not applied (see `migctl check`): {}",
+        files.join(", ")
+    ))
 }
 
 async fn bind(address: std::net::SocketAddr) -> Result<tokio::net::TcpListener, ServiceError> {

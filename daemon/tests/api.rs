@@ -195,10 +195,19 @@ struct Harness {
 }
 
 fn harness() -> Harness {
+    harness_with(Vec::new())
+}
+
+/// The practice and `extra` resources after it.
+fn harness_with(extra: Vec<Value>) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("replica.db");
     let mut replica = Replica::create(&path, &KEY).unwrap();
-    let ndjson: String = practice().iter().map(|r| format!("{r}\n")).collect();
+    let ndjson: String = practice()
+        .iter()
+        .chain(&extra)
+        .map(|r| format!("{r}\n"))
+        .collect();
     replica.import_ndjson(ndjson.as_bytes()).unwrap();
     let audit = Arc::new(RecordingAudit::default());
     let api = Api {
@@ -212,7 +221,7 @@ fn harness() -> Harness {
         records: Default::default(),
         audit: audit.clone(),
         sensitive: Arc::new(SensitiveCodes::shipped().unwrap()),
-        health: Arc::new(|| true),
+        health: Arc::new(|| Ok(())),
     };
     Harness {
         _dir: dir,
@@ -888,13 +897,24 @@ async fn unknown_routes_and_methods_are_refused() {
     )
     .await;
     assert_eq!(status, 404);
-    let (status, _, _) = send(
+    let refused = last_event(&h);
+    assert!(!refused.permitted);
+    assert_eq!(
+        refused.http_refusal,
+        Some(mig::api::outcome::HttpRefusal::UnknownRoute)
+    );
+    let (status, body, _) = send(
         &h,
         &ambulance(),
         Request::delete("/fhir/Patient").body(Bytes::new()).unwrap(),
     )
     .await;
     assert_eq!(status, 405);
+    assert_eq!(error_code(&body), "NOT_IMPLEMENTED");
+    assert_eq!(
+        last_event(&h).http_refusal,
+        Some(mig::api::outcome::HttpRefusal::MethodNotAllowed)
+    );
     let (status, _, response) = send(
         &h,
         &ambulance(),
@@ -1095,4 +1115,326 @@ async fn refusals_stay_operation_outcomes_for_the_html_view() {
     assert_eq!((status, error_code(&body)), (403, "NO_PATIENT_CONSENT"));
     let events = h.audit.events.lock().unwrap();
     assert_eq!(events[0].interaction, mig::api::HTML_VIEW_INTERACTION);
+}
+
+// ------------------------------------------------ item filtering: items judged whole (issue 13)
+
+const CONTAINED: &str = "9990000107";
+const DECEASED: &str = "9990000115";
+const ENDED: &str = "9990000123";
+const RESTRICTED: &str = "9990000131";
+const VERY_RESTRICTED_OLD_SYSTEM: &str = "9990000158";
+const PROJECTED: &str = "9990000166";
+
+const STD_CONCEPT: &str = "8098009";
+const STD_REFSET: &str = "999004381000000103";
+const OLD_CONFIDENTIALITY: &str = "http://hl7.org/fhir/v3/Confidentiality";
+const MEDICATIONS_LIST: &str = "933361000000108";
+
+fn patient_resource(id: &str, nhs: &str, extra: Value) -> Value {
+    let mut patient = json!({"resourceType": "Patient", "id": id,
+        "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs}],
+        "name": [{"family": "Test", "given": [id]}], "gender": "male", "birthDate": "1960-05-05"});
+    patient
+        .as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    patient
+}
+
+/// A patient sharing everything, with the items of the issue 13 review.
+fn reviewed_patient() -> Vec<Value> {
+    let subject = json!({"reference": "Patient/p-review"});
+    let std = json!({"system": "http://snomed.info/sct", "code": STD_CONCEPT});
+    vec![
+        patient_resource("p-review", CONTAINED, json!({})),
+        tier("p-review-pref", "p-review", "core-and-additional"),
+        json!({"resourceType": "Observation", "id": "rv-naat", "subject": subject, "status": "final",
+            "code": {"text": "NAAT"},
+            "meta": {"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "R"}]}}),
+        // The review's example: a contained STD-labelled Condition naming the withheld Observation.
+        json!({"resourceType": "MedicationRequest", "id": "rv-doxy", "subject": subject, "status": "active", "intent": "order",
+            "contained": [{"resourceType": "Condition", "id": "why",
+                "meta": {"security": [{"system": "http://snomed.info/sct", "code": STD_REFSET}]},
+                "subject": subject, "code": {"text": "Chlamydia trachomatis infection"},
+                "evidence": [{"detail": [{"reference": "Observation/rv-naat", "display": "Chlamydia NAAT positive"}]}]}],
+            "reasonReference": [{"reference": "#why"}]}),
+        // Bare codings: in an extension, as Encounter.class, in an Observation component.
+        json!({"resourceType": "Condition", "id": "rv-ext", "subject": subject, "code": {"text": "Clinic attendance"},
+            "extension": [{"url": "urn:local:reason", "valueCoding": std}]}),
+        json!({"resourceType": "Encounter", "id": "rv-class", "subject": subject, "status": "finished", "class": std}),
+        json!({"resourceType": "Observation", "id": "rv-component", "subject": subject, "status": "final",
+            "code": {"text": "Screen"}, "component": [{"code": {"text": "result"}, "valueCodeableConcept": {"coding": [std]}}]}),
+        // Confidentiality in the older system, and in a system of the practice's own.
+        json!({"resourceType": "Condition", "id": "rv-old-r", "subject": subject, "code": {"text": "Old system R"},
+            "meta": {"security": [{"system": OLD_CONFIDENTIALITY, "code": "R"}]}}),
+        json!({"resourceType": "Condition", "id": "rv-local-label", "subject": subject, "code": {"text": "Local label"},
+            "meta": {"security": [{"system": "https://gp-system.example/CodeSystem/Confidentiality", "code": "N"}]}}),
+        // Released, but without its narrative, and without the other patient it names.
+        json!({"resourceType": "Condition", "id": "rv-released", "subject": subject,
+            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "195967001"}], "text": "Asthma"},
+            "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">Asthma; also seen at the GUM clinic</div>"},
+            "contained": [{"resourceType": "Observation", "id": "peak", "status": "final", "code": {"text": "Peak flow"},
+                "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">narrative</div>"},
+                "focus": [{"reference": "Patient/p-full", "display": "Test p-full (contained)"}]}],
+            "evidence": [{"detail": [{"reference": "#peak"}]}],
+            "extension": [{"url": "urn:local:related-person", "valueReference": {"reference": "Patient/p-core", "display": "Test p-core"}}]}),
+        json!({"resourceType": "Observation", "id": "rv-focus", "subject": subject, "status": "final",
+            "code": {"text": "Family history"},
+            "focus": [{"reference": "Patient/p-full", "display": "Test p-full"}]}),
+        // Another patient by NHS number only, and as a contained Patient.
+        json!({"resourceType": "Observation", "id": "rv-ident", "subject": subject, "status": "final",
+            "code": {"text": "Household contact"},
+            "focus": [{"identifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": CORE_ONLY},
+                "display": "Other by NHS number"}],
+            "performer": [{"identifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": CONTAINED}}],
+            "contained": [{"resourceType": "Patient", "id": "mum", "name": [{"family": "Contained-mother"}]}],
+            "hasMember": [{"reference": "#mum", "display": "Mother"}]}),
+    ]
+}
+
+fn everything(nhs: &str) -> String {
+    record_body(nhs, &ALL_SECTIONS)
+}
+
+fn find<'a>(bundle: &'a Value, reference: &str) -> Option<&'a Value> {
+    bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["resource"])
+        .find(|r| {
+            format!(
+                "{}/{}",
+                r["resourceType"].as_str().unwrap(),
+                r["id"].as_str().unwrap()
+            ) == reference
+        })
+}
+
+#[tokio::test]
+async fn contained_resources_codings_and_labels_withhold_their_item() {
+    let h = harness_with(reviewed_patient());
+    let (status, bundle, _) = send(
+        &h,
+        &ambulance(),
+        post_record(everything(CONTAINED), &token(|_| {})),
+    )
+    .await;
+    assert_eq!(status, 200, "{bundle}");
+    let ids = resource_ids(&bundle);
+    for withheld in [
+        "MedicationRequest/rv-doxy",
+        "Observation/rv-naat",
+        "Condition/rv-ext",
+        "Encounter/rv-class",
+        "Observation/rv-component",
+        "Condition/rv-old-r",
+        "Condition/rv-local-label",
+    ] {
+        assert!(!ids.contains(withheld), "{withheld} released");
+    }
+    assert!(ids.contains("Condition/rv-released"));
+    let text = bundle.to_string();
+    for secret in ["Chlamydia", "rv-naat", STD_CONCEPT, STD_REFSET] {
+        assert!(!text.contains(secret), "{secret} leaked");
+    }
+    assert_eq!(
+        list(&bundle, MEDICATIONS_LIST)["note"][0]["text"],
+        "Items excluded due to confidentiality and/or patient preferences."
+    );
+}
+
+#[tokio::test]
+async fn released_items_lose_their_narrative_and_other_patients() {
+    let h = harness_with(reviewed_patient());
+    let (status, bundle, _) = send(
+        &h,
+        &ambulance(),
+        post_record(everything(CONTAINED), &token(|_| {})),
+    )
+    .await;
+    assert_eq!(status, 200, "{bundle}");
+    let condition = find(&bundle, "Condition/rv-released").unwrap();
+    assert!(condition.get("text").is_none(), "narrative: {condition}");
+    assert!(
+        condition["contained"][0].get("text").is_none(),
+        "contained narrative"
+    );
+    assert_eq!(
+        condition["code"]["text"], "Asthma",
+        "CodeableConcept.text is not narrative"
+    );
+    let focus = find(&bundle, "Observation/rv-focus").unwrap();
+    assert!(focus.get("focus").is_none(), "{focus}");
+    let text = bundle.to_string();
+    for other in [
+        "Patient/p-full",
+        "Test p-full",
+        "Patient/p-core",
+        "Test p-core",
+        "GUM clinic",
+    ] {
+        assert!(!text.contains(other), "{other} leaked");
+    }
+    // The contained resource itself stays, and the item's own patient reference too.
+    assert_eq!(condition["contained"][0]["id"], "peak");
+    assert_eq!(condition["subject"]["reference"], "Patient/p-review");
+}
+
+#[tokio::test]
+async fn the_patient_is_served_as_its_demographics_projection() {
+    let status_url =
+        "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-NHSNumberVerificationStatus";
+    let patient = patient_resource(
+        "p-projected",
+        PROJECTED,
+        json!({
+            "meta": {"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "N"}],
+                "profile": ["https://fhir.hl7.org.uk/StructureDefinition/UKCore-Patient"]},
+            "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">Lives with partner, HIV positive</div>"},
+            "contained": [{"resourceType": "RelatedPerson", "id": "rp"}],
+            "extension": [{"url": "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-EthnicCategory",
+                "valueCodeableConcept": {"text": "secret-ethnicity"}}],
+            "identifier": [
+                {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": PROJECTED,
+                 "extension": [{"url": status_url, "valueCodeableConcept": {"coding": [{"system": "https://fhir.hl7.org.uk/CodeSystem/UKCore-NHSNumberVerificationStatusEngland", "code": "01"}]}}]},
+                {"system": "urn:local:mrn", "value": "secret-mrn"}],
+            "maritalStatus": {"text": "secret-marital"},
+            "contact": [{"name": {"text": "secret-contact"}}],
+            "telecom": [{"system": "phone", "value": "01632 960001"}],
+            "managingOrganization": {"reference": "Organization/A81001"},
+        }),
+    );
+    let h = harness_with(vec![
+        patient,
+        tier("p-projected-pref", "p-projected", "core-and-additional"),
+    ]);
+    let allowed: BTreeSet<&str> = [
+        "resourceType",
+        "id",
+        "identifier",
+        "name",
+        "gender",
+        "birthDate",
+        "deceasedBoolean",
+        "deceasedDateTime",
+        "address",
+        "telecom",
+        "communication",
+        "generalPractitioner",
+        "managingOrganization",
+    ]
+    .into();
+    let check = |resource: &Value| {
+        for key in resource.as_object().unwrap().keys() {
+            assert!(allowed.contains(key.as_str()), "{key} served: {resource}");
+        }
+        assert_eq!(resource["identifier"].as_array().unwrap().len(), 1);
+        assert_eq!(resource["identifier"][0]["value"], PROJECTED);
+        assert_eq!(resource["identifier"][0]["extension"][0]["url"], status_url);
+        assert_eq!(resource["telecom"][0]["value"], "01632 960001");
+        assert!(!resource.to_string().contains("secret"), "{resource}");
+    };
+    let (status, bundle, _) = send(
+        &h,
+        &ambulance(),
+        post_record(
+            record_body(PROJECTED, &["includeAllergies"]),
+            &token(|_| {}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{bundle}");
+    let served = find(&bundle, "Patient/p-projected").unwrap();
+    check(served);
+    assert_eq!(
+        served["managingOrganization"]["reference"],
+        "Organization/A81001"
+    );
+    let query = format!("https://fhir.nhs.uk/Id/nhs-number%7C{PROJECTED}");
+    let (status, found, _) = send(&h, &ambulance(), search(&query, &token(|_| {}))).await;
+    assert_eq!(status, 200);
+    assert_eq!(found["total"], 1);
+    check(&found["entry"][0]["resource"]);
+}
+
+#[tokio::test]
+async fn deceased_ended_and_restricted_patients_are_answered_as_unknown() {
+    let mut extra = Vec::new();
+    let cases = [
+        (
+            "p-deceased",
+            DECEASED,
+            json!({"deceasedDateTime": "2025-06-01T10:00:00Z"}),
+        ),
+        ("p-ended", ENDED, json!({"active": false})),
+        (
+            "p-restricted",
+            RESTRICTED,
+            json!({"meta": {"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "R"}]}}),
+        ),
+        (
+            "p-very",
+            VERY_RESTRICTED_OLD_SYSTEM,
+            json!({"meta": {"security": [{"system": OLD_CONFIDENTIALITY, "code": "V"}]}}),
+        ),
+    ];
+    for (id, nhs, extra_fields) in &cases {
+        extra.push(patient_resource(id, nhs, extra_fields.clone()));
+        extra.push(tier(&format!("{id}-pref"), id, "core-and-additional"));
+        extra.extend(clinical(id));
+    }
+    let h = harness_with(extra);
+    let unknown = |(status, body): (u16, Value)| {
+        assert_eq!(status, 404, "{body}");
+        assert_eq!(error_code(&body), "PATIENT_NOT_FOUND");
+    };
+    let (status, never_known, _) = send(
+        &h,
+        &ambulance(),
+        post_record(record_body(NOT_REGISTERED, &ALL_SECTIONS), &token(|_| {})),
+    )
+    .await;
+    unknown((status, never_known.clone()));
+    for (_, nhs, _) in &cases {
+        let (status, body, _) = send(
+            &h,
+            &ambulance(),
+            post_record(record_body(nhs, &ALL_SECTIONS), &token(|_| {})),
+        )
+        .await;
+        unknown((status, body.clone()));
+        let strip_ids = |v: &Value| {
+            let mut v = v.clone();
+            v.as_object_mut().unwrap().remove("id");
+            v
+        };
+        assert_eq!(
+            strip_ids(&body),
+            strip_ids(&never_known),
+            "exactly as an unknown patient"
+        );
+        // An override does not reach them either.
+        let (status, body, _) = send(
+            &h,
+            &ambulance(),
+            post_record(
+                record_body(nhs, &ALL_SECTIONS),
+                &token(|c| {
+                    c["permission_to_view"] = json!("override");
+                    c["override_reason"] = json!("emergency");
+                    c["override_justification"] =
+                        json!("Unconscious at scene, no relative present");
+                }),
+            ),
+        )
+        .await;
+        unknown((status, body));
+        let query = format!("https://fhir.nhs.uk/Id/nhs-number%7C{nhs}");
+        let (status, found, _) = send(&h, &ambulance(), search(&query, &token(|_| {}))).await;
+        assert_eq!(status, 200, "{found}");
+        assert_eq!(found["type"], "searchset");
+        assert_eq!(found["total"], 0, "{found}");
+    }
 }

@@ -4,6 +4,8 @@
 
 mod tls_support;
 
+use std::time::Duration;
+
 use rustls::AlertDescription;
 use tls_support::*;
 
@@ -31,27 +33,52 @@ async fn registered_partner_reaches_handler_with_its_identity() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn partner_matched_by_subject_and_issuer_is_identified() {
+async fn a_certificate_from_another_ca_with_the_same_names_is_not_the_partner() {
+    // Two trusted CAs with the same name; the impostor's certificate has the partner's subject.
     let ca = Issuer::root("Partner CA");
+    let other = Issuer::root("Partner CA");
     let who = ca.client("ooh");
-    let id = mig::registry::cert_identity(&who.chain[0]).unwrap();
-    let record = mig::registry::Partner {
-        agreement: agreement("NWX"),
-        identity: mig::registry::CertificateMatch::SubjectIssuer {
-            subject: id.subject.clone(),
-            issuer: id.issuer.clone(),
-        },
-    };
-    assert_eq!(id.issuer, "CN=Partner CA");
-    let app = Appliance::start(&[&ca], &[record], Options::default()).await;
-    let exchange = get(app.addr, app.client_config(Some(&who)), "/")
-        .await
-        .unwrap();
-    assert!(
-        exchange.body.starts_with("partner=NWX"),
-        "{}",
-        exchange.body
+    let impostor = other.client("ooh");
+    let (real, fake) = (
+        mig::registry::cert_identity(&who.chain[0]).unwrap(),
+        mig::registry::cert_identity(&impostor.chain[0]).unwrap(),
     );
+    assert_eq!((&real.subject, &real.issuer), (&fake.subject, &fake.issuer));
+    let options = Options {
+        poll: Some(Duration::from_millis(200)),
+        ..Default::default()
+    };
+    let app = Appliance::start(&[&ca, &other], &[], options).await;
+    // A partner registered by those names (written by hand: no tool offers it) does not apply.
+    let mut record = toml::to_string(&partner("NWX", &who)).unwrap();
+    record.truncate(record.find("[identity]").unwrap());
+    record.push_str(&format!(
+        "[identity.subject_issuer]\nsubject = {:?}\nissuer = {:?}\n",
+        real.subject, real.issuer
+    ));
+    std::fs::create_dir_all(app.path("partners")).unwrap();
+    std::fs::write(app.path("partners/NWX.toml"), record).unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    for identity in [&impostor, &who] {
+        let exchange = get(app.addr, app.client_config(Some(identity)), "/")
+            .await
+            .unwrap();
+        assert!(
+            exchange.body.starts_with("partner=none"),
+            "{}",
+            exchange.body
+        );
+    }
+    // Registered by key, the real one is the partner and the impostor still is not.
+    mig::registry::remove_partner(app.state(), "NWX").ok();
+    std::fs::remove_file(app.path("partners/NWX.toml")).ok();
+    let app = Appliance::start(&[&ca, &other], &[partner("NWX", &who)], Options::default()).await;
+    let body = |identity| {
+        let config = app.client_config(Some(identity));
+        async move { get(app.addr, config, "/").await.unwrap().body }
+    };
+    assert!(body(&who).await.starts_with("partner=NWX"));
+    assert!(body(&impostor).await.starts_with("partner=none"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -609,3 +609,246 @@ fn audit_patient_refuses_an_invalid_nhs_number_and_lists_a_valid_one() {
     let first: serde_json::Value = serde_json::from_str(export.lines().next().unwrap()).unwrap();
     assert_eq!(first["resourceType"], "AuditEvent");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Registry files apply one by one; names and sites (issue 13)
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn upstream_add_takes_a_display_name_with_spaces() {
+    let app = appliance(0);
+    let cert = pki(&app, "out-of-hours.crt");
+    let stdout = ok(
+        &app,
+        &["upstream", "add", "--name", "EMIS Web", "--cert", s(&cert)],
+    );
+    assert!(
+        stdout.contains("registered clinical system EMIS Web"),
+        "{stdout}"
+    );
+    assert!(app
+        .app
+        .config
+        .state_dir
+        .join("upstream/emis-web.toml")
+        .exists());
+    // Printable and bounded: a control character or an over-long name is refused.
+    let other = fresh_partner_cert(&app);
+    let long = "x".repeat(101);
+    for bad in ["EMIS\nWeb", "EMIS\u{1b}[31m", " ", long.as_str()] {
+        refused(
+            &app,
+            &["upstream", "add", "--name", bad, "--cert", s(&other)],
+            &["upstream name"],
+        );
+    }
+}
+
+#[test]
+fn partner_add_refuses_a_site_that_is_another_partners_ods_code() {
+    let app = appliance(0);
+    let before = ok(&app, &["partner", "list"]);
+    let cert = fresh_partner_cert(&app);
+    let mut args = partner_args(s(&cert), ("", ""));
+    args.extend(["--sites", "A12345,DEMAMB"]);
+    refused(
+        &app,
+        &args,
+        &["site DEMAMB", "(DEMAMB)", "may not be another partner"],
+    );
+    // The other way round: a new partner whose ODS code is already another's site.
+    let mut args = partner_args(s(&cert), ("", ""));
+    args.extend(["--sites", "RX8"]);
+    ok(&app, &args);
+    let second = fresh_partner_cert(&app);
+    let args = partner_args(s(&second), ("--ods", "RX8"));
+    refused(
+        &app,
+        &args,
+        &[
+            "RX8 is a site of registered partner",
+            "may not be another partner",
+        ],
+    );
+    assert!(!app.app.config.state_dir.join("partners/RX8.toml").exists());
+    let after = ok(&app, &["partner", "list"]);
+    assert_eq!(after.lines().count(), before.lines().count() + 1, "{after}");
+}
+
+fn chown_tree(path: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).unwrap();
+    if path.is_dir() && !path.is_symlink() {
+        for entry in std::fs::read_dir(path).unwrap() {
+            chown_tree(&entry.unwrap().path(), uid, gid);
+        }
+    }
+}
+
+/// GET /healthz as `who` (a demo partner's certificate file name).
+fn healthz(
+    runtime: &tokio::runtime::Runtime,
+    app: &TestAppliance,
+    who: &str,
+) -> Result<hardware_tests::load::OneShot, String> {
+    let tls = app.partner_tls(who);
+    let config = hardware_tests::load::client_config_with_alpn(&tls, &[b"http/1.1"]).unwrap();
+    let request = http::Request::get("/healthz")
+        .header("host", "localhost")
+        .body(bytes::Bytes::new())
+        .unwrap();
+    runtime.block_on(hardware_tests::load::send_once(
+        app.address(),
+        config,
+        &tls.server_name,
+        request,
+    ))
+}
+
+/// The packaged set-up: migd runs as its own user (here `nobody`) and owns the state directory;
+/// the administrator runs `sudo migctl`. A file migd cannot read (root-owned, 0600, as `sudo cp`
+/// leaves one) sits beside a CRL that `migctl crl install` writes: the CRL still applies within
+/// a second, and `/healthz` and `migctl check` name the unreadable file.
+#[test]
+fn migd_as_its_own_user_applies_a_crl_from_sudo_migctl_beside_a_file_it_cannot_read() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("SKIPPED migd_as_its_own_user_…: needs root to run migd as another user");
+        return;
+    }
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let (uid, gid) = (nobody.uid.as_raw(), nobody.gid.as_raw());
+    let mut app = appliance(0);
+    app.stop();
+    let dir = app.app.dir.clone();
+    std::fs::set_permissions(
+        dir.parent().unwrap(),
+        std::fs::Permissions::from_mode(0o711),
+    )
+    .unwrap();
+    chown_tree(&dir, uid, gid);
+    let config = std::fs::read_to_string(app.config_path()).unwrap();
+    assert!(config.contains("[service]\n"), "{config}");
+    let config = config.replacen("[service]\n", "[service]\nuser = \"nobody\"\n", 1);
+    std::fs::write(app.config_path(), config).unwrap();
+    app.start_migd(&[]).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let before = healthz(&runtime, &app, "ambulance").unwrap();
+    assert_eq!(before.status, 200, "{:?}", before.body);
+
+    // Root writes a file migd cannot read...
+    let state = app.app.config.state_dir.clone();
+    let unreadable = state.join("partners/RX0.toml");
+    std::fs::write(&unreadable, "[agreement]\n").unwrap();
+    std::fs::set_permissions(&unreadable, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // ...and `sudo migctl crl install` revokes the ambulance's certificate.
+    let ca = {
+        let key = KeyPair::from_pem(&std::fs::read_to_string(pki(&app, "partner-ca.key")).unwrap())
+            .unwrap();
+        let params = CertificateParams::from_ca_cert_pem(
+            &std::fs::read_to_string(pki(&app, "partner-ca.pem")).unwrap(),
+        )
+        .unwrap();
+        Ca {
+            cert: params.self_signed(&key).unwrap(),
+            key,
+        }
+    };
+    let serial = CertificateParams::from_ca_cert_pem(
+        &std::fs::read_to_string(pki(&app, "ambulance.crt")).unwrap(),
+    )
+    .unwrap()
+    .serial_number
+    .unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let crl = CertificateRevocationListParams {
+        this_update: now - time::Duration::minutes(1),
+        next_update: now + time::Duration::days(7),
+        crl_number: SerialNumber::from(2u64),
+        issuing_distribution_point: None,
+        revoked_certs: vec![rcgen::RevokedCertParams {
+            serial_number: serial,
+            revocation_time: now - time::Duration::minutes(1),
+            reason_code: None,
+            invalidity_date: None,
+        }],
+        key_identifier_method: KeyIdMethod::Sha256,
+    }
+    .signed_by(&ca.cert, &ca.key)
+    .unwrap();
+    let file = write(&app, "revoke-ambulance.crl", &crl.pem().unwrap());
+    let stdout = ok(&app, &["crl", "install", s(&file)]);
+    let installed = std::time::Instant::now();
+    let crl_path = std::fs::read_dir(state.join("crl"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| !p.file_name().unwrap().to_str().unwrap().starts_with('.'))
+        .unwrap();
+    let meta = std::fs::metadata(&crl_path).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (uid, gid), "{stdout}");
+
+    loop {
+        if healthz(&runtime, &app, "ambulance").is_err() {
+            break;
+        }
+        assert!(
+            installed.elapsed() < std::time::Duration::from_secs(1),
+            "the CRL did not apply within a second\n--- migd.log ---\n{}",
+            app.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    println!("CRL applied after {} ms", installed.elapsed().as_millis());
+
+    // Everyone else is still served, and told which file is not applied.
+    let health = healthz(&runtime, &app, "out-of-hours").unwrap();
+    let body = String::from_utf8_lossy(&health.body);
+    assert_eq!(health.status, 503, "{body}");
+    assert!(body.contains("partners/RX0.toml"), "{body}");
+    let output = app.migctl(&["check"]);
+    let (stdout, _) = text(&output);
+    assert!(!output.status.success(), "{stdout}");
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("partners/RX0.toml"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(line.starts_with("FAIL"), "{line}");
+    println!("{line}");
+
+    // Given to migd's user, it is read within a second and reported no more.
+    std::fs::remove_file(&unreadable).unwrap();
+    let fixed = std::time::Instant::now();
+    while healthz(&runtime, &app, "out-of-hours").unwrap().status != 200 {
+        assert!(fixed.elapsed() < std::time::Duration::from_secs(1));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn check_and_healthz_name_a_corrupt_registry_file() {
+    let app = appliance(0);
+    let broken = app.app.config.state_dir.join("upstream/broken.toml");
+    std::fs::write(&broken, "name = \"x\"\nspki_sha256 = 7\n").unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let start = std::time::Instant::now();
+    let health = loop {
+        let health = healthz(&runtime, &app, "ambulance").unwrap();
+        if health.status != 200 || start.elapsed() > std::time::Duration::from_secs(2) {
+            break health;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let body = String::from_utf8_lossy(&health.body);
+    assert_eq!(health.status, 503, "{body}");
+    assert!(body.contains("upstream/broken.toml"), "{body}");
+    let status = ok(&app, &["status"]);
+    assert!(status.contains("upstream systems: 1"), "{status}");
+    let output = app.migctl(&["check"]);
+    let (stdout, _) = text(&output);
+    assert!(!output.status.success());
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("FAIL") && l.contains("upstream/broken.toml")),
+        "{stdout}"
+    );
+}

@@ -468,9 +468,6 @@ fn describe_partner(partner: &Partner) -> String {
     let sections: Vec<_> = a.sections.iter().map(|s| s.name()).collect();
     let identity = match &partner.identity {
         CertificateMatch::SpkiSha256(pin) => format!("spki-sha256 {}", hex::encode(pin)),
-        CertificateMatch::SubjectIssuer { subject, issuer } => {
-            format!("subject {subject:?} issuer {issuer:?}")
-        }
     };
     format!(
         "{}\t{}\t{}\tsections={}\troles={}\toverride-roles={}\texpires={}\t{}",
@@ -940,6 +937,21 @@ fn status(config: &Config) -> Result<ExitCode> {
             p["ods"].as_str().unwrap_or(""),
             p["name"].as_str().unwrap_or(""),
             p["type"].as_str().unwrap_or("")
+        );
+    }
+    let problems = answer["registry_problems"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if !problems.is_empty() {
+        println!("registry files not applied: {}", problems.len());
+    }
+    for p in problems {
+        // Quoted with escapes: the text comes from file names and contents.
+        println!(
+            "  {:?}: {:?}",
+            p["file"].as_str().unwrap_or(""),
+            p["consequence"].as_str().unwrap_or("")
         );
     }
     Ok(if answer["ready"].as_bool() == Some(true) {

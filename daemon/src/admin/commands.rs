@@ -201,6 +201,9 @@ impl AdminService {
             "upstreams": snapshot.upstreams.len(),
             "crls": snapshot.crls.len(),
             "snapshot_generation": snapshot.generation,
+            "registry_problems": snapshot.problems.iter().map(|p| json!({
+                "file": p.path.display().to_string(), "error": p.error,
+                "consequence": p.consequence})).collect::<Vec<_>>(),
         }))
     }
 

@@ -38,7 +38,10 @@ impl From<&AccessEvent> for AuditRecord {
         };
         record.override_reason = event.override_reason.clone();
         record.override_justification = event.override_justification.clone();
-        record.error_code = event.error_code.map(|c| c.code().to_owned());
+        record.error_code = event
+            .error_code
+            .map(|c| c.code().to_owned())
+            .or_else(|| event.http_refusal.map(|r| r.code().0.to_owned()));
         record.action = event.refusal_reason.clone();
         record.sections = event.sections.iter().map(|s| s.name().to_owned()).collect();
         record

@@ -7,7 +7,7 @@
 
 use serde_json::Value;
 
-use crate::fhir::{ItemFacts, Section, ODS_SYSTEM};
+use crate::fhir::{ItemFacts, Section, NHS_NUMBER_SYSTEM, ODS_SYSTEM};
 
 pub const WARNING_EXTENSION: &str =
     "https://fhir.nhs.uk/STU3/StructureDefinition/Extension-CareConnect-GPC-ListWarningCode-1";
@@ -35,6 +35,7 @@ pub struct SectionList<'a> {
 #[derive(Debug)]
 pub struct RecordParts<'a> {
     pub patient_id: &'a str,
+    pub patient_nhs_number: &'a str,
     pub patient_body: &'a str,
     pub practice_ods: &'a str,
     pub practice_name: &'a str,
@@ -48,7 +49,11 @@ pub struct RecordParts<'a> {
 /// A set of resources as (type, id): what the Bundle contains (anything else may not be
 /// referenced), or what released items reference. Built for every record, so with a fast
 /// hash (the keys are our own stored ids, not chosen per request by a partner).
-pub(crate) struct Included<'a>(rustc_hash::FxHashSet<(&'a str, &'a str)>);
+pub(crate) struct Included<'a> {
+    members: rustc_hash::FxHashSet<(&'a str, &'a str)>,
+    /// The patient's NHS number: a Reference by any other NHS number names another patient.
+    nhs_number: Option<&'a str>,
+}
 
 impl<'a> Included<'a> {
     /// `capacity`: how many members to expect (duplicates included), so the set is sized once.
@@ -58,11 +63,31 @@ impl<'a> Included<'a> {
     ) -> Included<'a> {
         let mut set = rustc_hash::FxHashSet::with_capacity_and_hasher(capacity, Default::default());
         set.extend(members);
-        Included(set)
+        Included {
+            members: set,
+            nhs_number: None,
+        }
+    }
+
+    /// The Bundle is this patient's, known by this NHS number.
+    pub(crate) fn for_patient(mut self, nhs_number: &'a str) -> Included<'a> {
+        self.nhs_number = Some(nhs_number);
+        self
     }
 
     fn has(&self, member: (&str, &str)) -> bool {
-        self.0.contains(&member)
+        self.members.contains(&member)
+    }
+
+    /// Whether an NHS number is not the patient's (without a patient, every one is another's).
+    fn is_another_patient(&self, nhs_number: &str) -> bool {
+        self.nhs_number != Some(nhs_number)
+    }
+
+    /// Whether a released item's facts name anything outside the Bundle.
+    fn names_outside(&self, facts: &ItemFacts) -> bool {
+        facts.references.iter().any(|r| !self.has_reference(r))
+            || facts.nhs_numbers.iter().any(|n| self.is_another_patient(n))
     }
 
     pub(crate) fn contains(&self, facts: &ItemFacts) -> bool {
@@ -91,7 +116,8 @@ pub fn structured_record(parts: &RecordParts<'_>) -> Vec<u8> {
                 ("Patient", parts.patient_id),
                 ("Organization", parts.practice_ods),
             ]),
-    );
+    )
+    .for_patient(parts.patient_nhs_number);
 
     // Room for every body, a List entry per item and each List's own fields, so the buffer is
     // allocated once: growing a 100+ KB buffer copies it each time.
@@ -123,12 +149,7 @@ pub fn structured_record(parts: &RecordParts<'_>) -> Vec<u8> {
         out.push(b'}');
     }
     for entry in items().chain(&parts.shared) {
-        let outside = entry
-            .facts
-            .references
-            .iter()
-            .any(|r| !included.has_reference(r));
-        if outside {
+        if included.names_outside(entry.facts) {
             // Bodies were parsed at ingest; one that no longer parses is left out.
             let Ok(mut value) = serde_json::from_str::<Value>(entry.body) else {
                 continue;
@@ -231,17 +252,25 @@ fn push_section_list(out: &mut Vec<u8>, list: &SectionList<'_>, parts: &RecordPa
     out.push(b'}');
 }
 
-/// Removes every Reference whose target is not in `included` (contained `#` references stay).
+/// Removes every Reference whose target is not in `included` (contained `#` references stay),
+/// and every Reference by identifier to another patient's NHS number.
 pub(crate) fn strip_outside_references(value: &mut Value, included: &Included<'_>) {
     let is_outside = |v: &Value| -> bool {
-        match v.get("reference").and_then(Value::as_str) {
-            Some(r) if r.starts_with('#') => false,
-            Some(r) => match crate::fhir::split_reference(r) {
-                Some(member) => !included.has(member),
-                None => true,
-            },
-            None => false,
-        }
+        let another_patient = v.get("identifier").is_some_and(|i| {
+            i.get("system").and_then(Value::as_str) == Some(NHS_NUMBER_SYSTEM)
+                && i.get("value")
+                    .and_then(Value::as_str)
+                    .is_none_or(|n| included.is_another_patient(n))
+        });
+        another_patient
+            || match v.get("reference").and_then(Value::as_str) {
+                Some(r) if r.starts_with('#') => false,
+                Some(r) => match crate::fhir::split_reference(r) {
+                    Some(member) => !included.has(member),
+                    None => true,
+                },
+                None => false,
+            }
     };
     match value {
         Value::Object(map) => {
@@ -288,6 +317,7 @@ mod tests {
             "recorder": {"reference": "Practitioner/gp"}}));
         let parts = RecordParts {
             patient_id: "p",
+            patient_nhs_number: "9434765919",
             patient_body: r#"{"resourceType":"Patient","id":"p","managingOrganization":{"reference":"Organization/elsewhere"}}"#,
             practice_ods: "A81001",
             practice_name: "The Surgery",

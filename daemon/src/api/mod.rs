@@ -8,6 +8,7 @@
 pub mod audit_sink;
 pub mod bundle;
 pub mod capability;
+mod edge;
 pub mod headers;
 pub mod html;
 pub mod jwt;
@@ -73,6 +74,8 @@ pub struct AccessEvent {
     pub override_justification: Option<String>,
     pub permitted: bool,
     pub error_code: Option<ErrorCode>,
+    /// A refusal at the HTTP layer (its Spine code goes to the audit when `error_code` is None).
+    pub http_refusal: Option<outcome::HttpRefusal>,
     /// Why it was refused, in plain words; never sent to the partner.
     pub refusal_reason: Option<String>,
     pub sections: Vec<Section>,
@@ -101,8 +104,9 @@ pub struct Api {
     pub records: Arc<records::RecordCache>,
     pub audit: Arc<dyn AuditSink>,
     pub sensitive: Arc<SensitiveCodes>,
-    /// Reports whether TPM, replica and listeners are healthy, for `/healthz`.
-    pub health: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// Whether TPM, replica, listeners and every registry file are healthy, for `/healthz`;
+    /// `Err` says what is not (naming registry files).
+    pub health: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
 }
 
 impl std::fmt::Debug for Api {
@@ -198,23 +202,16 @@ impl Api {
     pub async fn handle(&self, caller: &Caller, request: Request<Bytes>) -> Response<Bytes> {
         let path = request.uri().path();
         let method = request.method().clone();
-        if path == "/healthz" {
-            return self.healthz(&method);
+        if path == "/healthz" && method == Method::GET {
+            return self.healthz();
         }
-        let interaction = match (method.clone(), path) {
-            (Method::GET, "/fhir/metadata") => METADATA_INTERACTION,
-            (Method::POST, "/fhir/Patient/$gpc.getstructuredrecord") => {
-                STRUCTURED_RECORD_INTERACTION
+        let interaction = match route(&method, path) {
+            Ok(interaction) => interaction,
+            Err(refusal) => {
+                let (parts, _) = request.into_parts();
+                let head = Request::from_parts(parts, ());
+                return self.refuse_http(caller, Some(&head), refusal).await;
             }
-            (Method::GET, "/fhir/Patient") => PATIENT_SEARCH_INTERACTION,
-            (_, "/fhir/metadata" | "/fhir/Patient/$gpc.getstructuredrecord" | "/fhir/Patient") => {
-                return plain_outcome(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "not-supported",
-                    "Method not allowed.",
-                );
-            }
-            _ => return plain_outcome(StatusCode::NOT_FOUND, "not-found", "No such endpoint."),
         };
         let now = now_unix();
         let trace_id = headers::trace_id(request.headers());
@@ -276,20 +273,58 @@ impl Api {
         fhir_response(status, body, trace_id.as_deref())
     }
 
-    fn healthz(&self, method: &Method) -> Response<Bytes> {
-        if method != Method::GET {
+    /// Answers a refusal at the HTTP layer (unknown route or method, a listener limit, a
+    /// certificate withdrawn on an open connection) after auditing it like any other request;
+    /// 503 if the audit cannot be written.
+    pub async fn refuse_http(
+        &self,
+        caller: &Caller,
+        request: Option<&Request<()>>,
+        refusal: outcome::HttpRefusal,
+    ) -> Response<Bytes> {
+        let trace_id = request.and_then(|r| headers::trace_id(r.headers()));
+        let interaction = match request {
+            Some(r) => route(r.method(), r.uri().path())
+                .map(str::to_owned)
+                .unwrap_or_else(|_| printable_request_line(r)),
+            None => String::new(),
+        };
+        let event = AccessEvent {
+            time: rfc3339(now_unix()),
+            interaction,
+            trace_id: trace_id.clone(),
+            partner_ods: caller.agreement.as_ref().map(|a| a.ods.clone()),
+            certificate_sha256: caller.certificate_sha256.clone(),
+            error_code: (refusal == outcome::HttpRefusal::CertificateWithdrawn)
+                .then_some(ErrorCode::AccessDenied),
+            http_refusal: Some(refusal),
+            refusal_reason: Some(format!("refused at the HTTP layer: {refusal:?}")),
+            ..AccessEvent::default()
+        };
+        if self.audit.record(event).await.is_err() {
+            tracing::error!("audit unavailable: refusing a partner request with 503");
             return plain_outcome(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "not-supported",
-                "Method not allowed.",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "transient",
+                "The service is temporarily unavailable.",
             );
         }
-        let (status, body) = if (self.health)() {
-            (StatusCode::OK, "ok")
-        } else {
-            (StatusCode::SERVICE_UNAVAILABLE, "unhealthy")
+        fhir_response(
+            StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::BAD_REQUEST),
+            Bytes::from(refusal.outcome().to_string()),
+            trace_id.as_deref(),
+        )
+    }
+
+    fn healthz(&self) -> Response<Bytes> {
+        let (status, body) = match (self.health)() {
+            Ok(()) => (StatusCode::OK, "ok".to_owned()),
+            Err(why) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("unhealthy: {why}\n"),
+            ),
         };
-        let mut response = Response::new(Bytes::from_static(body.as_bytes()));
+        let mut response = Response::new(Bytes::from(body));
         *response.status_mut() = status;
         response.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -454,6 +489,41 @@ impl Api {
             }
         }
     }
+}
+
+/// The interaction a method and path name, or why there is none.
+fn route(method: &Method, path: &str) -> Result<&'static str, outcome::HttpRefusal> {
+    match (method, path) {
+        (&Method::GET, "/fhir/metadata") => Ok(METADATA_INTERACTION),
+        (&Method::POST, "/fhir/Patient/$gpc.getstructuredrecord") => {
+            Ok(STRUCTURED_RECORD_INTERACTION)
+        }
+        (&Method::GET, "/fhir/Patient") => Ok(PATIENT_SEARCH_INTERACTION),
+        (
+            _,
+            "/fhir/metadata"
+            | "/fhir/Patient/$gpc.getstructuredrecord"
+            | "/fhir/Patient"
+            | "/healthz",
+        ) => Err(outcome::HttpRefusal::MethodNotAllowed),
+        _ => Err(outcome::HttpRefusal::UnknownRoute),
+    }
+}
+
+/// `METHOD /path` of a request no route names, for the audit: printable ASCII only (anything
+/// else as `?`) and at most 128 characters, so it cannot forge output where it is printed.
+fn printable_request_line(request: &Request<()>) -> String {
+    format!("{} {}", request.method(), request.uri().path())
+        .chars()
+        .take(128)
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
 }
 
 fn permission(claims: &jwt::Claims) -> Option<Permission> {
@@ -623,6 +693,15 @@ fn assemble(
             ..
         } = &*record;
         let release = match decide(Some(agreement), access, Some(data), sensitive) {
+            // A patient answered as unknown (deceased, ended, restricted) is, in a search too.
+            Decision::Refused(r) if search && r.code == ErrorCode::PatientNotFound => {
+                return Ok(Assembled::Released {
+                    basis: Basis::Granted,
+                    sections: Vec::new(),
+                    alert: false,
+                    body: searchset(None, assembled_at).into_bytes(),
+                })
+            }
             Decision::Refused(r) => {
                 return Ok(Assembled::Refused {
                     code: r.code,
@@ -636,7 +715,8 @@ fn assemble(
                 basis: release.basis,
                 sections: Vec::new(),
                 alert: release.alert,
-                body: searchset(Some(&patient.body), assembled_at).into_bytes(),
+                body: searchset(Some((&patient.body, &patient.nhs_number)), assembled_at)
+                    .into_bytes(),
             });
         }
         // Released items with their sections (every released item has one).
@@ -687,6 +767,7 @@ fn assemble(
             .collect();
         let parts = bundle::RecordParts {
             patient_id: &patient.id,
+            patient_nhs_number: &patient.nhs_number,
             patient_body: &patient.body,
             practice_ods: &appliance.ods,
             practice_name: &appliance.name,
@@ -734,13 +815,20 @@ fn wanted_by_filters(facts: &ItemFacts, wanted: &parameters::RecordRequest) -> b
     }
 }
 
-fn searchset(patient: Option<&str>, assembled_at: &str) -> String {
-    let entries = match patient.and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok()) {
-        Some(mut patient) => {
+/// `patient`: the stored body and the NHS number.
+fn searchset(patient: Option<(&str, &str)>, assembled_at: &str) -> String {
+    let parsed = patient.and_then(|(body, nhs_number)| {
+        Some((
+            serde_json::from_str::<serde_json::Value>(body).ok()?,
+            nhs_number,
+        ))
+    });
+    let entries = match parsed {
+        Some((mut patient, nhs_number)) => {
             let id = patient["id"].as_str().unwrap_or_default().to_owned();
             bundle::strip_outside_references(
                 &mut patient,
-                &bundle::Included::new(1, [("Patient", id.as_str())]),
+                &bundle::Included::new(1, [("Patient", id.as_str())]).for_patient(nhs_number),
             );
             let full_url = format!("Patient/{id}");
             vec![

@@ -56,9 +56,10 @@ impl PatientRecord {
             .into_iter()
             .map(|item| (item.facts, item.body))
             .unzip();
+        let data = PatientData::from_items(patient.facts.clone(), items, shared);
         Ok(Some(PatientRecord {
             patient,
-            data: PatientData::from_items(items, shared),
+            data,
             item_bodies,
             shared_bodies,
             page: OnceLock::new(),
@@ -236,6 +237,7 @@ mod tests {
                 id: "p".into(),
                 nhs_number: "9990000018".into(),
                 body: "x".repeat(body_bytes),
+                facts: ItemFacts::default(),
             },
             data: PatientData::default(),
             item_bodies: Vec::new(),

@@ -144,6 +144,18 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Requests in progress at once from one partner (by ODS code).
     pub per_partner_concurrency: usize,
+    /// A connection must deliver its whole ClientHello within this time (before it holds a
+    /// handshake slot or TPM time).
+    pub client_hello_timeout: Duration,
+    /// Open connections per source address (IPv4, or IPv6 /64).
+    pub max_connections_per_source: usize,
+    /// Open connections per partner.
+    pub max_connections_per_partner: usize,
+    /// Full handshakes per second per source address, and the burst allowed above it.
+    pub handshake_rate_per_source: u32,
+    pub handshake_burst_per_source: u32,
+    /// Connections are closed gracefully at this age.
+    pub max_connection_age: Duration,
 }
 
 /// The partner FHIR API listener (SPEC §3).
@@ -330,6 +342,12 @@ impl Config {
                     max_header_bytes: l.max_header_bytes as u64,
                     max_body_bytes: l.max_body_bytes as u64,
                     per_partner_concurrency: l.per_partner_concurrency as u64,
+                    client_hello_timeout_ms: millis(l.client_hello_timeout),
+                    max_connections_per_source: l.max_connections_per_source as u64,
+                    max_connections_per_partner: l.max_connections_per_partner as u64,
+                    handshake_rate_per_source: u64::from(l.handshake_rate_per_source),
+                    handshake_burst_per_source: u64::from(l.handshake_burst_per_source),
+                    max_connection_age_s: l.max_connection_age.as_secs(),
                 },
             },
             upstream: self.upstream.as_ref().map(|u| RawUpstream {
@@ -487,6 +505,12 @@ impl Checker<'_> {
         }
     }
 
+    /// A per-second rate or burst: 1 to 100,000.
+    fn count(&self, key: &str, value: u64) -> Result<u32, ConfigError> {
+        let v = self.range(key, value, 1, 100_000)?;
+        u32::try_from(v).map_err(|_| self.fail(key, InvalidValue(format!("{v} is too large"))))
+    }
+
     fn size(&self, key: &str, value: u64, min: u64, max: u64) -> Result<usize, ConfigError> {
         let v = self.range(key, value, min, max)?;
         usize::try_from(v).map_err(|_| self.fail(key, InvalidValue(format!("{v} is too large"))))
@@ -568,6 +592,36 @@ impl Checker<'_> {
                 1,
                 100_000,
             )?,
+            client_hello_timeout: Duration::from_millis(self.range(
+                &k("client_hello_timeout_ms"),
+                l.client_hello_timeout_ms,
+                100,
+                60_000,
+            )?),
+            max_connections_per_source: self.size(
+                &k("max_connections_per_source"),
+                l.max_connections_per_source,
+                1,
+                1_000_000,
+            )?,
+            max_connections_per_partner: self.size(
+                &k("max_connections_per_partner"),
+                l.max_connections_per_partner,
+                1,
+                1_000_000,
+            )?,
+            handshake_rate_per_source: self
+                .count(&k("handshake_rate_per_source"), l.handshake_rate_per_source)?,
+            handshake_burst_per_source: self.count(
+                &k("handshake_burst_per_source"),
+                l.handshake_burst_per_source,
+            )?,
+            max_connection_age: Duration::from_secs(self.range(
+                &k("max_connection_age_s"),
+                l.max_connection_age_s,
+                10,
+                7 * 24 * 3600,
+            )?),
         };
         let partner_api = PartnerApiConfig {
             listen: self.addr("partner_api.listen", &raw.partner_api.listen)?,

@@ -88,6 +88,12 @@ pub(crate) struct RawLimits {
     pub max_header_bytes: u64,
     pub max_body_bytes: u64,
     pub per_partner_concurrency: u64,
+    pub client_hello_timeout_ms: u64,
+    pub max_connections_per_source: u64,
+    pub max_connections_per_partner: u64,
+    pub handshake_rate_per_source: u64,
+    pub handshake_burst_per_source: u64,
+    pub max_connection_age_s: u64,
 }
 
 impl Default for RawLimits {
@@ -100,6 +106,12 @@ impl Default for RawLimits {
             max_header_bytes: 16_384,
             max_body_bytes: 1_048_576,
             per_partner_concurrency: 64,
+            client_hello_timeout_ms: 5_000,
+            max_connections_per_source: 64,
+            max_connections_per_partner: 128,
+            handshake_rate_per_source: 10,
+            handshake_burst_per_source: 64,
+            max_connection_age_s: 3_600,
         }
     }
 }

@@ -71,17 +71,27 @@ pub struct ItemFacts {
     pub nhs_number: Option<String>,
     /// For a patient-scoped item, its patient.
     pub patient: Option<PatientRef>,
-    /// Every coding anywhere in the resource outside `meta`.
+    /// Every coding anywhere in the resource, its `contained` resources included: any object
+    /// with a string `system` and `code` (a `coding[]` member, a bare `Coding` in an extension,
+    /// `valueCoding`, `Encounter.class`, an Observation component, a `meta` label).
     pub codes: Vec<Coding>,
-    /// `meta.security` labels.
+    /// `meta.security` labels of the resource and of everything it contains.
     pub security: Vec<Coding>,
-    /// Literal references (`Type/id`) to anything but the item's own patient.
+    /// Literal references (`Type/id`), its `contained` resources' included, to anything but
+    /// the item's own `Patient/{id}` (another patient's is kept, so that it is never served).
     pub references: Vec<String>,
+    /// NHS numbers named by an identifier anywhere in the item (a Reference by identifier,
+    /// its own patient's included): one that is not the patient's is another patient.
+    pub nhs_numbers: Vec<String>,
     /// The clinically relevant date (seconds since the Unix epoch), where the resource has one.
     pub date: Option<i64>,
     /// `clinicalStatus` code, or else `status`.
     pub status: Option<String>,
     pub consent: Option<ConsentFacts>,
+    /// For a Patient: `deceasedBoolean` not false, or any `deceasedDateTime`.
+    pub deceased: bool,
+    /// For a Patient: `active` present and not true (the registration has ended).
+    pub ended: bool,
 }
 
 impl ItemFacts {
@@ -170,16 +180,11 @@ pub fn extract_facts(resource: &Value) -> Result<ItemFacts, FactsError> {
         id: id.to_owned(),
         ..ItemFacts::default()
     };
-    if let Some(security) = object.get("meta").and_then(|m| m.get("security")) {
-        facts.security = codings_in_list(security);
-    }
-    for (key, value) in object {
-        if key != "meta" {
-            collect_codings(key, value, &mut facts.codes);
-        }
-    }
+    walk(resource, &mut facts)?;
     facts.codes.sort();
     facts.codes.dedup();
+    facts.security.sort();
+    facts.security.dedup();
 
     if resource_type == "Patient" {
         facts.nhs_number = Some(patient_nhs_number(object)?);
@@ -196,20 +201,24 @@ pub fn extract_facts(resource: &Value) -> Result<ItemFacts, FactsError> {
                 FactsError(format!("{resource_type}/{id} subject/patient: {}", e.0))
             })?);
     }
-    let own_patient = match &facts.patient {
-        Some(PatientRef::Id(patient_id)) => Some(format!("Patient/{patient_id}")),
-        _ => None,
-    };
-    for (key, value) in object {
-        if key != "meta" && key != "contained" {
-            collect_references(value, &mut facts.references)?;
-        }
+    if let Some(PatientRef::Id(patient_id)) = &facts.patient {
+        facts
+            .references
+            .retain(|r| r.strip_prefix("Patient/") != Some(patient_id.as_str()));
     }
-    facts
-        .references
-        .retain(|r| Some(r) != own_patient.as_ref() && !r.starts_with("Patient/"));
     facts.references.sort();
     facts.references.dedup();
+    facts.nhs_numbers.sort();
+    facts.nhs_numbers.dedup();
+    if resource_type == "Patient" {
+        facts.deceased = object
+            .get("deceasedBoolean")
+            .is_some_and(|d| d != &Value::Bool(false))
+            || object.contains_key("deceasedDateTime");
+        facts.ended = object
+            .get("active")
+            .is_some_and(|a| a != &Value::Bool(true));
+    }
 
     facts.date = clinical_date(object)?;
     facts.status = object
@@ -281,13 +290,45 @@ pub fn split_reference(reference: &str) -> Option<(&str, &str)> {
     (type_ok && is_valid_id(id)).then_some((resource_type, id))
 }
 
-fn collect_codings(key: &str, value: &Value, out: &mut Vec<Coding>) {
-    match value {
-        Value::Array(_) if key == "coding" => out.extend(codings_in_list(value)),
-        Value::Array(items) => items.iter().for_each(|v| collect_codings(key, v, out)),
-        Value::Object(map) => map.iter().for_each(|(k, v)| collect_codings(k, v, out)),
-        _ => {}
+/// Reads codings, security labels and references from everything in the resource, contained
+/// resources included. Iterative, so no nesting depth can exhaust the stack.
+fn walk(resource: &Value, facts: &mut ItemFacts) -> Result<(), FactsError> {
+    let mut pending = vec![resource];
+    while let Some(value) = pending.pop() {
+        match value {
+            Value::Array(items) => pending.extend(items),
+            Value::Object(map) => {
+                if let (Some(Value::String(system)), Some(Value::String(code))) =
+                    (map.get("system"), map.get("code"))
+                {
+                    facts.codes.push(Coding::new(system, code));
+                }
+                if let (Some(Value::String(system)), Some(Value::String(value))) =
+                    (map.get("system"), map.get("value"))
+                {
+                    if system == NHS_NUMBER_SYSTEM {
+                        facts.nhs_numbers.push(value.clone());
+                    }
+                }
+                if let Some(labels) = map.get("meta").and_then(|m| m.get("security")) {
+                    facts.security.extend(codings_in_list(labels));
+                }
+                if let Some(Value::String(literal)) = map.get("reference") {
+                    if !literal.starts_with('#') {
+                        let Some((resource_type, id)) = split_reference(literal) else {
+                            return fail(format!(
+                                "reference {literal:?} is not of the form Type/id"
+                            ));
+                        };
+                        facts.references.push(format!("{resource_type}/{id}"));
+                    }
+                }
+                pending.extend(map.values());
+            }
+            _ => {}
+        }
     }
+    Ok(())
 }
 
 fn codings_in_list(value: &Value) -> Vec<Coding> {
@@ -308,25 +349,6 @@ fn codings_in_concept(concept: &Value) -> Vec<Coding> {
         .get("coding")
         .map(codings_in_list)
         .unwrap_or_default()
-}
-
-fn collect_references(value: &Value, out: &mut Vec<String>) -> Result<(), FactsError> {
-    match value {
-        Value::Array(items) => items.iter().try_for_each(|v| collect_references(v, out)),
-        Value::Object(map) => {
-            if let Some(Value::String(literal)) = map.get("reference") {
-                if literal.starts_with('#') {
-                    return Ok(());
-                }
-                let Some((resource_type, id)) = split_reference(literal) else {
-                    return fail(format!("reference {literal:?} is not of the form Type/id"));
-                };
-                out.push(format!("{resource_type}/{id}"));
-            }
-            map.values().try_for_each(|v| collect_references(v, out))
-        }
-        _ => Ok(()),
-    }
 }
 
 fn clinical_date(object: &serde_json::Map<String, Value>) -> Result<Option<i64>, FactsError> {
@@ -473,7 +495,16 @@ mod tests {
         .unwrap();
         assert_eq!(facts.patient, Some(PatientRef::Id("p1".into())));
         assert_eq!(facts.references, ["Condition/c1", "Medication/m1"]);
-        assert_eq!(facts.codes, [Coding::new("http://snomed.info/sct", "1234")]);
+        assert_eq!(
+            facts.codes,
+            [
+                Coding::new("http://snomed.info/sct", "1234"),
+                Coding::new(
+                    "http://terminology.hl7.org/CodeSystem/v3-Confidentiality",
+                    "R"
+                )
+            ]
+        );
         assert_eq!(facts.security.len(), 1);
         assert_eq!(facts.date, parse_fhir_date_time("2024-03-01T00:00:00Z"));
     }
@@ -534,5 +565,121 @@ mod tests {
             parse_fhir_date_time("2025-01-01T23:59:59Z"),
             "a date-only end covers its whole day"
         );
+    }
+
+    #[test]
+    fn contained_resources_count_as_the_item_s_own() {
+        let facts = extract_facts(&json!({
+            "resourceType": "MedicationRequest", "id": "mr1",
+            "subject": {"reference": "Patient/p1"},
+            "contained": [{"resourceType": "Condition", "id": "c",
+                "meta": {"security": [{"system": "http://hl7.org/fhir/v3/Confidentiality", "code": "R"}]},
+                "code": {"coding": [{"system": "http://snomed.info/sct", "code": "8098009"}]},
+                "evidence": [{"detail": [{"reference": "Observation/o1"}]}],
+                "subject": {"reference": "Patient/p2", "display": "Someone Else"}}],
+            "reasonReference": [{"reference": "#c"}],
+            "focus": [{"reference": "Patient/p3"}]
+        }))
+        .unwrap();
+        assert_eq!(
+            facts.security,
+            [Coding::new("http://hl7.org/fhir/v3/Confidentiality", "R")]
+        );
+        assert!(facts
+            .codes
+            .contains(&Coding::new("http://snomed.info/sct", "8098009")));
+        assert_eq!(
+            facts.references,
+            ["Observation/o1", "Patient/p2", "Patient/p3"],
+            "other patients are kept, the own patient and #local are not"
+        );
+    }
+
+    #[test]
+    fn bare_codings_anywhere_are_read() {
+        let facts = extract_facts(&json!({
+            "resourceType": "Encounter", "id": "e",
+            "subject": {"reference": "Patient/p1"},
+            "class": {"system": "urn:a", "code": "1"},
+            "extension": [{"url": "urn:x", "extension": [{"url": "urn:y", "valueCoding": {"system": "urn:b", "code": "2"}}]}],
+            "reasonCode": [{"coding": [{"system": "urn:c", "code": "3"}]}]
+        }))
+        .unwrap();
+        let systems: Vec<&str> = facts.codes.iter().map(|c| c.system.as_str()).collect();
+        assert_eq!(systems, ["urn:a", "urn:b", "urn:c"]);
+    }
+
+    #[test]
+    fn a_patient_s_deceased_and_active_flags_are_read_fail_closed() {
+        let patient = |extra: Value| {
+            let mut p = json!({"resourceType": "Patient", "id": "p",
+                "identifier": [{"system": NHS_NUMBER_SYSTEM, "value": "9434765919"}]});
+            if let (Some(p), Some(extra)) = (p.as_object_mut(), extra.as_object()) {
+                p.extend(extra.clone());
+            }
+            extract_facts(&p).unwrap()
+        };
+        let plain = patient(json!({"active": true, "deceasedBoolean": false}));
+        assert!(!plain.deceased && !plain.ended);
+        assert!(patient(json!({"deceasedBoolean": true})).deceased);
+        assert!(patient(json!({"deceasedBoolean": "yes"})).deceased);
+        assert!(patient(json!({"deceasedDateTime": "2025-01-01"})).deceased);
+        assert!(patient(json!({"active": false})).ended);
+        assert!(patient(json!({"active": null})).ended);
+    }
+
+    #[test]
+    fn deep_nesting_is_read_without_recursion() {
+        let mut deep = json!({"system": "http://snomed.info/sct", "code": "8098009"});
+        for _ in 0..10_000 {
+            // Built by hand: `json!` would serialise `deep` again, recursively.
+            let mut wrapper = serde_json::Map::new();
+            wrapper.insert("extension".into(), Value::Array(vec![deep]));
+            deep = Value::Object(wrapper);
+        }
+        let mut item = json!({"resourceType": "Condition", "id": "c",
+            "subject": {"reference": "Patient/p"}});
+        item["extension"] = Value::Array(vec![deep]);
+        let facts = extract_facts(&item).unwrap();
+        assert_eq!(
+            facts.codes,
+            [Coding::new("http://snomed.info/sct", "8098009")]
+        );
+        // serde_json drops a Value recursively; leak this one rather than overflow the stack.
+        std::mem::forget(item);
+    }
+
+    proptest::proptest! {
+        /// A sensitive coding or label buried anywhere (under contained, extensions, arrays)
+        /// is found.
+        #[test]
+        fn a_buried_coding_or_label_is_always_found(
+            path in proptest::collection::vec(0u8..4, 0..40),
+            as_label in proptest::bool::ANY,
+        ) {
+            let leaf = json!({"system": "http://snomed.info/sct", "code": "8098009"});
+            let mut value = if as_label {
+                json!({"resourceType": "Condition", "id": "inner", "meta": {"security": [leaf.clone()]}})
+            } else {
+                leaf.clone()
+            };
+            for step in path {
+                value = match step {
+                    0 => json!([value]),
+                    1 => json!({"extension": [{"url": "urn:x", "valueCoding": {"system": "urn:y", "code": "z"}}, value]}),
+                    2 => json!({"resourceType": "Observation", "id": "o", "component": [value]}),
+                    _ => json!({"anything": value}),
+                };
+            }
+            let item = json!({"resourceType": "MedicationRequest", "id": "m",
+                "subject": {"reference": "Patient/p"}, "contained": [value]});
+            let facts = extract_facts(&item).unwrap();
+            let coding = Coding::new("http://snomed.info/sct", "8098009");
+            if as_label {
+                proptest::prop_assert!(facts.security.contains(&coding));
+            } else {
+                proptest::prop_assert!(facts.codes.contains(&coding));
+            }
+        }
     }
 }

@@ -32,6 +32,23 @@ pub struct ListenerLimits {
     /// On shutdown, how long in-flight requests get to finish.
     #[serde(deserialize_with = "duration")]
     pub shutdown_grace: Duration,
+    /// From accept to a complete ClientHello. A connection that is silent this long is closed
+    /// before it holds a handshake slot or any TPM time.
+    #[serde(deserialize_with = "duration")]
+    pub client_hello_timeout: Duration,
+    /// Open connections per source address (IPv4 address, IPv6 /64); more are closed at accept.
+    pub max_connections_per_source: usize,
+    /// Open connections per partner (or per unregistered certificate) after the handshake.
+    pub max_connections_per_partner: usize,
+    /// Full handshakes (each one TPM signature) per second per source address, refilled
+    /// continuously; resumed handshakes are not counted.
+    pub handshake_rate_per_source: u32,
+    /// How many full handshakes a source may make at once before the rate applies.
+    pub handshake_burst_per_source: u32,
+    /// A connection older than this is closed gracefully (after its in-flight requests);
+    /// the client reconnects and is checked afresh.
+    #[serde(deserialize_with = "duration")]
+    pub max_connection_age: Duration,
 }
 
 impl Default for ListenerLimits {
@@ -46,6 +63,12 @@ impl Default for ListenerLimits {
             max_body_bytes: 1024 * 1024,
             per_partner_concurrency: 64,
             shutdown_grace: Duration::from_secs(10),
+            client_hello_timeout: Duration::from_secs(5),
+            max_connections_per_source: 64,
+            max_connections_per_partner: 128,
+            handshake_rate_per_source: 10,
+            handshake_burst_per_source: 64,
+            max_connection_age: Duration::from_secs(3600),
         }
     }
 }

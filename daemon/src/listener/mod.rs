@@ -2,20 +2,24 @@
 //! the mTLS handshake, HTTP/1.1 or HTTP/2 by ALPN (hyper), and hand-off of each request, with
 //! its body collected within the limit, to a `Handler` together with the peer's identity.
 //!
-//! Validates: limits (connections, handshakes, header size and time, body size and time,
-//! per-partner concurrency) and that the handshake succeeded with the snapshot current when the
-//! connection arrived. Does not validate: what the request asks for, nor whether an identified
+//! Validates: limits (connections overall, per source address and per partner; a complete
+//! ClientHello before any handshake slot; full handshakes per source; header size and time,
+//! body size and time, per-partner concurrency; connection age), and, at every request, that
+//! the client's certificate still verifies under the current snapshot (a CRL, CA removal or
+//! expiry after the handshake refuses the request with 403 and closes the connection).
+//! Does not validate: what the request asks for, nor whether an identified
 //! partner's agreement is in force (the handler's job; an unregistered certificate arrives as
 //! `partner: None`).
 
+mod edge;
 mod limits;
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,14 +27,16 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls_pki_types::{CertificateDer, UnixTime};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::LazyConfigAcceptor;
 
 use crate::registry::{cert_identity, CertIdentity, Partner, Upstream};
-use crate::tls::Snapshot;
+use crate::tls::{with_full_handshake_gate, FullHandshakeGate, Snapshot};
+use edge::{Buckets, Counter};
 
 pub use limits::ListenerLimits;
 
@@ -79,22 +85,61 @@ pub struct Peer {
 /// The future a handler returns.
 pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Response<Bytes>> + Send + 'a>>;
 
+/// A request the listener refuses itself, before the handler sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The client certificate no longer holds (revoked by a CRL, its CA removed, expired, or
+    /// otherwise no longer verifying) since the connection was opened: 403, and the
+    /// connection is closed.
+    CertificateWithdrawn,
+    /// Headers (HTTP/1.1) or body not received in time: 408.
+    Timeout,
+    /// Body over the limit: 413.
+    BodyTooLarge,
+    /// Header block over the limit (HTTP/1.1; hyper has already answered 431): audit only.
+    HeadersTooLarge,
+    /// The partner's in-flight requests are at the limit: 429.
+    TooManyRequests,
+    /// The body's framing is broken: 400.
+    MalformedBody,
+}
+
+impl Refusal {
+    pub fn status(self) -> StatusCode {
+        match self {
+            Refusal::CertificateWithdrawn => StatusCode::FORBIDDEN,
+            Refusal::Timeout => StatusCode::REQUEST_TIMEOUT,
+            Refusal::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Refusal::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            Refusal::MalformedBody => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
 /// What serves requests once the listener has authenticated the peer and read the body.
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, peer: Peer, request: Request<Bytes>) -> HandlerFuture<'_>;
 
-    /// The response the listener sends when it refuses a request itself (408, 413, 429). The
-    /// default is a minimal FHIR OperationOutcome; the API overrides it to keep one format.
-    fn refusal(&self, status: StatusCode) -> Response<Bytes> {
-        default_refusal(status)
+    /// Answers (and, for the API, audits) a request the listener refused itself. `request` is
+    /// the request's head when one was read (not for an HTTP/1.1 header timeout). The default
+    /// is a minimal FHIR OperationOutcome; the API overrides it to audit and keep one format.
+    fn refuse(
+        &self,
+        _peer: Peer,
+        _request: Option<Request<()>>,
+        refusal: Refusal,
+    ) -> HandlerFuture<'_> {
+        Box::pin(std::future::ready(default_refusal(refusal.status())))
     }
 }
 
 /// A minimal OperationOutcome for a listener-level refusal.
 pub fn default_refusal(status: StatusCode) -> Response<Bytes> {
     let code = match status {
+        StatusCode::FORBIDDEN => "forbidden",
         StatusCode::REQUEST_TIMEOUT => "timeout",
-        StatusCode::PAYLOAD_TOO_LARGE => "too-costly",
+        StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "too-costly",
         StatusCode::TOO_MANY_REQUESTS => "throttled",
         StatusCode::SERVICE_UNAVAILABLE => "transient",
         _ => "invalid",
@@ -142,55 +187,34 @@ struct Shared {
     limits: ListenerLimits,
     handler: Arc<dyn Handler>,
     /// Bounds concurrent handshakes (each full one costs a TPM signature and, while it waits,
-    /// a blocking thread) so a burst of new clients cannot starve established ones.
+    /// a blocking thread) so a burst of new clients cannot starve established ones. Taken only
+    /// once a whole ClientHello has arrived.
     handshakes: Semaphore,
     /// In-flight requests per partner (or per unregistered certificate), for the 429 limit.
-    in_flight: Arc<Mutex<HashMap<InFlightKey, usize>>>,
+    in_flight: Counter<ClientKey>,
+    /// Open connections per source address, counted from accept.
+    per_source: Counter<IpAddr>,
+    /// Open connections per partner (or unregistered certificate), counted after the handshake.
+    per_partner: Counter<ClientKey>,
+    /// Full handshakes per source address.
+    full_handshakes: Arc<Buckets>,
 }
 
+/// Whose allowance a connection or request counts against.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum InFlightKey {
+enum ClientKey {
     Partner(String),
+    Upstream(String),
     Certificate([u8; 32]),
 }
 
-/// Holds one slot of a partner's concurrency allowance; gives it back on drop.
-struct InFlightGuard {
-    map: Arc<Mutex<HashMap<InFlightKey, usize>>>,
-    key: InFlightKey,
-}
-
-impl Drop for InFlightGuard {
-    fn drop(&mut self) {
-        // A poisoned lock only means a panic elsewhere mid-update; the counts are still usable.
-        let mut map = self
-            .map
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(count) = map.get_mut(&self.key) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                map.remove(&self.key);
-            }
+impl ClientKey {
+    fn of(peer: &Peer) -> ClientKey {
+        match (&peer.partner, &peer.upstream) {
+            (Some(partner), _) => ClientKey::Partner(partner.agreement.ods.clone()),
+            (None, Some(upstream)) => ClientKey::Upstream(upstream.name.clone()),
+            (None, None) => ClientKey::Certificate(peer.leaf_cert_sha256),
         }
-    }
-}
-
-impl Shared {
-    fn enter(&self, key: InFlightKey) -> Option<InFlightGuard> {
-        let mut map = self
-            .in_flight
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let count = map.entry(key.clone()).or_insert(0);
-        if *count >= self.limits.per_partner_concurrency {
-            return None;
-        }
-        *count += 1;
-        Some(InFlightGuard {
-            map: self.in_flight.clone(),
-            key,
-        })
     }
 }
 
@@ -206,9 +230,15 @@ pub fn serve(
     let shared = Arc::new(Shared {
         source,
         handshakes: Semaphore::new(limits.max_concurrent_handshakes.max(1)),
+        full_handshakes: Arc::new(Buckets::new(
+            limits.handshake_rate_per_source,
+            limits.handshake_burst_per_source,
+        )),
         limits,
         handler,
-        in_flight: Arc::new(Mutex::new(HashMap::new())),
+        in_flight: Counter::new(),
+        per_source: Counter::new(),
+        per_partner: Counter::new(),
     });
     tokio::spawn(accept_loop(tcp, shared, shutdown))
 }
@@ -234,8 +264,15 @@ async fn accept_loop(tcp: TcpListener, shared: Arc<Shared>, mut shutdown: watch:
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             accepted = tcp.accept() => match accepted {
                 Ok((stream, remote)) => {
-                    // Over the limit the connection is closed before any TLS: answering 503
-                    // would need a handshake, i.e. the TPM work the limit exists to bound.
+                    // Over a limit the connection is closed before any TLS: answering would
+                    // need a handshake, i.e. the TPM work the limits exist to bound.
+                    let source = edge::source_key(remote.ip());
+                    let limit = shared.limits.max_connections_per_source;
+                    let Some(source_slot) = shared.per_source.enter(source, limit) else {
+                        tracing::debug!(%remote, "per-source connection limit reached; closing");
+                        drop(stream);
+                        continue;
+                    };
                     let Ok(permit) = connections.clone().try_acquire_owned() else {
                         tracing::warn!(%remote, "connection limit reached; closing new connection");
                         drop(stream);
@@ -244,7 +281,8 @@ async fn accept_loop(tcp: TcpListener, shared: Arc<Shared>, mut shutdown: watch:
                     let shared = shared.clone();
                     let shutdown = shutdown.clone();
                     tasks.spawn(async move {
-                        connection(stream, remote, shared, shutdown).await;
+                        connection(stream, remote, source, shared, shutdown).await;
+                        drop(source_slot);
                         drop(permit);
                     });
                 }
@@ -276,19 +314,32 @@ async fn accept_loop(tcp: TcpListener, shared: Arc<Shared>, mut shutdown: watch:
 type ServiceFuture =
     Pin<Box<dyn Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send>>;
 
+/// How often an open connection's chain is verified again even when no reload happened (a CRL
+/// passing its nextUpdate, an intermediate expiring).
+const REVERIFY_EVERY: i64 = 60;
+
 /// What a connection knows about its client after the handshake.
 struct Client {
     identity: CertIdentity,
+    /// The chain the client presented (leaf first), to verify again after a reload.
+    chain: Vec<CertificateDer<'static>>,
+    /// The earliest notAfter in that chain, Unix seconds.
+    valid_until: i64,
     remote: SocketAddr,
     protocol: Protocol,
+    /// Snapshot generation the chain last verified under, and when to verify it anyway.
+    verified_generation: AtomicU64,
+    reverify_at: AtomicI64,
+    /// Set when the connection must end after the response in hand (certificate withdrawn,
+    /// partner removed); the connection loop shuts down gracefully.
+    close: Notify,
 }
 
 impl Client {
-    /// The peer for one request, identified against the snapshot current now (so a partner
-    /// added or removed applies to open connections too).
-    fn peer(&self, shared: &Shared) -> Peer {
-        let snapshot = shared.source.current();
-        let (partner, upstream) = match shared.source.role {
+    /// The peer for one request, identified against `snapshot` (the one current now, so a
+    /// partner added or removed applies to open connections too).
+    fn peer(&self, snapshot: &Snapshot, role: Role) -> Peer {
+        let (partner, upstream) = match role {
             Role::Partner => (snapshot.partners.identify(&self.identity), None),
             Role::Upstream => (None, snapshot.upstreams.identify(&self.identity)),
         };
@@ -300,29 +351,92 @@ impl Client {
             protocol: self.protocol,
         }
     }
+
+    /// Whether the client's certificate still holds under `snapshot` at `now` (SPEC §5 step 1
+    /// for every request). Cheap unless the snapshot changed or the last check is a minute
+    /// old: then the snapshot's verifier runs on the chain again (CRLs, trust anchors, dates).
+    fn still_valid(&self, snapshot: &Snapshot, role: Role, now: i64) -> Result<(), String> {
+        if now > self.valid_until {
+            return Err("client certificate expired while the connection was open".into());
+        }
+        if snapshot.generation == self.verified_generation.load(Ordering::Acquire)
+            && now < self.reverify_at.load(Ordering::Relaxed)
+        {
+            return Ok(());
+        }
+        let verifier = match role {
+            Role::Partner => &snapshot.partner_verifier,
+            Role::Upstream => &snapshot.upstream_verifier,
+        };
+        let (leaf, intermediates) = self
+            .chain
+            .split_first()
+            .ok_or_else(|| "no client certificate".to_string())?;
+        let at = UnixTime::since_unix_epoch(Duration::from_secs(u64::try_from(now).unwrap_or(0)));
+        verifier
+            .verify_client_cert(leaf, intermediates, at)
+            .map_err(|error| format!("client certificate no longer verifies: {error}"))?;
+        self.reverify_at
+            .store(now.saturating_add(REVERIFY_EVERY), Ordering::Relaxed);
+        self.verified_generation
+            .store(snapshot.generation, Ordering::Release);
+        Ok(())
+    }
+}
+
+fn unix_now() -> i64 {
+    crate::registry::unix_seconds(std::time::SystemTime::now())
 }
 
 async fn connection(
     stream: TcpStream,
     remote: SocketAddr,
+    source: IpAddr,
     shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
-    let snapshot = shared.source.current();
-    let config = match shared.source.role {
-        Role::Partner => snapshot.partner_tls.clone(),
-        Role::Upstream => snapshot.upstream_tls.clone(),
-    };
-    drop(snapshot);
+    let limits = &shared.limits;
     let handshake = async {
+        // The whole ClientHello first, with no handshake slot held: a silent or trickling
+        // client costs a socket for at most `client_hello_timeout`, never a slot or the TPM.
+        let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+        let start = match tokio::time::timeout(limits.client_hello_timeout, acceptor).await {
+            Ok(Ok(start)) => start,
+            Ok(Err(error)) => return Err(error),
+            Err(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no ClientHello in time",
+                ))
+            }
+        };
         // The semaphore is never closed, so acquire cannot fail; treat it as a refusal anyway.
         let Ok(_permit) = shared.handshakes.acquire().await else {
             return Err(std::io::Error::other("handshake limiter closed"));
         };
-        TlsAcceptor::from(config).accept(stream).await
+        let snapshot = shared.source.current();
+        let config = match shared.source.role {
+            Role::Partner => snapshot.partner_tls.clone(),
+            Role::Upstream => snapshot.upstream_tls.clone(),
+        };
+        let generation = snapshot.generation;
+        drop(snapshot);
+        let buckets = shared.full_handshakes.clone();
+        let gate: FullHandshakeGate = Arc::new(move || {
+            let allowed = buckets.take(source);
+            if !allowed {
+                tracing::info!(%remote, "full handshake rate limit for this source; refused");
+            }
+            allowed
+        });
+        // `into_stream` processes the ClientHello (and signs) as it is called, so it must be
+        // called inside the gate's scope, not evaluated as its argument.
+        with_full_handshake_gate(gate, async move { start.into_stream(config).await })
+            .await
+            .map(|tls| (tls, generation))
     };
-    let tls = match tokio::time::timeout(shared.limits.handshake_timeout, handshake).await {
+    let (tls, generation) = match tokio::time::timeout(limits.handshake_timeout, handshake).await {
         Err(_) => {
             tracing::info!(%remote, "TLS handshake timed out");
             return;
@@ -331,50 +445,88 @@ async fn connection(
             tracing::info!(%remote, %error, "TLS handshake refused");
             return;
         }
-        Ok(Ok(tls)) => tls,
+        Ok(Ok(done)) => done,
     };
     let (_, session) = tls.get_ref();
-    let identity = session
+    let chain: Vec<CertificateDer<'static>> = session
         .peer_certificates()
-        .and_then(|chain| chain.first())
-        .and_then(|leaf| cert_identity(leaf));
+        .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect())
+        .unwrap_or_default();
+    let identity = chain.first().and_then(|leaf| cert_identity(leaf));
     let Some(identity) = identity else {
         // Unreachable with a mandatory client-certificate verifier; refuse if it ever happens.
         tracing::warn!(%remote, "handshake completed without a client certificate; closing");
         return;
     };
-    // A resumed session skips certificate verification; its ticket may be hours old, so the
-    // leaf's expiry is checked again here (revocation is handled by fresh ticket keys).
-    let now = crate::registry::unix_seconds(std::time::SystemTime::now());
-    if identity.not_after < now {
-        tracing::info!(%remote, "client certificate expired since its session began; closing");
-        return;
-    }
+    let valid_until = chain
+        .iter()
+        .skip(1)
+        .filter_map(|cert| crate::registry::cert_not_after(cert))
+        .fold(identity.not_after, i64::min);
     let protocol = match session.alpn_protocol() {
         Some(b"h2") => Protocol::Http2,
         _ => Protocol::Http1,
     };
+    // A resumed session skipped certificate verification and its ticket may be hours old: its
+    // first request verifies the chain again. A snapshot that changed during the handshake is
+    // caught by the generation. Either way the refusal is a 403 at the first request (audited),
+    // not a silent close.
+    let resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    let reverify_at = if resumed {
+        0
+    } else {
+        unix_now().saturating_add(REVERIFY_EVERY)
+    };
     let client = Arc::new(Client {
         identity,
+        chain,
+        valid_until,
         remote,
         protocol,
+        verified_generation: AtomicU64::new(generation),
+        reverify_at: AtomicI64::new(reverify_at),
+        close: Notify::new(),
     });
+    let key = ClientKey::of(&client.peer(&shared.source.current(), shared.source.role));
+    let Some(_partner_slot) = shared
+        .per_partner
+        .enter(key, limits.max_connections_per_partner)
+    else {
+        tracing::info!(%remote, "per-partner connection limit reached; closing");
+        return;
+    };
     let service_shared = shared.clone();
+    let service_client = client.clone();
     let service = hyper::service::service_fn(move |request| {
         let shared = service_shared.clone();
-        let client = client.clone();
+        let client = service_client.clone();
         let future: ServiceFuture =
             Box::pin(async move { Ok(respond(&shared, &client, request).await) });
         future
     });
     let io = TokioIo::new(tls);
-    let limits = &shared.limits;
+    // Why the connection should stop taking requests: shutdown, its maximum age, or a refusal
+    // that closes it.
+    let stop = {
+        let mut shutdown = shutdown;
+        let client = client.clone();
+        let max_age = limits.max_connection_age;
+        async move {
+            tokio::select! {
+                _ = shutdown_requested(&mut shutdown) => {}
+                _ = tokio::time::sleep(max_age) => {
+                    tracing::debug!(%remote, "connection reached its maximum age; closing");
+                }
+                _ = client.close.notified() => {}
+            }
+        }
+    };
     match protocol {
-        Protocol::Http1 => serve_http1(io, service, limits, &mut shutdown, remote).await,
+        Protocol::Http1 => serve_http1(io, service, &shared, &client, stop).await,
         Protocol::Http2 => {
             let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             // HTTP/2 has no header timeout in hyper; pings at least drop peers that vanished,
-            // so dead connections do not hold connection slots.
+            // so dead connections do not hold connection slots (the maximum age ends the rest).
             builder
                 .timer(TokioTimer::new())
                 .keep_alive_interval(Some(Duration::from_secs(30)))
@@ -388,7 +540,7 @@ async fn connection(
             tokio::pin!(conn);
             let result = tokio::select! {
                 result = conn.as_mut() => result,
-                _ = shutdown_requested(&mut shutdown) => {
+                _ = stop => {
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }
@@ -406,14 +558,16 @@ async fn connection(
 async fn serve_http1<S>(
     io: TokioIo<tokio_rustls::server::TlsStream<TcpStream>>,
     service: S,
-    limits: &ListenerLimits,
-    shutdown: &mut watch::Receiver<bool>,
-    remote: SocketAddr,
+    shared: &Shared,
+    client: &Client,
+    stop: impl Future<Output = ()>,
 ) where
     S: hyper::service::HttpService<Incoming, ResBody = Full<Bytes>> + Unpin,
     S::Future: Unpin + Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let limits = &shared.limits;
+    let remote = client.remote;
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -422,6 +576,7 @@ async fn serve_http1<S>(
         .max_buf_size(limits.max_header_bytes.max(8192));
     let mut conn = builder.serve_connection(io, service);
     let mut draining = false;
+    tokio::pin!(stop);
     let result = loop {
         let step = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx));
         if draining {
@@ -429,7 +584,7 @@ async fn serve_http1<S>(
         }
         tokio::select! {
             result = step => break result,
-            _ = shutdown_requested(shutdown) => {
+            _ = &mut stop => {
                 Pin::new(&mut conn).graceful_shutdown();
                 draining = true;
             }
@@ -440,10 +595,16 @@ async fn serve_http1<S>(
     match result {
         Err(error) if error.is_timeout() && !parts.read_buf.is_empty() => {
             tracing::info!(%remote, "request headers too slow; 408 and closing");
-            let _ = tls
-                .write_all(
-                    b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
-                )
+            let peer = client.peer(&shared.source.current(), shared.source.role);
+            let response = shared.handler.refuse(peer, None, Refusal::Timeout).await;
+            let _ = tls.write_all(&http1_bytes(&response)).await;
+        }
+        Err(error) if error.is_parse_too_large() => {
+            // hyper has answered 431 itself; the refusal is audited like any other.
+            let peer = client.peer(&shared.source.current(), shared.source.role);
+            let _ = shared
+                .handler
+                .refuse(peer, None, Refusal::HeadersTooLarge)
                 .await;
         }
         Err(error) => tracing::debug!(%remote, %error, "HTTP/1 connection ended with an error"),
@@ -453,6 +614,48 @@ async fn serve_http1<S>(
     let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
 }
 
+/// A complete HTTP/1.1 response that closes the connection, for writing outside hyper.
+fn http1_bytes(response: &Response<Bytes>) -> Vec<u8> {
+    let status = response.status();
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    )
+    .into_bytes();
+    for (name, value) in response.headers() {
+        if name == http::header::CONTENT_LENGTH || name == http::header::CONNECTION {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(
+        format!(
+            "connection: close\r\ncontent-length: {}\r\n\r\n",
+            response.body().len()
+        )
+        .as_bytes(),
+    );
+    out.extend_from_slice(response.body());
+    out
+}
+
+/// Asks the connection to end after this response: `Connection: close` for HTTP/1.1, GOAWAY
+/// (graceful shutdown) for HTTP/2.
+fn closing(client: &Client, mut response: Response<Bytes>) -> Response<Full<Bytes>> {
+    client.close.notify_one();
+    if client.protocol == Protocol::Http1 {
+        response.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
+    response.map(Full::new)
+}
+
 async fn respond(
     shared: &Shared,
     client: &Client,
@@ -460,46 +663,72 @@ async fn respond(
 ) -> Response<Full<Bytes>> {
     let handler = &shared.handler;
     let limits = &shared.limits;
-    let peer = client.peer(shared);
-    let key = match &peer.partner {
-        Some(partner) => InFlightKey::Partner(partner.agreement.ods.clone()),
-        None => InFlightKey::Certificate(peer.leaf_cert_sha256),
+    let role = shared.source.role;
+    let (parts, body) = request.into_parts();
+    let head = |parts: http::request::Parts| Some(Request::from_parts(parts, ()));
+    let snapshot = shared.source.current();
+    let peer = client.peer(&snapshot, role);
+    if let Err(reason) = client.still_valid(&snapshot, role, unix_now()) {
+        tracing::info!(remote = %client.remote, %reason, "403 and closing the connection");
+        let response = handler
+            .refuse(peer, head(parts), Refusal::CertificateWithdrawn)
+            .await;
+        return closing(client, response);
+    }
+    drop(snapshot);
+    // A certificate no registered partner (or upstream) claims any more: the handler answers
+    // 403 and audits it; the connection then ends rather than being kept for later requests.
+    let unclaimed = match role {
+        Role::Partner => peer.partner.is_none(),
+        Role::Upstream => peer.upstream.is_none(),
     };
-    let Some(_slot) = shared.enter(key) else {
+    let Some(_slot) = shared
+        .in_flight
+        .enter(ClientKey::of(&peer), limits.per_partner_concurrency)
+    else {
         tracing::info!(remote = %peer.remote, "per-partner concurrency limit reached; 429");
         return handler
-            .refusal(StatusCode::TOO_MANY_REQUESTS)
+            .refuse(peer, head(parts), Refusal::TooManyRequests)
+            .await
             .map(Full::new);
     };
-    let declared = request
-        .headers()
+    let declared = parts
+        .headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let max_body = u64::try_from(limits.max_body_bytes).unwrap_or(u64::MAX);
     if declared.is_some_and(|length| length > max_body) {
         return handler
-            .refusal(StatusCode::PAYLOAD_TOO_LARGE)
+            .refuse(peer, head(parts), Refusal::BodyTooLarge)
+            .await
             .map(Full::new);
     }
-    let (parts, body) = request.into_parts();
     let collected = tokio::time::timeout(
         limits.body_read_timeout,
         Limited::new(body, limits.max_body_bytes).collect(),
     )
     .await;
     let body = match collected {
-        Err(_) => return handler.refusal(StatusCode::REQUEST_TIMEOUT).map(Full::new),
+        Err(_) => Err(Refusal::Timeout),
         Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
+            Err(Refusal::BodyTooLarge)
+        }
+        Ok(Err(_)) => Err(Refusal::MalformedBody),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    };
+    let body = match body {
+        Ok(body) => body,
+        Err(refusal) => {
             return handler
-                .refusal(StatusCode::PAYLOAD_TOO_LARGE)
+                .refuse(peer, head(parts), refusal)
+                .await
                 .map(Full::new)
         }
-        Ok(Err(_)) => return handler.refusal(StatusCode::BAD_REQUEST).map(Full::new),
-        Ok(Ok(collected)) => collected.to_bytes(),
     };
-    handler
-        .handle(peer, Request::from_parts(parts, body))
-        .await
-        .map(Full::new)
+    let response = handler.handle(peer, Request::from_parts(parts, body)).await;
+    if unclaimed {
+        return closing(client, response);
+    }
+    response.map(Full::new)
 }

@@ -7,7 +7,10 @@ use super::{
     preferences, AccessRequest, Agreement, Basis, Decision, ErrorCode, PatientData, Permission,
     Preferences, Refusal, Release, SensitiveCodes, SharingPreference, JUSTIFICATION_CHARS,
 };
-use crate::fhir::{ItemFacts, Section, Tier, CONFIDENTIALITY_SYSTEM};
+use crate::fhir::{
+    ItemFacts, Section, Tier, CONFIDENTIALITY_SYSTEM, CONFIDENTIALITY_SYSTEM_OID,
+    CONFIDENTIALITY_SYSTEM_V3,
+};
 
 /// Decides one request.
 ///
@@ -58,6 +61,10 @@ pub fn decide(
             "patient not in the replica".into(),
         );
     };
+    // A patient GP Connect would not return is answered exactly as an unknown one (SPEC §3).
+    if let Some(reason) = patient_unavailable(&patient.demographics) {
+        return refuse(ErrorCode::PatientNotFound, reason.into());
+    }
 
     // 5. Dissent, before any permission: an override never beats dissent.
     let prefs = preferences(&patient.consents, now);
@@ -185,11 +192,43 @@ fn tier_allows(sharing: SharingPreference, section: Section) -> bool {
     }
 }
 
-/// Whether an item is practice-confidential: `meta.security` confidentiality `R` or `V`.
+/// Why a known patient is answered as unknown, if they are: deceased, registration ended, or
+/// the Patient resource itself practice-confidential (`meta.security` `R` or `V`, read as
+/// [`is_practice_confidential`] reads an item's labels).
+pub fn patient_unavailable(patient: &ItemFacts) -> Option<&'static str> {
+    if patient.deceased {
+        Some("patient is recorded as deceased")
+    } else if patient.ended {
+        Some("patient's registration has ended (active false)")
+    } else if is_practice_confidential(patient) {
+        Some("patient's record is marked restricted")
+    } else {
+        None
+    }
+}
+
+/// Whether an item is practice-confidential: a `meta.security` confidentiality label (its own or
+/// a contained resource's) that does not plainly allow release.
+///
+/// Fail closed: in the v3 Confidentiality system (either address, or its OID) only `U`, `L`,
+/// `M` and `N` release; `R`, `V` and any other code withhold. A label in any other system whose
+/// address names confidentiality (ASCII case-insensitive) withholds whatever its code, since
+/// its meaning cannot be checked.
 pub fn is_practice_confidential(item: &ItemFacts) -> bool {
-    item.security
-        .iter()
-        .any(|label| label.system == CONFIDENTIALITY_SYSTEM && matches!(&*label.code, "R" | "V"))
+    item.security.iter().any(|label| {
+        let system = label.system.as_str();
+        if [
+            CONFIDENTIALITY_SYSTEM,
+            CONFIDENTIALITY_SYSTEM_V3,
+            CONFIDENTIALITY_SYSTEM_OID,
+        ]
+        .contains(&system)
+        {
+            !matches!(label.code.as_str(), "U" | "L" | "M" | "N")
+        } else {
+            system.to_ascii_lowercase().contains("confidentiality")
+        }
+    })
 }
 
 /// Which of the patient's items, then which of their shared resources, are withheld, whatever

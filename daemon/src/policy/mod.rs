@@ -22,7 +22,13 @@
 //!   concept id (no subsumption: the lists must hold every concept meant).
 //! - A Patient search asks with no sections: the decision is the same, only nothing is listed
 //!   (the API turns PATIENT_NOT_FOUND into an empty searchset there, as SPEC §3 says).
-//! - Only `meta.security` codings in the v3 Confidentiality system count as `R`/`V`.
+//! - Confidentiality labels (`is_practice_confidential`): in the v3 Confidentiality system (its
+//!   current address, the older `http://hl7.org/fhir/v3/Confidentiality`, or its OID) only `U`,
+//!   `L`, `M`, `N` release; any other code withholds. A label in any other system whose address
+//!   contains `confidentiality` (any case) withholds. Labels and codes of `contained` resources
+//!   count as the item's own (the facts are read over the whole item at ingest).
+//! - A deceased patient, one whose registration has ended, or one whose Patient resource is
+//!   practice-confidential is refused PATIENT_NOT_FOUND at step 4, as an unknown patient.
 //! - `decide` withholds referrers of *withheld* items only (SPEC §5 step 8). A released item may
 //!   still reference an item that is merely outside the released sections (a MedicationRequest
 //!   whose Condition is in an unrequested or tier-denied section): the API must not emit such
@@ -40,7 +46,7 @@ mod sensitive;
 mod tests;
 
 pub use agreement::{Agreement, PartnerType, RoleSet};
-pub use decide::{decide, is_practice_confidential, withheld_items};
+pub use decide::{decide, is_practice_confidential, patient_unavailable, withheld_items};
 pub use preferences::{
     preferences, type1_opt_out_in_items, Preferences, SharingPreference, StandingConsent,
     SNOMED_CORE_SYNONYM, SNOMED_DISSENT_SYNONYM, STANDING_CONSENT_CATEGORY, TYPE1_OPT_OUT_CODE,

@@ -84,6 +84,9 @@ pub struct AccessRequest {
 /// A patient as the replica holds them.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct PatientData {
+    /// The facts of the patient's own Patient resource: a deceased, ended or restricted
+    /// patient is answered as unknown (SPEC §3).
+    pub demographics: ItemFacts,
     /// Every Consent of the patient's (they may also be among `items`; they have no section
     /// and are never released).
     pub consents: Vec<ConsentFacts>,
@@ -97,10 +100,16 @@ pub struct PatientData {
 }
 
 impl PatientData {
-    /// Builds the patient from their items, taking the consents from the Consent items' facts.
-    pub fn from_items(items: Vec<ItemFacts>, shared: Vec<ItemFacts>) -> PatientData {
+    /// Builds the patient from their Patient resource's facts and their items, taking the
+    /// consents from the Consent items' facts.
+    pub fn from_items(
+        demographics: ItemFacts,
+        items: Vec<ItemFacts>,
+        shared: Vec<ItemFacts>,
+    ) -> PatientData {
         let consents = items.iter().filter_map(|i| i.consent.clone()).collect();
         PatientData {
+            demographics,
             consents,
             items,
             shared,

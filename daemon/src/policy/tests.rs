@@ -8,8 +8,8 @@ use time::macros::{date, datetime};
 
 use super::*;
 use crate::fhir::{
-    Coding, ConsentFacts, ItemFacts, Section, CONFIDENTIALITY_SYSTEM, SHARING_PREFERENCE_SYSTEM,
-    SNOMED,
+    Coding, ConsentFacts, ItemFacts, Section, CONFIDENTIALITY_SYSTEM, CONFIDENTIALITY_SYSTEM_OID,
+    CONFIDENTIALITY_SYSTEM_V3, SHARING_PREFERENCE_SYSTEM, SNOMED,
 };
 
 mod properties;
@@ -145,6 +145,7 @@ fn standing(ods: &str, start: Option<i64>, end: Option<i64>) -> ConsentFacts {
 
 fn patient(consents: Vec<ConsentFacts>, items: Vec<ItemFacts>) -> PatientData {
     PatientData {
+        demographics: item("Patient", "p"),
         consents,
         items,
         shared: Vec::new(),
@@ -667,6 +668,53 @@ fn practice_confidential_r_and_v_items_are_withheld() {
 }
 
 #[test]
+fn confidentiality_labels_in_the_older_system_or_any_other_withhold() {
+    let patient = open_patient(vec![
+        labelled(item("Condition", "old-r"), CONFIDENTIALITY_SYSTEM_V3, "R"),
+        labelled(item("Condition", "old-v"), CONFIDENTIALITY_SYSTEM_V3, "V"),
+        labelled(item("Condition", "oid-r"), CONFIDENTIALITY_SYSTEM_OID, "R"),
+        labelled(item("Condition", "lower-r"), CONFIDENTIALITY_SYSTEM, "r"),
+        labelled(
+            item("Condition", "local"),
+            "https://fhir.example-gp.co.uk/CodeSystem/Confidentiality",
+            "N",
+        ),
+        labelled(item("Condition", "old-n"), CONFIDENTIALITY_SYSTEM_V3, "N"),
+        labelled(item("Condition", "m"), CONFIDENTIALITY_SYSTEM, "M"),
+    ]);
+    let release = release(decide_for(&granted(), &patient));
+    assert_eq!(
+        released(&release, &patient),
+        ["Condition/old-n", "Condition/m"]
+    );
+}
+
+#[test]
+fn deceased_ended_and_restricted_patients_are_not_found() {
+    let mut deceased = item("Patient", "p");
+    deceased.deceased = true;
+    let mut ended = item("Patient", "p");
+    ended.ended = true;
+    let restricted = labelled(item("Patient", "p"), CONFIDENTIALITY_SYSTEM, "R");
+    let very = labelled(item("Patient", "p"), CONFIDENTIALITY_SYSTEM_V3, "V");
+    for demographics in [deceased, ended, restricted, very] {
+        let mut patient = open_patient(vec![item("Condition", "c")]);
+        patient.demographics = demographics;
+        for request in [granted(), emergency()] {
+            match decide_for(&request, &patient) {
+                Decision::Refused(r) => assert_eq!(r.code, ErrorCode::PatientNotFound),
+                other => panic!("{other:?}"),
+            }
+        }
+        // Exactly as unknown: the checks before step 4 still come first.
+        let decision = decide(None, &granted(), Some(&patient), &sensitive());
+        assert_eq!(decision.error_code(), Some(ErrorCode::AccessDenied));
+    }
+    let plain = open_patient(vec![item("Condition", "c")]);
+    assert!(decide_for(&granted(), &plain).release().is_some());
+}
+
+#[test]
 fn override_does_not_release_practice_confidential_items() {
     let patient = open_patient(vec![labelled(
         item("AllergyIntolerance", "a1"),
@@ -1062,7 +1110,11 @@ fn type1_opt_out_is_read_from_consent_and_observation_and_does_not_affect_direct
 fn patient_data_from_items_collects_consents() {
     let mut consent_item = item("Consent", "k1");
     consent_item.consent = Some(tier("dissent", now()));
-    let patient = PatientData::from_items(vec![consent_item, item("Condition", "c")], vec![]);
+    let patient = PatientData::from_items(
+        item("Patient", "p"),
+        vec![consent_item, item("Condition", "c")],
+        vec![],
+    );
     assert_eq!(patient.consents.len(), 1);
     assert_eq!(
         refusal(&decide_for(&granted(), &patient)),
@@ -1144,4 +1196,84 @@ fn decision_cost_for_a_typical_patient() {
         "decide: {per:?} per decision, {} items released of 150",
         released_count / rounds as usize
     );
+}
+
+// ------------------------------------------- items judged whole (facts read at ingest)
+
+/// Facts as ingest reads them from a resource of patient `p`.
+fn ingested(resource: serde_json::Value) -> ItemFacts {
+    crate::fhir::extract_facts(&resource).unwrap()
+}
+
+#[test]
+fn an_item_is_judged_with_its_contained_resources() {
+    let std_label = serde_json::json!({"system": SNOMED,
+        "code": SensitiveCategory::SexuallyTransmittedDisease.refset_id()});
+    let contained = |condition: serde_json::Value| {
+        ingested(
+            serde_json::json!({"resourceType": "MedicationRequest", "id": "mr",
+            "subject": {"reference": "Patient/p"},
+            "contained": [condition],
+            "reasonReference": [{"reference": "#cond"}]}),
+        )
+    };
+    let cases = [
+        // The issue's example: an STD-labelled Condition naming a withheld Observation.
+        contained(
+            serde_json::json!({"resourceType": "Condition", "id": "cond",
+            "meta": {"security": [std_label]}, "subject": {"reference": "Patient/p"},
+            "evidence": [{"detail": [{"reference": "Observation/o1", "display": "Chlamydia NAAT"}]}]}),
+        ),
+        // Only the reference to the withheld Observation.
+        contained(
+            serde_json::json!({"resourceType": "Condition", "id": "cond",
+            "evidence": [{"detail": [{"reference": "Observation/o1"}]}]}),
+        ),
+        // Only a code from the STD list.
+        contained(
+            serde_json::json!({"resourceType": "Condition", "id": "cond",
+            "code": {"coding": [{"system": SNOMED, "code": "8098009"}]}}),
+        ),
+        // Only a confidentiality label.
+        contained(
+            serde_json::json!({"resourceType": "Condition", "id": "cond",
+            "meta": {"security": [{"system": CONFIDENTIALITY_SYSTEM_V3, "code": "V"}]}}),
+        ),
+    ];
+    let observation = labelled(item("Observation", "o1"), CONFIDENTIALITY_SYSTEM, "R");
+    for case in cases {
+        let patient = open_patient(vec![case.clone(), observation.clone()]);
+        let release = release(decide_for(&granted(), &patient));
+        assert!(released(&release, &patient).is_empty(), "{case:?}");
+        assert!(release
+            .sections_with_withheld
+            .contains(&Section::Medications));
+    }
+    let plain = contained(serde_json::json!({"resourceType": "Condition", "id": "cond"}));
+    let patient = open_patient(vec![plain, observation]);
+    assert_eq!(
+        released(&release(decide_for(&granted(), &patient)), &patient),
+        ["MedicationRequest/mr"]
+    );
+}
+
+#[test]
+fn every_coding_anywhere_in_an_item_is_matched() {
+    let std = serde_json::json!({"system": SNOMED, "code": "8098009"});
+    let cases = [
+        serde_json::json!({"resourceType": "Condition", "id": "x", "subject": {"reference": "Patient/p"},
+            "extension": [{"url": "urn:x", "valueCoding": std}]}),
+        serde_json::json!({"resourceType": "Encounter", "id": "x", "subject": {"reference": "Patient/p"},
+            "class": std}),
+        serde_json::json!({"resourceType": "Observation", "id": "x", "subject": {"reference": "Patient/p"},
+            "component": [{"code": {"text": "result"}, "valueCodeableConcept": {"coding": [std]}}]}),
+        serde_json::json!({"resourceType": "Condition", "id": "x", "subject": {"reference": "Patient/p"},
+            "note": [{"extension": [{"url": "urn:a", "extension": [{"url": "urn:b", "valueCoding": std}]}]}]}),
+    ];
+    for case in cases {
+        let facts = ingested(case.clone());
+        let patient = open_patient(vec![facts]);
+        let release = release(decide_for(&granted(), &patient));
+        assert!(release.released_items.is_empty(), "{case}");
+    }
 }

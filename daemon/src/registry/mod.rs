@@ -1,16 +1,20 @@
 //! The on-disk stores in the state directory that decide who may connect: the appliance's
 //! certificate chain, partner CAs, CRLs, registered partners and upstream clinical systems.
 //!
-//! Validates: every file parses (TOML with unknown keys refused, PEM/DER certificates and CRLs),
-//! partner file names match their ODS codes, no two partners claim the same certificate, and on
-//! install that CAs are CAs, CRLs are signed by a trusted CA and the appliance chain matches its
-//! key. Does not validate: client certificate paths or revocation (rustls/webpki do that in the
-//! handshake, see `tls`), nor what an agreement allows (the policy engine).
+//! Validates, file by file (a bad file is skipped and reported, see `load`): every file parses
+//! (TOML with unknown keys refused, PEM/DER certificates and CRLs), partner file names match
+//! their ODS codes, names are printable and bounded, no two partners claim the same certificate
+//! or ODS code, no site is another partner; and on install that CAs are CAs, CRLs are signed by
+//! a trusted CA and the appliance chain matches its key. Does not validate: client certificate
+//! paths or revocation (rustls/webpki do that in the handshake, see `tls`), nor what an
+//! agreement allows (the policy engine).
 //!
 //! Layout under the state directory:
 //! `tls/chain.pem` (leaf first), `trust/*.pem`, `crl/*` (PEM or DER), `partners/<ODS>.toml`,
-//! `upstream/<name>.toml`. Files whose names start with `.` are ignored (temporary files).
+//! `upstream/<name stem>.toml`. Files whose names start with `.` are ignored (temporary files).
+//! `migctl` writes them owned by the state directory's owner (migd's user), see `write_atomic`.
 
+mod load;
 mod pki;
 mod store;
 
@@ -23,8 +27,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::Agreement;
 
+pub use load::{fingerprint, load, problems_for_check, FileStamp, Fingerprint};
 pub(crate) use pki::unix_seconds;
-pub use pki::{cert_identity, CertIdentity, CrlInfo};
+pub use pki::{cert_identity, cert_not_after, CertIdentity, CrlInfo};
 pub(crate) use store::check_appliance_chain;
 pub use store::{
     add_partner, add_trust_ca, add_upstream, install_appliance_chain, install_crl, list_partners,
@@ -91,15 +96,17 @@ impl RegistryError {
     }
 }
 
-/// How a partner's client certificate is recognised (SPEC §5 step 1).
+/// How a partner's client certificate is recognised (SPEC §5 step 1): by the SHA-256 of its
+/// DER SubjectPublicKeyInfo (survives re-issue with the same key).
+///
+/// Matching by subject and issuer names is deliberately not offered: names compared as text
+/// are ambiguous (RFC 4514 escaping of `,` and `+`) and, unless tied to the CA that verified
+/// the chain, any other trusted CA can issue a certificate with the same names. A partner file
+/// with `subject_issuer` is refused at load, naming the file.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum CertificateMatch {
-    /// SHA-256 of the certificate's DER SubjectPublicKeyInfo (survives re-issue with the same key).
     SpkiSha256(#[serde(with = "hex32")] [u8; 32]),
-    /// Subject and issuer distinguished names, as `CertIdentity` prints them
-    /// (RDNs in certificate order, `CN=…, O=…`); survives re-keying by the same CA.
-    SubjectIssuer { subject: String, issuer: String },
 }
 
 /// A registered partner: its data sharing agreement and the certificate it connects with.
@@ -121,64 +128,230 @@ pub struct Upstream {
     pub spki_sha256: [u8; 32],
 }
 
+/// A store file (or directory) that could not be applied, and what migd does instead. Each
+/// file applies on its own (SPEC §9): a bad one is skipped and reported, never blocking the
+/// others, and what it describes fails closed (see `load`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The file or directory concerned.
+    pub path: PathBuf,
+    /// What is wrong with it; the message names the file.
+    pub error: String,
+    /// What is done instead, for the operator.
+    pub consequence: String,
+}
+
+impl Problem {
+    fn new(path: &Path, error: impl std::fmt::Display, consequence: impl Into<String>) -> Self {
+        Problem {
+            path: path.to_path_buf(),
+            error: error.to_string(),
+            consequence: consequence.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.error, self.consequence)
+    }
+}
+
+/// Longest display name (partner or upstream) accepted, in characters.
+pub const MAX_DISPLAY_NAME: usize = 100;
+
+/// A display name (a partner's or upstream's `name`): 1 to 100 printable characters, spaces
+/// allowed ("EMIS Web"), no leading or trailing space, and nothing that could forge or hide
+/// text where it is printed (control characters, bidirectional overrides, zero-width marks).
+pub fn check_display_name(what: &str, name: &str) -> Result<(), String> {
+    let invisible = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{FEFF}')
+    };
+    if name.trim().is_empty() {
+        return Err(format!("{what} is empty"));
+    }
+    if name.trim() != name {
+        return Err(format!("{what} {name:?} starts or ends with a space"));
+    }
+    if name.chars().count() > MAX_DISPLAY_NAME {
+        return Err(format!(
+            "{what} is longer than {MAX_DISPLAY_NAME} characters"
+        ));
+    }
+    if let Some(c) = name.chars().find(|c| invisible(*c)) {
+        return Err(format!(
+            "{what} {name:?} holds the unprintable character U+{:04X}",
+            c as u32
+        ));
+    }
+    Ok(())
+}
+
+/// An ODS code as partner files hold it: 3 to 6 upper-case letters or digits.
+fn check_ods(what: &str, code: &str) -> Result<(), String> {
+    let ok = (3..=6).contains(&code.len())
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} {code:?} is not an ODS code (3 to 6 upper-case letters or digits)"
+        ))
+    }
+}
+
+/// The file name an upstream's display name is stored under: lower-case letters and digits,
+/// other runs as one `-` ("EMIS Web" → `emis-web`).
+pub fn upstream_file_stem(name: &str) -> String {
+    let mut stem = String::new();
+    for c in name.chars() {
+        if c.is_ascii_alphanumeric() {
+            stem.push(c.to_ascii_lowercase());
+        } else if !stem.is_empty() && !stem.ends_with('-') {
+            stem.push('-');
+        }
+    }
+    while stem.ends_with('-') {
+        stem.pop();
+    }
+    stem
+}
+
+impl Partner {
+    /// What a partner record must satisfy on its own, wherever it comes from: a valid ODS code
+    /// and sites, and a printable bounded name.
+    pub fn check(&self) -> Result<(), String> {
+        let a = &self.agreement;
+        check_ods("ODS code", &a.ods)?;
+        for site in &a.sites {
+            check_ods("site", site)?;
+        }
+        check_display_name("name", &a.name)
+    }
+}
+
+impl Upstream {
+    pub fn check(&self) -> Result<(), String> {
+        check_display_name("upstream name", &self.name)?;
+        if upstream_file_stem(&self.name).is_empty() {
+            return Err(format!(
+                "upstream name {:?} needs at least one letter or digit",
+                self.name
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Registered partners indexed by how their certificates are matched.
 #[derive(Debug, Default)]
 pub struct PartnerRegistry {
     partners: Vec<Arc<Partner>>,
     by_spki: HashMap<[u8; 32], Arc<Partner>>,
-    by_names: HashMap<(String, String), Arc<Partner>>,
 }
 
 impl PartnerRegistry {
-    /// Indexes `partners` (each paired with the file it came from, for error messages); two
-    /// partners claiming the same certificate is an error naming both files.
+    /// Indexes `partners` (each paired with the file it came from, for error messages),
+    /// refusing any conflict: the first is an error naming both files.
     pub fn new(partners: Vec<(PathBuf, Partner)>) -> Result<PartnerRegistry, RegistryError> {
-        let mut registry = PartnerRegistry::default();
-        let mut seen: HashMap<CertificateMatch, PathBuf> = HashMap::new();
-        let mut seen_ods: HashMap<String, PathBuf> = HashMap::new();
-        for (path, partner) in partners {
-            if let Some(first) = seen.get(&partner.identity) {
-                return Err(RegistryError::invalid(
-                    &path,
-                    format!(
+        let (registry, mut conflicts) = PartnerRegistry::index(partners, &[]);
+        match conflicts.is_empty() {
+            true => Ok(registry),
+            false => Err(conflicts.remove(0)),
+        }
+    }
+
+    /// Indexes `partners`, leaving out every one in conflict (fail closed: none of them is
+    /// chosen over another) and returning why: two files claiming one certificate or one ODS
+    /// code (both left out), or a partner whose site is another partner's ODS code (it would
+    /// act as that partner and use its standing consents; the claimant is left out).
+    /// `other_ods` are ODS codes of partner files that could not be read: still not a site.
+    pub(crate) fn index(
+        partners: Vec<(PathBuf, Partner)>,
+        other_ods: &[String],
+    ) -> (PartnerRegistry, Vec<RegistryError>) {
+        let mut conflicts = Vec::new();
+        let mut keep = vec![true; partners.len()];
+        for (i, (path, partner)) in partners.iter().enumerate() {
+            for (j, (other_path, other)) in partners.iter().enumerate() {
+                if i == j {
+                    continue;
+                }
+                let same_cert = partner.identity == other.identity;
+                let same_ods = partner
+                    .agreement
+                    .ods
+                    .eq_ignore_ascii_case(&other.agreement.ods);
+                let site = partner
+                    .agreement
+                    .sites
+                    .iter()
+                    .find(|s| s.eq_ignore_ascii_case(&other.agreement.ods));
+                let reason = if same_cert && i > j {
+                    Some(format!(
                         "claims the same certificate as {}; a certificate identifies one partner",
-                        first.display()
+                        other_path.display()
+                    ))
+                } else if same_ods && i > j {
+                    Some(format!(
+                        "ODS code also registered in {}",
+                        other_path.display()
+                    ))
+                } else {
+                    site.map(|site| {
+                        format!(
+                            "site {site} is the ODS code of the partner registered in {}; a site \
+                             may not be another partner",
+                            other_path.display()
+                        )
+                    })
+                };
+                if let Some(reason) = reason {
+                    keep[i] = false;
+                    if same_cert || same_ods {
+                        keep[j] = false;
+                    }
+                    conflicts.push(RegistryError::invalid(path, reason));
+                }
+            }
+            if let Some(site) = partner
+                .agreement
+                .sites
+                .iter()
+                .find(|s| other_ods.iter().any(|o| o.eq_ignore_ascii_case(s)))
+            {
+                keep[i] = false;
+                conflicts.push(RegistryError::invalid(
+                    path,
+                    format!(
+                        "site {site} is the ODS code of a partner whose file is unreadable; a \
+                         site may not be another partner"
                     ),
                 ));
             }
-            if let Some(first) = seen_ods.get(&partner.agreement.ods) {
-                return Err(RegistryError::invalid(
-                    &path,
-                    format!("ODS code also registered in {}", first.display()),
-                ));
+        }
+        let mut registry = PartnerRegistry::default();
+        for ((_, partner), keep) in partners.into_iter().zip(keep) {
+            if !keep {
+                continue;
             }
-            seen.insert(partner.identity.clone(), path.clone());
-            seen_ods.insert(partner.agreement.ods.clone(), path);
             let partner = Arc::new(partner);
             match &partner.identity {
                 CertificateMatch::SpkiSha256(hash) => {
                     registry.by_spki.insert(*hash, partner.clone());
                 }
-                CertificateMatch::SubjectIssuer { subject, issuer } => {
-                    registry
-                        .by_names
-                        .insert((subject.clone(), issuer.clone()), partner.clone());
-                }
             }
             registry.partners.push(partner);
         }
-        Ok(registry)
+        (registry, conflicts)
     }
 
-    /// The partner a (handshake-verified) client certificate belongs to; the key hash wins over
-    /// the names.
+    /// The partner a (handshake-verified) client certificate belongs to, by its key.
     pub fn identify(&self, cert: &CertIdentity) -> Option<Arc<Partner>> {
-        if let Some(partner) = self.by_spki.get(&cert.spki_sha256) {
-            return Some(partner.clone());
-        }
-        self.by_names
-            .get(&(cert.subject.clone(), cert.issuer.clone()))
-            .cloned()
+        self.by_spki.get(&cert.spki_sha256).cloned()
     }
 
     /// Every registered partner, in ODS order.
@@ -194,18 +367,31 @@ pub struct UpstreamRegistry {
 }
 
 impl UpstreamRegistry {
-    pub fn new(upstreams: Vec<(PathBuf, Upstream)>) -> Result<UpstreamRegistry, RegistryError> {
+    /// Indexes `upstreams`; two pinning one key are both left out (fail closed), with why.
+    pub(crate) fn index(
+        upstreams: Vec<(PathBuf, Upstream)>,
+    ) -> (UpstreamRegistry, Vec<RegistryError>) {
+        let mut conflicts = Vec::new();
         let mut by_spki = HashMap::new();
-        for (path, upstream) in upstreams {
-            if by_spki.contains_key(&upstream.spki_sha256) {
-                return Err(RegistryError::invalid(
-                    &path,
-                    "pins a key that another upstream already pins",
+        let mut pinned_twice = std::collections::HashSet::new();
+        for (i, (path, upstream)) in upstreams.iter().enumerate() {
+            if let Some((other, _)) = upstreams[..i]
+                .iter()
+                .find(|(_, u)| u.spki_sha256 == upstream.spki_sha256)
+            {
+                pinned_twice.insert(upstream.spki_sha256);
+                conflicts.push(RegistryError::invalid(
+                    path,
+                    format!("pins the key that {} already pins", other.display()),
                 ));
             }
-            by_spki.insert(upstream.spki_sha256, Arc::new(upstream));
         }
-        Ok(UpstreamRegistry { by_spki })
+        for (_, upstream) in upstreams {
+            if !pinned_twice.contains(&upstream.spki_sha256) {
+                by_spki.insert(upstream.spki_sha256, Arc::new(upstream));
+            }
+        }
+        (UpstreamRegistry { by_spki }, conflicts)
     }
 
     pub fn identify(&self, cert: &CertIdentity) -> Option<Arc<Upstream>> {
@@ -227,7 +413,7 @@ impl UpstreamRegistry {
 }
 
 /// Everything read from the state directory, parsed and cross-checked; what a TLS snapshot is
-/// built from.
+/// built from. `problems` lists every file that was not applied and what was done instead.
 #[derive(Debug)]
 pub struct StateFiles {
     /// The appliance chain, leaf first; empty when no certificate is installed yet.
@@ -238,123 +424,14 @@ pub struct StateFiles {
     pub crls: Vec<(PathBuf, CertificateRevocationListDer<'static>, CrlInfo)>,
     pub partners: PartnerRegistry,
     pub upstreams: UpstreamRegistry,
+    pub problems: Vec<Problem>,
 }
 
-/// Reads and checks every store in `state_dir`. Any broken file fails the whole load, naming
-/// the file, so a caller never serves half a configuration.
-pub fn load(state_dir: &Path) -> Result<StateFiles, RegistryError> {
-    let chain_path = state_dir.join(CHAIN_FILE);
-    let chain = match std::fs::read(&chain_path) {
-        Ok(pem) => pki::parse_pem_certs(&chain_path, &pem)?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(RegistryError::io("read", &chain_path, e)),
-    };
-
-    let mut trust = Vec::new();
-    for path in store::list_dir(&state_dir.join(TRUST_DIR), None)? {
-        let pem = store::read(&path)?;
-        for cert in pki::parse_pem_certs(&path, &pem)? {
-            pki::check_ca(&path, &cert)?;
-            trust.push((path.clone(), cert));
-        }
-    }
-
-    let mut crls = Vec::new();
-    for path in store::list_dir(&state_dir.join(CRL_DIR), None)? {
-        let bytes = store::read(&path)?;
-        for der in pki::parse_crls(&path, &bytes)? {
-            let info = pki::crl_info(&path, &der)?;
-            crls.push((path.clone(), der, info));
-        }
-    }
-
-    let mut partners = Vec::new();
-    for path in store::list_dir(&state_dir.join(PARTNERS_DIR), Some("toml"))? {
-        let partner: Partner = store::read_toml(&path)?;
-        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
-        if stem != partner.agreement.ods {
-            return Err(RegistryError::invalid(
-                &path,
-                format!(
-                    "file name must be the partner's ODS code ({}.toml)",
-                    partner.agreement.ods
-                ),
-            ));
-        }
-        partners.push((path, partner));
-    }
-    let partners = PartnerRegistry::new(partners)?;
-
-    let mut upstreams = Vec::new();
-    for path in store::list_dir(&state_dir.join(UPSTREAM_DIR), Some("toml"))? {
-        let upstream: Upstream = store::read_toml(&path)?;
-        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
-        if stem != upstream.name {
-            return Err(RegistryError::invalid(
-                &path,
-                format!(
-                    "file name must be the upstream's name ({}.toml)",
-                    upstream.name
-                ),
-            ));
-        }
-        upstreams.push((path, upstream));
-    }
-    let upstreams = UpstreamRegistry::new(upstreams)?;
-
-    Ok(StateFiles {
-        chain,
-        trust,
-        crls,
-        partners,
-        upstreams,
-    })
-}
-
-/// A cheap summary (names, sizes, modification times, inodes) of every store file, so a poll
-/// can tell that something changed without parsing anything. Split by what a change affects.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Fingerprint {
-    /// The appliance chain, partner CAs and CRLs: a change needs new TLS configurations.
-    pub certificates: Vec<FileStamp>,
-    /// Partner records: a change needs only a new partner registry.
-    pub partners: Vec<FileStamp>,
-    /// Upstream records: a change needs a new upstream verifier.
-    pub upstreams: Vec<FileStamp>,
-}
-
-/// One file's name, size, modification time (s, ns) and inode.
-pub type FileStamp = (PathBuf, u64, i64, i64, u64);
-
-/// Stats the store files under `state_dir`. Missing directories count as empty.
-pub fn fingerprint(state_dir: &Path) -> Result<Fingerprint, RegistryError> {
-    let mut certificates = vec![state_dir.join(CHAIN_FILE)];
-    certificates.extend(store::list_dir(&state_dir.join(TRUST_DIR), None)?);
-    certificates.extend(store::list_dir(&state_dir.join(CRL_DIR), None)?);
-    Ok(Fingerprint {
-        certificates: stamps(certificates)?,
-        partners: stamps(store::list_dir(&state_dir.join(PARTNERS_DIR), None)?)?,
-        upstreams: stamps(store::list_dir(&state_dir.join(UPSTREAM_DIR), None)?)?,
-    })
-}
-
-fn stamps(paths: Vec<PathBuf>) -> Result<Vec<FileStamp>, RegistryError> {
-    use std::os::unix::fs::MetadataExt;
-    let mut entries = Vec::new();
-    for path in paths {
-        match std::fs::metadata(&path) {
-            Ok(meta) => entries.push((
-                path,
-                meta.len(),
-                meta.mtime(),
-                meta.mtime_nsec(),
-                meta.ino(),
-            )),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(RegistryError::io("stat", &path, e)),
-        }
-    }
-    Ok(entries)
+/// What a load keeps from the one before when a file it applied has become unreadable.
+#[derive(Debug, Clone, Default)]
+pub struct Applied {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub crls: Vec<(PathBuf, CertificateRevocationListDer<'static>, CrlInfo)>,
 }
 
 /// Serde adapter: a 32-byte hash as 64 hex digits.

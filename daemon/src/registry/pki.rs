@@ -20,9 +20,11 @@ pub struct CertIdentity {
     pub cert_sha256: [u8; 32],
     /// SHA-256 of its DER SubjectPublicKeyInfo (what partners are pinned by).
     pub spki_sha256: [u8; 32],
-    /// Subject DN, RDNs in certificate order, e.g. `C=GB, O=Ambulance Trust, CN=ePCR`.
+    /// Subject DN, RDNs in certificate order, e.g. `C=GB, O=Ambulance Trust, CN=ePCR`. For
+    /// display and logs only: never compared to identify anyone (it is not an unambiguous
+    /// encoding of the name).
     pub subject: String,
-    /// Issuer DN in the same form.
+    /// Issuer DN in the same form, for display only.
     pub issuer: String,
     /// End of the certificate's validity, Unix seconds.
     pub not_after: i64,
@@ -201,4 +203,10 @@ pub(crate) fn check_in_date(
 /// True when `issuer` names `child`'s issuer and its key verifies `child`'s signature.
 pub(crate) fn issued_by(child: &X509Certificate<'_>, issuer: &X509Certificate<'_>) -> bool {
     child.issuer() == issuer.subject() && child.verify_signature(Some(issuer.public_key())).is_ok()
+}
+
+/// The notAfter of a DER certificate, Unix seconds; `None` if it does not parse.
+pub fn cert_not_after(der: &[u8]) -> Option<i64> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    Some(cert.validity().not_after.timestamp())
 }

@@ -2,7 +2,7 @@
 //! file, fsync, rename, fsync of the directory) so a running migd never reads half a file.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -66,11 +66,16 @@ pub(crate) fn read_toml<T: DeserializeOwned>(path: &Path) -> Result<T, RegistryE
 
 /// Writes `bytes` to `path` atomically: a temporary dot-file in the same directory, fsync,
 /// rename over the target, fsync the directory (so the rename itself survives a power cut).
+/// The file, and any directory created for it, belongs to the owner of the directory above
+/// (the state directory's owner: the user migd runs as), mode 0640 (directories 0750), so a
+/// `sudo migctl` never leaves a file migd cannot read. The owner is set before the rename: a
+/// running migd never sees the file with the wrong owner.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RegistryError> {
     let dir = path
         .parent()
         .ok_or_else(|| RegistryError::invalid(path, "has no parent directory"))?;
-    std::fs::create_dir_all(dir).map_err(|e| RegistryError::io("create directory", dir, e))?;
+    create_dirs(dir)?;
+    let owner = owner_of(dir)?;
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -84,9 +89,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RegistryError> {
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o640)
+            .mode(FILE_MODE)
             .open(&tmp)
             .map_err(|e| RegistryError::io("create", &tmp, e))?;
+        give_to(&file, &tmp, owner)?;
         file.write_all(bytes)
             .map_err(|e| RegistryError::io("write", &tmp, e))?;
         file.sync_all()
@@ -98,6 +104,64 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RegistryError> {
     }
     result?;
     sync_dir(dir)
+}
+
+/// Mode of store files and of directories made for them (the umask may only narrow these).
+const FILE_MODE: u32 = 0o640;
+const DIR_MODE: u32 = 0o750;
+
+/// The owner (uid, gid) of `dir`.
+fn owner_of(dir: &Path) -> Result<(u32, u32), RegistryError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir).map_err(|e| RegistryError::io("stat", dir, e))?;
+    Ok((meta.uid(), meta.gid()))
+}
+
+/// Gives an open file (or directory) to `owner` and sets the mode exactly (the umask of a
+/// `sudo` shell would narrow it). Only root may change an owner; anyone else writes as the
+/// owner already, or into a directory they cannot give away anyway.
+fn give_to(file: &std::fs::File, path: &Path, (uid, gid): (u32, u32)) -> Result<(), RegistryError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = file
+        .metadata()
+        .map_err(|e| RegistryError::io("stat", path, e))?;
+    if (meta.uid(), meta.gid()) != (uid, gid) && nix::unistd::Uid::effective().is_root() {
+        nix::unistd::fchown(
+            std::os::fd::AsRawFd::as_raw_fd(file),
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+        )
+        .map_err(|e| RegistryError::io("chown", path, e.into()))?;
+    }
+    let mode = if meta.is_dir() { DIR_MODE } else { FILE_MODE };
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(|e| RegistryError::io("chmod", path, e))
+}
+
+/// Creates `dir` and any missing parents, each owned like the directory above it.
+fn create_dirs(dir: &Path) -> Result<(), RegistryError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_dirs(parent)?;
+    }
+    match std::fs::DirBuilder::new().mode(DIR_MODE).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(RegistryError::io("create directory", dir, e)),
+    }
+    let owner = match dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => owner_of(parent)?,
+        None => owner_of(Path::new("."))?,
+    };
+    // No following a symlink swapped in meanwhile: root must not give away what it points to.
+    let handle = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY)
+        .open(dir)
+        .map_err(|e| RegistryError::io("open", dir, e))?;
+    give_to(&handle, dir, owner)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), RegistryError> {
@@ -139,17 +203,68 @@ fn check_name(what: &str, name: &str, path_for_errors: &Path) -> Result<(), Regi
     }
 }
 
-/// Registers a partner as `partners/<ODS>.toml`. Refuses an existing ODS code or a certificate
-/// already claimed by another partner (migd would otherwise reject the whole directory).
+/// Serialises `migctl` changes whose checks read other files (partner and upstream
+/// conflicts), so two at once cannot each pass the checks against the other. Held until the
+/// returned lock drops. `.registry.lock` in the state directory; migd never reads it.
+fn lock(state_dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, RegistryError> {
+    let path = state_dir.join(".registry.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|e| RegistryError::io("open", &path, e))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| RegistryError::io("lock", &path, e.into()))
+}
+
+/// Registers a partner as `partners/<ODS>.toml`. Refuses an invalid record, an existing ODS
+/// code, a certificate already claimed by another partner, a site that is another partner's
+/// ODS code and an ODS code that is another partner's site (migd would leave such a partner
+/// out). Nothing is written when refused.
 pub fn add_partner(state_dir: &Path, partner: &Partner) -> Result<PathBuf, RegistryError> {
     let dir = state_dir.join(PARTNERS_DIR);
     let ods = &partner.agreement.ods;
     check_name("ODS code", ods, &dir)?;
     let path = dir.join(format!("{ods}.toml"));
+    partner
+        .check()
+        .map_err(|reason| RegistryError::invalid(&path, reason))?;
+    let _lock = lock(state_dir)?;
     if path.exists() {
         return Err(RegistryError::Exists { path });
     }
     let mut all: Vec<(PathBuf, Partner)> = list_partners_with_paths(state_dir)?;
+    // A site that is another partner would act as that partner (and use its standing
+    // consents): refused both ways, naming the partner concerned.
+    for (_, other) in &all {
+        let theirs = &other.agreement;
+        if let Some(site) = partner
+            .agreement
+            .sites
+            .iter()
+            .find(|s| s.eq_ignore_ascii_case(&theirs.ods))
+        {
+            return Err(RegistryError::invalid(
+                &path,
+                format!(
+                    "site {site} is the ODS code of registered partner {} ({}); a site may not be another partner",
+                    theirs.name, theirs.ods
+                ),
+            ));
+        }
+        if theirs.sites.iter().any(|s| s.eq_ignore_ascii_case(ods)) {
+            return Err(RegistryError::invalid(
+                &path,
+                format!(
+                    "ODS code {ods} is a site of registered partner {} ({}); a site may not be another partner",
+                    theirs.name, theirs.ods
+                ),
+            ));
+        }
+    }
     all.push((path.clone(), partner.clone()));
     PartnerRegistry::new(all)?;
     let text = toml::to_string(partner).map_err(|source| RegistryError::TomlWrite {
@@ -160,10 +275,17 @@ pub fn add_partner(state_dir: &Path, partner: &Partner) -> Result<PathBuf, Regis
     Ok(path)
 }
 
+/// Every partner file, each checked as migd checks it (so nothing unprintable is listed).
 fn list_partners_with_paths(state_dir: &Path) -> Result<Vec<(PathBuf, Partner)>, RegistryError> {
     list_dir(&state_dir.join(PARTNERS_DIR), Some("toml"))?
         .into_iter()
-        .map(|path| read_toml(&path).map(|p| (path, p)))
+        .map(|path| {
+            let partner: Partner = read_toml(&path)?;
+            partner
+                .check()
+                .map_err(|reason| RegistryError::invalid(&path, reason))?;
+            Ok((path, partner))
+        })
         .collect()
 }
 
@@ -183,18 +305,14 @@ pub fn remove_partner(state_dir: &Path, ods: &str) -> Result<(), RegistryError> 
 }
 
 /// Registers an upstream clinical system by the key of its certificate (PEM, first
-/// certificate), as `upstream/<name>.toml`.
+/// certificate), as `upstream/<file stem of name>.toml`. `name` is a display name like a
+/// partner's ("EMIS Web" is stored as `upstream/emis-web.toml`).
 pub fn add_upstream(
     state_dir: &Path,
     name: &str,
     cert_pem: &[u8],
 ) -> Result<PathBuf, RegistryError> {
     let dir = state_dir.join(UPSTREAM_DIR);
-    check_name("upstream name", name, &dir)?;
-    let path = dir.join(format!("{name}.toml"));
-    if path.exists() {
-        return Err(RegistryError::Exists { path });
-    }
     let source = Path::new("<upstream certificate>");
     let certs = pki::parse_pem_certs(source, cert_pem)?;
     let identity = certs
@@ -205,6 +323,14 @@ pub fn add_upstream(
         name: name.to_string(),
         spki_sha256: identity.spki_sha256,
     };
+    upstream
+        .check()
+        .map_err(|reason| RegistryError::invalid(&dir, reason))?;
+    let path = dir.join(format!("{}.toml", super::upstream_file_stem(name)));
+    let _lock = lock(state_dir)?;
+    if path.exists() {
+        return Err(RegistryError::Exists { path });
+    }
     for existing in list_upstreams(state_dir)? {
         if existing.spki_sha256 == upstream.spki_sha256 {
             return Err(RegistryError::invalid(
@@ -228,10 +354,12 @@ pub fn list_upstreams(state_dir: &Path) -> Result<Vec<Upstream>, RegistryError> 
         .collect()
 }
 
+/// Removes the upstream registered under display name `name`.
 pub fn remove_upstream(state_dir: &Path, name: &str) -> Result<(), RegistryError> {
     let dir = state_dir.join(UPSTREAM_DIR);
-    check_name("upstream name", name, &dir)?;
-    remove(&dir.join(format!("{name}.toml")))
+    let stem = super::upstream_file_stem(name);
+    check_name("upstream name", &stem, &dir)?;
+    remove(&dir.join(format!("{stem}.toml")))
 }
 
 fn pem_encode(label: &str, der: &[u8]) -> String {
@@ -280,8 +408,12 @@ pub fn install_crl(
 
     // Known CAs: the trust store, then any given intermediates that chain to it.
     let mut known: Vec<CertificateDer<'static>> = Vec::new();
+    // A broken CA file must not block a revocation: the CRL needs its signer, not every CA
+    // (`migctl check` reports the broken file).
     for path in list_dir(&state_dir.join(TRUST_DIR), None)? {
-        known.extend(pki::parse_pem_certs(&path, &read(&path)?)?);
+        if let Ok(certs) = read(&path).and_then(|pem| pki::parse_pem_certs(&path, &pem)) {
+            known.extend(certs);
+        }
     }
     if let Some(pem) = issuers_pem {
         let source = Path::new("<issuing CA certificates>");

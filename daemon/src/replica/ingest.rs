@@ -363,7 +363,7 @@ fn prepare(resource: &Value, body: String) -> Result<Prepared, String> {
     Ok(Prepared {
         facts,
         stored_facts,
-        body,
+        body: crate::fhir::serving_body(resource, body),
     })
 }
 

@@ -26,6 +26,10 @@ pub enum ReplicaError {
     /// A stored row could not be decoded (the file was altered outside migd).
     #[error("replica row {0} is corrupt")]
     CorruptRow(String),
+    /// A stored resource is refused by the ingest rules of this migd, so the schema upgrade that
+    /// re-reads every resource stopped (nothing was changed).
+    #[error("replica upgrade: {row} is refused by this version's ingest rules ({reason}); restore the previous migd, purge that patient and import them again")]
+    Upgrade { row: String, reason: String },
     /// SQLite failed during the named operation.
     #[error("replica: {0}: {1}")]
     Sqlite(&'static str, #[source] rusqlite::Error),
@@ -149,15 +153,17 @@ fn stats(conn: &Connection) -> Result<ReplicaStats, ReplicaError> {
 pub struct PatientRow {
     pub id: String,
     pub nhs_number: String,
-    /// The Patient resource as received (JSON).
+    /// The Patient's demographics projection, as stored to be served (JSON).
     pub body: String,
+    /// The facts of the Patient resource as received (deceased, ended, labels).
+    pub facts: ItemFacts,
 }
 
 /// One stored resource with its facts.
 #[derive(Debug, Clone)]
 pub struct StoredItem {
     pub facts: ItemFacts,
-    /// The resource as received (JSON).
+    /// The resource as stored to be served (JSON; see `fhir::serving_body`).
     pub body: String,
 }
 
@@ -226,15 +232,22 @@ impl ReplicaReader {
         let Some(id) = id else {
             return Ok(None);
         };
-        let body: Option<String> = self
+        let mut stmt = self
             .conn
-            .prepare_cached("SELECT body FROM resource WHERE type = 'Patient' AND id = ?1")
-            .and_then(|mut stmt| stmt.query_row([&id], |row| row.get(0)).optional())
+            .prepare_cached(
+                "SELECT facts, body, type, id FROM resource WHERE type = 'Patient' AND id = ?1",
+            )
             .map_err(sql("reading a patient"))?;
-        Ok(body.map(|body| PatientRow {
+        let mut rows = stmt.query([&id]).map_err(sql("reading a patient"))?;
+        let Some(row) = rows.next().map_err(sql("reading a patient"))? else {
+            return Ok(None);
+        };
+        let StoredItem { facts, body } = stored_item(row)?;
+        Ok(Some(PatientRow {
             id,
             nhs_number: nhs_number.to_owned(),
             body,
+            facts,
         }))
     }
 

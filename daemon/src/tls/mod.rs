@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use rustls::crypto::ring as ring_provider;
 use rustls::crypto::CryptoProvider;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ResolvesServerCert, ServerSessionMemoryCache};
 use rustls::sign::CertifiedKey;
 use rustls::{ServerConfig, SupportedCipherSuite, SupportedProtocolVersion};
@@ -26,7 +27,7 @@ use serde::Deserialize;
 use crate::keys::Signer;
 
 pub use reload::{build_snapshot, Reloader, Snapshot};
-pub use signing::TpmSigningKey;
+pub use signing::{with_full_handshake_gate, FullHandshakeGate, TpmSigningKey};
 pub use verify::UpstreamVerifier;
 
 /// How many TLS sessions the server remembers for stateful resumption (TLS 1.2 session ids;
@@ -177,6 +178,10 @@ fn finish(mut config: ServerConfig) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(Arc::new(config))
 }
 
+/// A server configuration with the client verifier it uses: the listener re-runs the same
+/// verifier on open connections when the snapshot changes (SPEC §5 step 1, every request).
+pub type ServerSide = (Arc<ServerConfig>, Arc<dyn ClientCertVerifier>);
+
 /// The partner listener's configuration: client certificates verified against `trust` with
 /// every CRL in `crls`, the whole chain checked for revocation.
 pub fn partner_server_config(
@@ -184,15 +189,10 @@ pub fn partner_server_config(
     trust: &[CertificateDer<'static>],
     crls: Vec<CertificateRevocationListDer<'static>>,
     settings: &TlsSettings,
-) -> Result<Arc<ServerConfig>, TlsError> {
+) -> Result<ServerSide, TlsError> {
     let provider = Arc::new(crypto_provider(settings));
     let verifier = verify::partner_verifier(trust, crls, settings, provider.clone())?;
-    let config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(protocol_versions(settings))
-        .map_err(TlsError::Config)?
-        .with_client_cert_verifier(verifier)
-        .with_cert_resolver(Arc::new(FixedCert(key)));
-    finish(config)
+    server_side(key, verifier, provider, settings)
 }
 
 /// The upstream listener's configuration: a client is accepted only if its certificate is in
@@ -201,15 +201,24 @@ pub fn upstream_server_config(
     key: Arc<CertifiedKey>,
     pins: impl IntoIterator<Item = [u8; 32]>,
     settings: &TlsSettings,
-) -> Result<Arc<ServerConfig>, TlsError> {
+) -> Result<ServerSide, TlsError> {
     let provider = Arc::new(crypto_provider(settings));
-    let verifier = Arc::new(UpstreamVerifier::new(pins, &provider));
+    let verifier: Arc<dyn ClientCertVerifier> = Arc::new(UpstreamVerifier::new(pins, &provider));
+    server_side(key, verifier, provider, settings)
+}
+
+fn server_side(
+    key: Arc<CertifiedKey>,
+    verifier: Arc<dyn ClientCertVerifier>,
+    provider: Arc<CryptoProvider>,
+    settings: &TlsSettings,
+) -> Result<ServerSide, TlsError> {
     let config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(protocol_versions(settings))
         .map_err(TlsError::Config)?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(verifier.clone())
         .with_cert_resolver(Arc::new(FixedCert(key)));
-    finish(config)
+    Ok((finish(config)?, verifier))
 }
 
 #[cfg(test)]

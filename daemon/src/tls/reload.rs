@@ -1,21 +1,27 @@
 //! Immutable snapshots of everything the listeners need (TLS configurations, partners,
 //! upstreams) and the `Reloader` that rebuilds one from the state directory and swaps it in.
 //!
-//! A reload is all or nothing: a broken file anywhere rejects the new snapshot (logged naming
-//! the file) and the old one keeps serving. Open connections keep the configuration they
-//! started with; new connections get the new one.
+//! Each store file applies on its own (see `registry::load`): a broken or unreadable one is
+//! skipped, logged and kept in `Snapshot::problems` (for `/healthz`, the watchdog status and
+//! `migctl check`) while every other change applies. New connections get the new
+//! configuration; open connections are re-checked against it at their next request (the
+//! listener compares the generation and re-runs the snapshot's client verifier on the peer's
+//! chain).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use rustls::server::danger::ClientCertVerifier;
 use rustls::ServerConfig;
 use tokio::sync::watch;
 
 use super::CrlExpiredPolicy;
 use super::{certified_key, partner_server_config, upstream_server_config, TlsError, TlsSettings};
 use crate::keys::Signer;
-use crate::registry::{self, CrlInfo, Fingerprint, PartnerRegistry, UpstreamRegistry};
+use crate::registry::{
+    self, Applied, CrlInfo, Fingerprint, PartnerRegistry, Problem, UpstreamRegistry,
+};
 
 /// One consistent view of the state directory, shared by every connection that starts while
 /// it is current.
@@ -25,13 +31,20 @@ pub struct Snapshot {
     pub partner_tls: Arc<ServerConfig>,
     /// Server configuration for the upstream (clinical system) listener.
     pub upstream_tls: Arc<ServerConfig>,
+    /// The client verifiers inside those configurations, to re-check open connections.
+    pub partner_verifier: Arc<dyn ClientCertVerifier>,
+    pub upstream_verifier: Arc<dyn ClientCertVerifier>,
     pub partners: Arc<PartnerRegistry>,
     pub upstreams: Arc<UpstreamRegistry>,
     /// Installed CRLs (file, summary), for status and `migctl check`.
     pub crls: Vec<(PathBuf, CrlInfo)>,
     /// Counts successful loads from 1, so logs and tests can tell snapshots apart.
     pub generation: u64,
+    /// Store files that were not applied, and what was done instead.
+    pub problems: Vec<Problem>,
     fingerprint: Fingerprint,
+    /// What the next load falls back on for a chain or CRL file that becomes unreadable.
+    applied: Applied,
 }
 
 /// Builds a snapshot from `state_dir`. `previous` lets configurations whose inputs did not
@@ -42,9 +55,13 @@ pub fn build_snapshot(
     settings: &TlsSettings,
     previous: Option<&Snapshot>,
 ) -> Result<Snapshot, TlsError> {
-    let fingerprint = registry::fingerprint(state_dir)?;
-    let files = registry::load(state_dir)?;
+    let fingerprint = registry::fingerprint(state_dir);
+    let files = registry::load(state_dir, previous.map(|p| &p.applied));
+    let mut problems = files.problems;
     let now = SystemTime::now();
+    for problem in &problems {
+        tracing::warn!(file = %problem.path.display(), "{problem}");
+    }
 
     let crls: Vec<(PathBuf, CrlInfo)> = files
         .crls
@@ -63,29 +80,61 @@ pub fn build_snapshot(
         }
     }
 
+    // A chain that does not fit the key is as unusable as an unreadable one: the previous
+    // chain keeps serving. At start there is none, and migd refuses to start.
+    let mut chain = files.chain;
+    let key = match certified_key(&chain, signer.clone(), now) {
+        Ok(key) => key,
+        Err(error) => match previous.filter(|p| !p.applied.chain.is_empty()) {
+            Some(previous) => {
+                let path = state_dir.join(registry::CHAIN_FILE);
+                tracing::warn!(file = %path.display(), %error, "appliance certificate not applied");
+                problems.push(Problem {
+                    path,
+                    error: error.to_string(),
+                    consequence: "the previous appliance certificate keeps serving".into(),
+                });
+                chain = previous.applied.chain.clone();
+                certified_key(&chain, signer.clone(), now)?
+            }
+            None => return Err(error),
+        },
+    };
     let same_certs = previous.filter(|p| p.fingerprint.certificates == fingerprint.certificates);
-    let key = certified_key(&files.chain, signer.clone(), now)?;
-    let partner_tls = match same_certs {
-        Some(previous) => previous.partner_tls.clone(),
+    let (partner_tls, partner_verifier) = match same_certs {
+        Some(previous) => (
+            previous.partner_tls.clone(),
+            previous.partner_verifier.clone(),
+        ),
         None => {
             let trust: Vec<_> = files.trust.iter().map(|(_, c)| c.clone()).collect();
             let crl_ders: Vec<_> = files.crls.iter().map(|(_, d, _)| d.clone()).collect();
             partner_server_config(key.clone(), &trust, crl_ders, settings)?
         }
     };
-    let upstream_tls = match same_certs.filter(|p| p.fingerprint.upstreams == fingerprint.upstreams)
-    {
-        Some(previous) => previous.upstream_tls.clone(),
-        None => upstream_server_config(key, files.upstreams.pins().copied(), settings)?,
-    };
+    let (upstream_tls, upstream_verifier) =
+        match same_certs.filter(|p| p.fingerprint.upstreams == fingerprint.upstreams) {
+            Some(previous) => (
+                previous.upstream_tls.clone(),
+                previous.upstream_verifier.clone(),
+            ),
+            None => upstream_server_config(key, files.upstreams.pins().copied(), settings)?,
+        };
     Ok(Snapshot {
         partner_tls,
         upstream_tls,
+        partner_verifier,
+        upstream_verifier,
         partners: Arc::new(files.partners),
         upstreams: Arc::new(files.upstreams),
         crls,
         generation: previous.map_or(1, |p| p.generation + 1),
+        problems,
         fingerprint,
+        applied: Applied {
+            chain,
+            crls: files.crls,
+        },
     })
 }
 
@@ -149,10 +198,7 @@ impl Reloader {
             .last_seen
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = registry::fingerprint(&self.state_dir).map_err(|error| {
-            tracing::warn!(%error, "polling the state directory failed");
-            error
-        })?;
+        let now = registry::fingerprint(&self.state_dir);
         if now == *last_seen {
             return Ok(None);
         }
@@ -175,6 +221,7 @@ impl Reloader {
                     partners = snapshot.partners.partners().len(),
                     upstreams = snapshot.upstreams.len(),
                     crls = snapshot.crls.len(),
+                    files_not_applied = snapshot.problems.len(),
                     new_tls_sessions = !Arc::ptr_eq(&snapshot.partner_tls, &current.partner_tls),
                     "reloaded certificates, CRLs and partners"
                 );
@@ -182,9 +229,7 @@ impl Reloader {
                 Ok(snapshot)
             }
             Err(error) => {
-                if let Ok(fingerprint) = registry::fingerprint(&self.state_dir) {
-                    *last_seen = fingerprint;
-                }
+                *last_seen = registry::fingerprint(&self.state_dir);
                 tracing::warn!(
                     %error,
                     generation = current.generation,

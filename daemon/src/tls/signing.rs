@@ -8,6 +8,7 @@
 //! tokio-rustls. The listener bounds concurrent handshakes with a semaphore, which also bounds
 //! the threads parked here. On a current-thread runtime (never migd) we sign inline.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use rustls::sign::{Signer as RustlsSigner, SigningKey};
@@ -15,6 +16,24 @@ use rustls::{Error, SignatureAlgorithm, SignatureScheme};
 use rustls_pki_types::SubjectPublicKeyInfoDer;
 
 use crate::keys::Signer;
+
+/// Decides, once per full handshake and before the server key signs, whether this handshake
+/// may spend a signature (the listener's per-source rate limit). Resumed handshakes never ask:
+/// rustls chooses a signing scheme only when it is about to sign.
+pub type FullHandshakeGate = Arc<dyn Fn() -> bool + Send + Sync>;
+
+tokio::task_local! {
+    static FULL_HANDSHAKE_GATE: FullHandshakeGate;
+}
+
+/// Runs `handshake` with `gate` consulted before any server signature inside it. rustls signs
+/// synchronously while the handshake future is polled, so a task-local reaches it.
+pub async fn with_full_handshake_gate<F: Future>(
+    gate: FullHandshakeGate,
+    handshake: F,
+) -> F::Output {
+    FULL_HANDSHAKE_GATE.scope(gate, handshake).await
+}
 
 /// A rustls signing key whose private half lives behind a `keys::Signer`.
 #[derive(Debug, Clone)]
@@ -32,6 +51,10 @@ impl TpmSigningKey {
 
 impl SigningKey for TpmSigningKey {
     fn choose_scheme(&self, offered: &[SignatureScheme]) -> Option<Box<dyn RustlsSigner>> {
+        // Refused by the gate: the handshake fails before the TPM is asked for anything.
+        if !FULL_HANDSHAKE_GATE.try_with(|gate| gate()).unwrap_or(true) {
+            return None;
+        }
         if offered.contains(&SignatureScheme::ECDSA_NISTP256_SHA256) {
             Some(Box::new(self.clone()))
         } else {

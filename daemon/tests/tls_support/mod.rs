@@ -80,6 +80,21 @@ impl Issuer {
 
     /// A client certificate valid from `from` to `to` days relative to now.
     pub fn client_valid(&self, cn: &str, from_days: i64, to_days: i64) -> Identity {
+        let now = OffsetDateTime::now_utc();
+        self.client_between(
+            cn,
+            now + time::Duration::days(from_days),
+            now + time::Duration::days(to_days),
+        )
+    }
+
+    /// A client certificate valid from `not_before` to `not_after`.
+    pub fn client_between(
+        &self,
+        cn: &str,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Identity {
         let key = KeyPair::generate().unwrap();
         let serial = next_serial();
         let mut params = CertificateParams::new(vec![format!("{cn}.partner.test")]).unwrap();
@@ -90,9 +105,8 @@ impl Issuer {
         params.serial_number = Some(SerialNumber::from(serial));
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        let now = OffsetDateTime::now_utc();
-        params.not_before = now + time::Duration::days(from_days);
-        params.not_after = now + time::Duration::days(to_days);
+        params.not_before = not_before;
+        params.not_after = not_after;
         let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
         let mut chain = vec![cert.der().clone()];
         // Send intermediates, never the root.
@@ -279,6 +293,8 @@ pub struct Options {
     pub poll: Option<Duration>,
     /// Makes every server signature take this long (imitates a TPM).
     pub sign_delay: Option<Duration>,
+    /// Serves the partner listener with this handler instead of `EchoHandler`.
+    pub handler: Option<Arc<dyn Handler>>,
 }
 
 /// Adds a fixed latency to every signature and signs one at a time, like a TPM.
@@ -337,7 +353,7 @@ impl Appliance {
             tcp,
             SnapshotSource::new(reloader.subscribe(), Role::Partner),
             options.limits.clone(),
-            Arc::new(EchoHandler),
+            options.handler.unwrap_or_else(|| Arc::new(EchoHandler)),
             shutdown_rx.clone(),
         );
         let upstream_tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -423,6 +439,79 @@ pub async fn connect(addr: SocketAddr, config: Arc<ClientConfig>) -> std::io::Re
     connector
         .connect(ServerName::try_from("mig.test").unwrap(), tcp)
         .await
+}
+
+/// Connects from the local address `source` (any of 127.0.0.0/8 on loopback).
+pub async fn connect_from(
+    addr: SocketAddr,
+    source: std::net::IpAddr,
+    config: Arc<ClientConfig>,
+) -> std::io::Result<TlsStream> {
+    let tcp = tcp_from(addr, source).await?;
+    let connector = tokio_rustls::TlsConnector::from(config);
+    connector
+        .connect(ServerName::try_from("mig.test").unwrap(), tcp)
+        .await
+}
+
+/// A plain TCP connection from the local address `source`.
+pub async fn tcp_from(
+    addr: SocketAddr,
+    source: std::net::IpAddr,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(addr).await
+}
+
+/// Sends one keep-alive `GET path` on an open connection and reads its response (status,
+/// headers as text, body) by its content-length. `Err` once the server has closed.
+pub async fn request_on(tls: &mut TlsStream, path: &str) -> std::io::Result<(u16, String, String)> {
+    let request = format!("GET {path} HTTP/1.1\r\nhost: mig.test\r\n\r\n");
+    tls.write_all(request.as_bytes()).await?;
+    tls.flush().await?;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..end]).to_string();
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            if raw.len() >= end + 4 + length {
+                let status = parse_status(&head)
+                    .ok_or_else(|| std::io::Error::other(format!("no status: {head:?}")))?;
+                let body = String::from_utf8_lossy(&raw[end + 4..end + 4 + length]).to_string();
+                return Ok((status, head, body));
+            }
+        }
+        let n = tls.read(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed",
+            ));
+        }
+        raw.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// True when the server closes `tls` within `within` (EOF or reset on read).
+pub async fn closed_within(tls: &mut TlsStream, within: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, tls.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
 }
 
 /// Connects, sends `GET path` with `Connection: close`, reads the whole response. A refusal

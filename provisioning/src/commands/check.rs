@@ -48,7 +48,21 @@ pub fn run(config: &Config) -> ExitCode {
             Level::Warn => "warn",
             Level::Fail => "FAIL",
         };
-        println!("{label}  {:<22} {}", f.name, f.detail);
+        // Details quote file names and contents: nothing in them may move the cursor or
+        // start a line of its own.
+        let detail: String = f
+            .detail
+            .chars()
+            .flat_map(|c| {
+                let escaped: Vec<char> = if c.is_control() {
+                    c.escape_default().collect()
+                } else {
+                    vec![c]
+                };
+                escaped
+            })
+            .collect();
+        println!("{label}  {:<22} {detail}", f.name);
     }
     if findings.iter().any(|f| f.level == Level::Fail) {
         ExitCode::FAILURE
@@ -59,8 +73,24 @@ pub fn run(config: &Config) -> ExitCode {
 
 pub fn checks(config: &Config) -> Vec<Finding> {
     let mut out = Vec::new();
+    let mut migd_problems = Vec::new();
     let running = match admin_call(config, &json!({"command": "status"})) {
         Ok(status) => {
+            if let Some(list) = status["registry_problems"].as_array() {
+                migd_problems = list
+                    .iter()
+                    .map(|p| {
+                        (
+                            p["file"].as_str().unwrap_or("?").to_owned(),
+                            format!(
+                                "{} ({})",
+                                p["error"].as_str().unwrap_or(""),
+                                p["consequence"].as_str().unwrap_or("")
+                            ),
+                        )
+                    })
+                    .collect();
+            }
             let ready = status["ready"].as_bool() == Some(true);
             let healthy = status["healthy"].as_bool() == Some(true);
             out.push(match (ready, healthy) {
@@ -103,7 +133,7 @@ pub fn checks(config: &Config) -> Vec<Finding> {
         out.extend(tpm_checks(config));
     }
     out.extend(certificate_checks(config));
-    out.extend(registry_checks(config));
+    out.extend(registry_checks(config, &migd_problems));
     out.push(clock_check());
     out.push(disk_check(config));
     out
@@ -208,18 +238,46 @@ fn certificate_checks(config: &Config) -> Vec<Finding> {
     out
 }
 
-fn registry_checks(config: &Config) -> Vec<Finding> {
-    let files = match mig::registry::load(&config.state_dir) {
-        Ok(files) => files,
-        Err(e) => {
-            return vec![finding(
-                "registry",
-                Level::Fail,
-                format!("{e}: fix or remove the file"),
-            )]
+/// Every store file migd skips (its own report when running, and what migctl finds itself:
+/// broken files, and files or directories migd's user cannot read), one finding per file,
+/// then CRL freshness and partner expiry over what applies.
+fn registry_checks(config: &Config, migd_problems: &[(String, String)]) -> Vec<Finding> {
+    let mut bad: Vec<(String, String)> = migd_problems.to_vec();
+    // A member of mig-admin cannot enter the state directory: only migd's report is known,
+    // and migctl's own view would wrongly call every file bad.
+    if let Err(e) = std::fs::read_dir(&config.state_dir) {
+        let mut out: Vec<Finding> = bad
+            .into_iter()
+            .map(|(_, detail)| finding("registry file", Level::Fail, detail))
+            .collect();
+        out.push(finding(
+            "registry",
+            Level::Warn,
+            format!(
+                "cannot read {} as this user ({e}): run `sudo migctl check` for the file checks",
+                config.state_dir.display()
+            ),
+        ));
+        return out;
+    }
+    let (files, problems) = mig::registry::problems_for_check(&config.state_dir);
+    for problem in problems {
+        let file = problem.path.display().to_string();
+        if !bad.iter().any(|(f, _)| *f == file) {
+            bad.push((file, problem.to_string()));
         }
-    };
-    let mut out = Vec::new();
+    }
+    bad.sort();
+    let mut out: Vec<Finding> = bad
+        .into_iter()
+        .map(|(_, detail)| {
+            finding(
+                "registry file",
+                Level::Fail,
+                format!("{detail}: fix or remove the file"),
+            )
+        })
+        .collect();
     let stale: Vec<String> = files
         .crls
         .iter()

@@ -11,7 +11,7 @@ use proptest::sample::select;
 use super::super::*;
 use crate::fhir::{
     Coding, ConsentFacts, ItemFacts, Section, Tier, CONFIDENTIALITY_SYSTEM,
-    SHARING_PREFERENCE_SYSTEM, SNOMED,
+    CONFIDENTIALITY_SYSTEM_V3, SHARING_PREFERENCE_SYSTEM, SNOMED,
 };
 
 const DAY: i64 = 86_400;
@@ -163,6 +163,13 @@ fn label() -> impl Strategy<Value = Coding> {
         (CONFIDENTIALITY_SYSTEM, "R"),
         (CONFIDENTIALITY_SYSTEM, "V"),
         (CONFIDENTIALITY_SYSTEM, "N"),
+        (CONFIDENTIALITY_SYSTEM, "M"),
+        (CONFIDENTIALITY_SYSTEM, "r"),
+        (CONFIDENTIALITY_SYSTEM_V3, "R"),
+        (CONFIDENTIALITY_SYSTEM_V3, "V"),
+        (CONFIDENTIALITY_SYSTEM_V3, "N"),
+        ("urn:oid:2.16.840.1.113883.5.25", "V"),
+        ("https://example.org/CodeSystem/CONFIDENTIALITY", "N"),
         ("urn:other", "R"),
     ];
     for category in SensitiveCategory::ALL {
@@ -276,9 +283,27 @@ fn patient() -> impl Strategy<Value = Option<PatientData>> {
         vec(item_with(vec!["Medication"], vec!["m0", "m1", "m2"]), 0..3),
     )
         .prop_map(|(consents, items, shared)| PatientData {
+            demographics: ItemFacts {
+                resource_type: "Patient".into(),
+                id: "p".into(),
+                ..ItemFacts::default()
+            },
             consents,
             items,
             shared,
+        });
+    // Now and then a patient who must be answered as unknown.
+    let data = (
+        data,
+        proptest::option::weighted(0.1, (any::<bool>(), any::<bool>(), label())),
+    )
+        .prop_map(|(mut data, hidden)| {
+            if let Some((deceased, ended, label)) = hidden {
+                data.demographics.deceased = deceased;
+                data.demographics.ended = ended;
+                data.demographics.security.push(label);
+            }
+            data
         });
     proptest::option::weighted(0.9, data)
 }
@@ -306,10 +331,22 @@ fn categories(item: &ItemFacts, codes: &SensitiveCodes) -> BTreeSet<SensitiveCat
         .collect()
 }
 
+/// SPEC §5 step 8, restated: in the v3 Confidentiality system (any of its addresses) only the
+/// codes that allow release pass; any other system naming confidentiality withholds.
 fn confidential(item: &ItemFacts) -> bool {
-    item.security
-        .iter()
-        .any(|l| l.system == CONFIDENTIALITY_SYSTEM && (l.code == "R" || l.code == "V"))
+    item.security.iter().any(|l| {
+        let v3 = [
+            CONFIDENTIALITY_SYSTEM,
+            CONFIDENTIALITY_SYSTEM_V3,
+            "urn:oid:2.16.840.1.113883.5.25",
+        ]
+        .contains(&l.system.as_str());
+        if v3 {
+            !["U", "L", "M", "N"].contains(&l.code.as_str())
+        } else {
+            l.system.to_lowercase().contains("confidentiality")
+        }
+    })
 }
 
 /// Naive fixed point over items and shared resources: withheld until nothing changes.
@@ -396,6 +433,9 @@ proptest! {
         // Nothing is released unless every step of SPEC §5 passed.
         let agreement = agreement.expect("permitted without an agreement");
         let patient = patient.expect("permitted without a patient");
+        // SPEC §3: deceased, ended and restricted patients are answered as unknown.
+        prop_assert!(!patient.demographics.deceased && !patient.demographics.ended);
+        prop_assert!(!confidential(&patient.demographics), "released a restricted patient");
         let prefs = prefs.expect("patient has preferences");
         prop_assert!(agreement.in_force(request.now));
         let org = request.requesting_ods.to_ascii_uppercase();
