@@ -6,6 +6,7 @@ pub mod api;
 pub mod audit;
 pub mod config;
 pub mod fhir;
+pub mod json;
 pub mod keys;
 pub mod listener;
 pub mod policy;

@@ -531,6 +531,111 @@ async fn malformed_requests_get_their_codes() {
 }
 
 #[tokio::test]
+async fn requested_record_must_name_the_patient_asked_for() {
+    let h = harness();
+    let naming = |nhs: &str| {
+        let nhs = nhs.to_owned();
+        token(move |c| {
+            c["requested_record"] = json!({"resourceType": "Patient",
+                "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs}]})
+        })
+    };
+    let body = record_body(CORE_AND_ADDITIONAL, &ALL_SECTIONS);
+    let (status, _, _) = send(
+        &h,
+        &ambulance(),
+        post_record(body.clone(), &naming(CORE_AND_ADDITIONAL)),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    let query = format!("https://fhir.nhs.uk/Id/nhs-number|{CORE_AND_ADDITIONAL}");
+    let other_query = format!("https://fhir.nhs.uk/Id/nhs-number|{CORE_ONLY}");
+    let refused = [
+        post_record(body, &naming(CORE_ONLY)),
+        search(&query, &naming(CORE_ONLY)),
+        search(&other_query, &naming(CORE_AND_ADDITIONAL)),
+    ];
+    for request in refused {
+        let (status, body, _) = send(&h, &ambulance(), request).await;
+        assert_eq!((status, error_code(&body)), (400, "BAD_REQUEST"));
+        let diagnostics = body["issue"][0]["diagnostics"].as_str().unwrap();
+        assert!(diagnostics.contains("requested_record"), "{diagnostics}");
+        assert!(!diagnostics.contains(CORE_ONLY) && !diagnostics.contains(CORE_AND_ADDITIONAL));
+        let event = last_event(&h);
+        assert!(!event.permitted);
+        assert!(event.refusal_reason.unwrap().contains("requested_record"));
+    }
+    let (status, _, _) = send(
+        &h,
+        &ambulance(),
+        search(&query, &naming(CORE_AND_ADDITIONAL)),
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_token_with_a_repeated_key_or_unprintable_claim_is_refused_naming_it() {
+    use base64::Engine;
+    let h = harness();
+    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let claims = jwt::example_claims(BASE, PARTNER, "R8000", now()).to_string();
+    // Policy would read the last organisation; the audit or a proxy might keep the first.
+    let repeated = claims.replacen(
+        r#""requesting_organization":"#,
+        r#""requesting_organization":{"resourceType":"Organization","identifier":[{"system":"https://fhir.nhs.uk/Id/ods-organization-code","value":"RYY"}]},"requesting_organization":"#,
+        1,
+    );
+    let repeated = format!(
+        "{}.{}.",
+        engine.encode(br#"{"alg":"none","typ":"JWT"}"#),
+        engine.encode(repeated)
+    );
+    let forged_line = token(|c| {
+        c["requesting_practitioner"]["identifier"][0]["value"] =
+            json!("111222333444\n2026-01-01T00:00:00Z permitted RYY")
+    });
+    let overlong_role = token(|c| {
+        c["requesting_practitioner"]["practitionerRole"][0]["role"]["coding"][0]["code"] =
+            json!("R".repeat(300))
+    });
+    let cases = [
+        (repeated, r#"repeated key \"requesting_organization\""#),
+        (forged_line, "sds-user-id is not printable text"),
+        (overlong_role, "job role code is longer than 256 characters"),
+    ];
+    for (jwt, expected) in cases {
+        let request = post_record(record_body(CORE_AND_ADDITIONAL, &ALL_SECTIONS), &jwt);
+        let (status, body, _) = send(&h, &ambulance(), request).await;
+        assert_eq!((status, error_code(&body)), (400, "BAD_REQUEST"));
+        let diagnostics = body["issue"][0]["diagnostics"].to_string();
+        assert!(
+            diagnostics.contains(expected),
+            "{diagnostics} should say {expected}"
+        );
+        let event = last_event(&h);
+        assert!(
+            event.claims.is_none(),
+            "nothing of a refused token is recorded"
+        );
+    }
+
+    let mut parameters = record_body(CORE_AND_ADDITIONAL, &ALL_SECTIONS);
+    parameters = parameters.replacen(
+        r#""valueIdentifier":"#,
+        r#""valueIdentifier":{"system":"https://fhir.nhs.uk/Id/nhs-number","value":"9990000026"},"valueIdentifier":"#,
+        1,
+    );
+    let (status, body, _) = send(&h, &ambulance(), post_record(parameters, &token(|_| {}))).await;
+    assert_eq!((status, error_code(&body)), (400, "BAD_REQUEST"));
+    assert!(last_event(&h)
+        .refusal_reason
+        .unwrap()
+        .contains("repeated key \"valueIdentifier\""));
+}
+
+#[tokio::test]
 async fn organisation_role_and_expiry_are_checked_against_the_agreement() {
     let h = harness();
     let body = || record_body(CORE_AND_ADDITIONAL, &ALL_SECTIONS);

@@ -24,6 +24,9 @@ fn item(resource_type: &str, id: &str, patient_id: &str) -> Value {
     let mut value = json!({"resourceType": resource_type, "id": id,
         "code": {"coding": [{"system": "http://snomed.info/sct", "code": "22298006"}]}});
     value[field] = json!({"reference": format!("Patient/{patient_id}")});
+    if resource_type == "Consent" {
+        value["status"] = json!("active");
+    }
     value
 }
 
@@ -346,10 +349,31 @@ fn a_newer_schema_is_refused() {
 const CHILD_ENV: &str = "MIG_TEST_IMPORT_CHILD";
 const BATCH_PATIENTS: usize = 200;
 
+/// The `n`th valid NHS number (Modulus 11) from 999000000x up.
+fn nhs_number(n: usize) -> String {
+    (999_000_000u64..)
+        .filter_map(|base| {
+            let digits = base.to_string();
+            let sum: u32 = digits
+                .bytes()
+                .zip((2..=10).rev())
+                .map(|(d, w)| u32::from(d - b'0') * w)
+                .sum();
+            match 11 - sum % 11 {
+                10 => None,
+                11 => Some(format!("{digits}0")),
+                check => Some(format!("{digits}{check}")),
+            }
+        })
+        .nth(n)
+        .unwrap()
+}
+
 fn batch(number: usize) -> Vec<u8> {
     let mut resources = Vec::new();
     for n in 0..BATCH_PATIENTS {
         let id = format!("b{number}p{n}");
+        resources.push(patient(&id, &nhs_number(number * BATCH_PATIENTS + n)));
         for k in 0..20 {
             resources.push(item("Observation", &format!("{id}o{k}"), &id));
         }
@@ -405,7 +429,7 @@ fn kill_9_during_import_leaves_every_committed_batch() {
     let replica = Replica::open(&path, &KEY).unwrap();
     let reader = replica.reader(&KEY).unwrap();
     let resources = reader.stats().unwrap().resources as usize;
-    let per_batch = BATCH_PATIENTS * 20;
+    let per_batch = BATCH_PATIENTS * 21;
     assert_eq!(resources % per_batch, 0, "a partial batch is visible");
     assert!(
         resources / per_batch >= reported,
@@ -477,4 +501,206 @@ fn an_altered_page_is_refused_not_read() {
         reader.stats().is_err() || reader.patient_items("p1").is_err(),
         "an altered page was read as data"
     );
+}
+
+#[test]
+fn a_repeated_key_rejects_its_line_or_entry_and_nothing_of_the_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut replica = fresh(dir.path());
+    replica
+        .import_ndjson(&ndjson(&[patient("p1", NHS)])[..])
+        .unwrap();
+    // Classified by the last "code" (benign asthma), stored and sent with both: a reader that
+    // keeps the first sees chlamydia.
+    let twice = r#"{"resourceType": "Condition", "id": "c3", "subject": {"reference": "Patient/p1"}, "code": {"coding": [{"system": "http://snomed.info/sct", "code": "105629000", "code": "195967001"}]}}"#;
+    let mut input = ndjson(&[item("Condition", "c1", "p1"), item("Condition", "c2", "p1")]);
+    input.extend_from_slice(format!("{twice}\n").as_bytes());
+    let error = replica.import_ndjson(&input[..]).unwrap_err().to_string();
+    assert!(
+        error.starts_with(r#"line 3: not valid JSON: repeated key "code""#),
+        "{error}"
+    );
+    let top_level = r#"{"resourceType": "Condition", "id": "c4", "id": "c5", "subject": {"reference": "Patient/p1"}}"#;
+    let error = replica
+        .import_ndjson(format!("{top_level}\n").as_bytes())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.starts_with(r#"line 1: not valid JSON: repeated key "id""#),
+        "{error}"
+    );
+
+    let entry = |resource: &str, id: &str| {
+        format!(
+            r#"{{"resource": {resource}, "request": {{"method": "PUT", "url": "Condition/{id}"}}}}"#
+        )
+    };
+    let bundle = format!(
+        r#"{{"resourceType": "Bundle", "type": "transaction", "entry": [{}, {}]}}"#,
+        entry(&item("Condition", "c1", "p1").to_string(), "c1"),
+        entry(twice, "c3")
+    );
+    let error = replica
+        .apply_bundle(bundle.as_bytes())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.starts_with(r#"entry 2: not valid JSON: repeated key "code""#),
+        "{error}"
+    );
+    let bundle =
+        r#"{"resourceType": "Bundle", "type": "batch", "type": "transaction", "entry": []}"#;
+    let error = replica
+        .apply_bundle(bundle.as_bytes())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.starts_with(r#"bundle: not valid JSON: repeated key "type""#),
+        "{error}"
+    );
+
+    let reader = replica.reader(&KEY).unwrap();
+    assert!(
+        item_ids(&reader, "p1").is_empty(),
+        "nothing of a rejected batch is applied"
+    );
+}
+
+#[test]
+fn an_item_whose_patient_is_unknown_is_rejected_naming_its_line_or_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut replica = fresh(dir.path());
+    let dissent = json!({"resourceType": "Consent", "id": "p2-dissent", "status": "active",
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "urn:mig:sharing-preference", "code": "dissent"}]}],
+        "patient": {"reference": "Patient/p2"}, "dateTime": "2025-01-01T00:00:00Z"});
+    let cases = [
+        (
+            vec![patient("p1", NHS), item("Condition", "c1", "p1"), item("Condition", "c2", "p9")],
+            "line 3: Condition/c2 names Patient/p9, which is neither in the replica nor earlier in this batch",
+        ),
+        // The patient arrives after their dissent: the dissent would be orphaned.
+        (
+            vec![dissent.clone(), patient("p2", "9990000018")],
+            "line 1: Consent/p2-dissent names Patient/p2",
+        ),
+    ];
+    for (resources, expected) in cases {
+        let error = replica
+            .import_ndjson(&ndjson(&resources)[..])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with(expected),
+            "{error:?} should start with {expected:?}"
+        );
+    }
+    assert_eq!(replica.stats().unwrap().resources, 0);
+
+    // In order, and in later batches, it resolves.
+    replica
+        .import_ndjson(&ndjson(&[patient("p2", "9990000018"), dissent])[..])
+        .unwrap();
+    replica
+        .import_ndjson(&ndjson(&[item("Condition", "c1", "p2")])[..])
+        .unwrap();
+
+    let put = |resource: Value| {
+        let url = format!(
+            "{}/{}",
+            resource["resourceType"].as_str().unwrap(),
+            resource["id"].as_str().unwrap()
+        );
+        json!({"resource": resource, "request": {"method": "PUT", "url": url}})
+    };
+    let cases = [
+        (
+            json!([
+                put(item("Condition", "c2", "p2")),
+                put(item("Condition", "c3", "p7"))
+            ]),
+            "entry 2: Condition/c3 names Patient/p7",
+        ),
+        // Purged earlier in the same batch.
+        (
+            json!([{"request": {"method": "DELETE", "url": "Patient/p2"}}, put(item("Condition", "c4", "p2"))]),
+            "entry 2: Condition/c4 names Patient/p2",
+        ),
+    ];
+    for (entries, expected) in cases {
+        let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+        let error = replica
+            .apply_bundle(bundle.to_string().as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with(expected),
+            "{error:?} should start with {expected:?}"
+        );
+    }
+    let reader = replica.reader(&KEY).unwrap();
+    assert_eq!(
+        item_ids(&reader, "p2"),
+        ["Condition/c1", "Consent/p2-dissent"]
+    );
+}
+
+#[test]
+fn a_consent_that_cannot_be_read_one_way_is_rejected_naming_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut replica = fresh(dir.path());
+    replica
+        .import_ndjson(&ndjson(&[patient("p1", NHS)])[..])
+        .unwrap();
+    let consent = |system: &str, code: &str, edit: &dyn Fn(&mut Value)| {
+        let mut value = json!({"resourceType": "Consent", "id": "pref", "status": "active",
+            "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+            "category": [{"coding": [{"system": system, "code": code}]}],
+            "patient": {"reference": "Patient/p1"}, "dateTime": "2025-01-01T00:00:00Z",
+            "provision": {"type": "permit"}});
+        edit(&mut value);
+        value
+    };
+    const MIG: &str = "urn:mig:sharing-preference";
+    const SCT: &str = "http://snomed.info/sct";
+    let no_edit = |_: &mut Value| {};
+    let undated = |c: &mut Value| {
+        c.as_object_mut().unwrap().remove("dateTime");
+    };
+    let deny = |c: &mut Value| c["provision"]["type"] = json!("deny");
+    let other_scope = |c: &mut Value| c["scope"]["coding"][0]["code"] = json!("treatment");
+    let cases: Vec<(Value, &str)> = vec![
+        (consent(MIG, "share-everything", &no_edit), r#"line 2: Consent/pref: category code "share-everything" in urn:mig:sharing-preference is not dissent, core or core-and-additional"#),
+        (consent(MIG, "Dissent", &deny), r#"line 2: Consent/pref: category code "Dissent""#),
+        (consent(MIG, "dissent", &undated), "line 2: Consent/pref: a sharing-preference Consent needs a dateTime"),
+        (consent(SCT, "416409005", &undated), "line 2: Consent/pref: a sharing-preference Consent needs a dateTime"),
+        (consent(MIG, "core-and-additional", &deny), "line 2: Consent/pref: a core-and-additional Consent with provision.type deny is ambiguous"),
+        (consent(SCT, "417528008", &deny), "line 2: Consent/pref: a core Consent with provision.type deny is ambiguous"),
+        (consent(MIG, "dissent", &other_scope), "line 2: Consent/pref: a sharing-preference Consent needs scope patient-privacy"),
+        (consent(MIG, "dissent", &|c| c["status"] = json!("Active")), r#"line 2: Consent/pref: status "Active" is not a FHIR Consent status"#),
+        (consent(SCT, "416409005", &|c| c["category"][0]["coding"][0]["code"] = json!(416409005)), "line 2: Consent/pref: a category coding has no string system and code"),
+        (consent(SCT, "827241000000103", &|c| { c["category"][0]["coding"][0].as_object_mut().unwrap().remove("system"); }), "line 2: Consent/pref: a category coding has no string system and code"),
+    ];
+    for (bad, expected) in cases {
+        let input = ndjson(&[item("Condition", "c1", "p1"), bad]);
+        let error = replica.import_ndjson(&input[..]).unwrap_err().to_string();
+        assert!(
+            error.starts_with(expected),
+            "{error:?} should start with {expected:?}"
+        );
+    }
+    let reader = replica.reader(&KEY).unwrap();
+    assert!(item_ids(&reader, "p1").is_empty());
+
+    // What reads one way is stored: a dissent that denies, an undated specific consent.
+    let specific = consent("http://loinc.org", "59284-0", &|c| {
+        undated(c);
+        c["provision"] = json!({"type": "deny", "securityLabel": [{"system": SCT, "code": "999004381000000103"}]});
+        c["scope"]["coding"][0]["code"] = json!("treatment");
+    });
+    let mut dissent = consent(SCT, "416409005", &deny);
+    dissent["id"] = json!("dissent");
+    replica
+        .import_ndjson(&ndjson(&[dissent, specific])[..])
+        .unwrap();
 }

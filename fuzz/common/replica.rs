@@ -99,6 +99,18 @@ impl Scratch {
         }
     }
 
+    /// Stored resources whose patient is not in the replica (ingest must never leave one).
+    pub fn orphans(&self) -> i64 {
+        self.observer
+            .query_row(
+                "SELECT count(*) FROM resource
+                 WHERE patient_id IS NOT NULL AND patient_id NOT IN (SELECT id FROM patient)",
+                [],
+                |row| row.get(0),
+            )
+            .expect("observer reads orphans")
+    }
+
     /// Empties the replica once it has grown large (between iterations, never during one).
     pub fn trim(&self, digest: &Digest) {
         if digest.resources > RESET_ABOVE {

@@ -1,9 +1,12 @@
 //! `Replica::apply_bundle` on arbitrary bytes. Checks the batch promise: a rejected Bundle
-//! changes nothing that is committed, and an accepted one accounts for every entry.
+//! changes nothing that is committed, and an accepted one accounts for every entry, repeats no
+//! key and leaves no item without its patient (SPEC §6).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
+#[path = "../common/json.rs"]
+mod json;
 #[path = "../common/replica.rs"]
 mod replica;
 
@@ -15,6 +18,12 @@ fuzz_target!(|data: &[u8]| {
     match result {
         Err(_) => assert_eq!(before, after, "a rejected Bundle changed the replica"),
         Ok(summary) => {
+            assert_eq!(
+                json::has_repeated_key(data),
+                Some(false),
+                "accepted a Bundle with a repeated key"
+            );
+            assert_eq!(scratch.orphans(), 0, "accepted an item without its patient");
             let bundle: serde_json::Value =
                 serde_json::from_slice(data).expect("an accepted Bundle is JSON");
             let entries = bundle

@@ -103,16 +103,33 @@ fn optional_text(value: Option<&Value>) -> bool {
     matches!(value, None | Some(Value::Null | Value::String(_)))
 }
 
+/// SPEC §3: no control characters (nor line separators or bidirectional overrides).
+fn printable(text: &str) -> bool {
+    !text.chars().any(|c| {
+        c.is_control()
+            || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}')
+            || ('\u{202a}'..='\u{202e}').contains(&c)
+            || ('\u{2066}'..='\u{2069}').contains(&c)
+    })
+}
+
+/// A string the audit records: printable and at most 256 characters.
+fn recordable(value: Option<&Value>) -> bool {
+    value
+        .and_then(Value::as_str)
+        .is_some_and(|text| printable(text) && text.chars().count() <= 256)
+}
+
 /// SPEC §3, restated: whether these claims make an acceptable token at `now`.
 fn acceptable(claims: &Map<String, Value>, now: i64) -> bool {
     let practitioner = &claims["requesting_practitioner"];
     let id_value = |resource: &Value, system: &str| {
-        text(resource["identifier"].as_array().and_then(|ids| {
+        let value = resource["identifier"].as_array().and_then(|ids| {
             ids.iter()
                 .find(|i| i["system"] == system)
                 .map(|i| &i["value"])
-        }))
-        .is_some()
+        });
+        text(value).is_some() && recordable(value)
     };
     let (Some(iat), Some(exp)) = (claims["iat"].as_i64(), claims["exp"].as_i64()) else {
         return false;
@@ -135,11 +152,16 @@ fn acceptable(claims: &Map<String, Value>, now: i64) -> bool {
         && text(family).is_some()
         // The job role may be any non-empty code: the policy refuses codes it does not know.
         && role.and_then(Value::as_str).is_some_and(|r| !r.is_empty())
+        && recordable(role)
         && id_value(&claims["requesting_organization"], ODS_SYSTEM)
         && (matches!(permission, None | Some(Value::Null))
             || matches!(permission.and_then(Value::as_str), Some("granted" | "override")))
         && optional_text(claims.get("override_reason"))
         && optional_text(claims.get("override_justification"))
+        && claims
+            .get("override_justification")
+            .and_then(Value::as_str)
+            .is_none_or(printable)
 }
 
 fn build(input: &Input) -> (Map<String, Value>, i64) {

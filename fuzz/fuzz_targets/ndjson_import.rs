@@ -1,9 +1,12 @@
 //! `Replica::import_ndjson` on arbitrary bytes. Checks the batch promise: a rejected batch
-//! changes nothing that is committed, and an accepted one upserts exactly its non-blank lines.
+//! changes nothing that is committed, and an accepted one upserts exactly its non-blank lines,
+//! none of which repeats a key, and leaves no item without its patient (SPEC §6).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
+#[path = "../common/json.rs"]
+mod json;
 #[path = "../common/replica.rs"]
 mod replica;
 
@@ -32,6 +35,14 @@ fuzz_target!(|data: &[u8]| {
                 non_blank_lines(data),
                 "upserted count differs from the non-blank lines"
             );
+            for line in data.split(|b| *b == b'\n') {
+                assert_ne!(
+                    json::has_repeated_key(line),
+                    Some(true),
+                    "accepted a line with a repeated key"
+                );
+            }
+            assert_eq!(scratch.orphans(), 0, "accepted an item without its patient");
             assert_eq!(summary.deleted, 0);
             assert_eq!(summary.purged_patients, 0);
             // Upserts never remove; each adds at most one resource.

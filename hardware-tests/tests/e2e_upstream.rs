@@ -21,10 +21,19 @@ async fn post_upstream_as(
     who: &str,
     bundle: &Value,
 ) -> Result<OneShot, String> {
+    post_upstream_text(app, who, bundle.to_string()).await
+}
+
+/// Posts a body as written (a `Value` cannot hold a repeated key).
+async fn post_upstream_text(
+    app: &TestAppliance,
+    who: &str,
+    body: String,
+) -> Result<OneShot, String> {
     let tls = app.partner_tls(who);
     let request = http::Request::post("/upstream")
         .header("Content-Type", "application/fhir+json")
-        .body(bytes::Bytes::from(bundle.to_string()))
+        .body(bytes::Bytes::from(body))
         .unwrap();
     send_once(
         upstream_address(app),
@@ -187,4 +196,110 @@ async fn partner_certificate_is_refused_on_the_upstream_port() {
     // The clinical system itself is served on the same port.
     let ok = post_upstream(&app, &transaction(vec![])).await;
     assert_eq!(ok.status, 200, "{}", String::from_utf8_lossy(&ok.body));
+}
+
+fn sharing_preference(
+    id: &str,
+    patient: &str,
+    code: &str,
+    date_time: &str,
+    provision: &str,
+) -> Value {
+    json!({"resourceType": "Consent", "id": id, "status": "active",
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "urn:mig:sharing-preference", "code": code}]}],
+        "patient": {"reference": format!("Patient/{patient}")},
+        "dateTime": date_time, "provision": {"type": provision}})
+}
+
+fn rfc3339(offset_seconds: i64) -> String {
+    let at = time::OffsetDateTime::now_utc() + time::Duration::seconds(offset_seconds);
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+/// SPEC §6: ingest fails closed. Each attack is refused naming its entry, nothing of its
+/// Bundle is applied, and partners keep getting the record policy allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_refuses_repeated_keys_orphans_and_ambiguous_consents() {
+    let app = appliance_with(&[DemoKind::CoreAndAdditional]).await;
+    let kind = DemoKind::CoreAndAdditional;
+    let patient = patient_id(kind);
+
+    // Classified by the last "code" (asthma), stored and sent with both: a reader keeping the
+    // first would see chlamydia.
+    let twice = put(condition("e2e-two-codes", &patient))
+        .to_string()
+        .replacen(
+            r#""code":"195967001""#,
+            r#""code":"105629000","code":"195967001""#,
+            1,
+        );
+    assert!(twice.contains("105629000"));
+    let body = format!(
+        r#"{{"resourceType":"Bundle","type":"transaction","entry":[{},{twice}]}}"#,
+        put(condition("e2e-never-stored", &patient))
+    );
+    let response = post_upstream_text(&app, CLINICAL_SYSTEM, body)
+        .await
+        .unwrap();
+    assert_eq!(response.status, 400);
+    let diagnostics = body_json(&response)["issue"][0]["diagnostics"].to_string();
+    assert!(
+        diagnostics.contains(r#"entry 2: not valid JSON: repeated key \"code\""#),
+        "{diagnostics}"
+    );
+
+    let cases = [
+        (
+            vec![
+                put(sharing_preference("e2e-orphan", "e2e-later", "dissent", &rfc3339(-60), "deny")),
+                put(json!({"resourceType": "Patient", "id": "e2e-later",
+                    "identifier": [{"system": NHS_SYSTEM, "value": "9990000018"}]})),
+            ],
+            "entry 1: Consent/e2e-orphan names Patient/e2e-later, which is neither in the replica nor earlier in this batch",
+        ),
+        (
+            vec![put(sharing_preference("e2e-deny-all", &patient, "core-and-additional", &rfc3339(-60), "deny"))],
+            "entry 1: Consent/e2e-deny-all: a core-and-additional Consent with provision.type deny is ambiguous",
+        ),
+        (
+            vec![put(sharing_preference("e2e-miscased", &patient, "Dissent", &rfc3339(-60), "deny"))],
+            r#"entry 1: Consent/e2e-miscased: category code \"Dissent\""#,
+        ),
+    ];
+    for (entries, expected) in cases {
+        let response = post_upstream(&app, &transaction(entries)).await;
+        assert_eq!(response.status, 400);
+        let diagnostics = body_json(&response)["issue"][0]["diagnostics"].to_string();
+        assert!(
+            diagnostics.contains(expected),
+            "{diagnostics} should say {expected}"
+        );
+    }
+    let record = assert_ok(&problems(&app, &nhs(kind)).await);
+    let ids = resource_ids(&record);
+    assert!(
+        !ids.contains("Condition/e2e-never-stored") && !ids.contains("Condition/e2e-two-codes")
+    );
+
+    // A dissent dated tomorrow is stored but not yet in force; one dated now is.
+    let tomorrow = transaction(vec![put(sharing_preference(
+        "e2e-dissent-tomorrow",
+        &patient,
+        "dissent",
+        &rfc3339(86_400),
+        "deny",
+    ))]);
+    assert_eq!(post_upstream(&app, &tomorrow).await.status, 200);
+    assert_ok(&problems(&app, &nhs(kind)).await);
+    let now = transaction(vec![put(sharing_preference(
+        "e2e-dissent-now",
+        &patient,
+        "dissent",
+        &rfc3339(-1),
+        "deny",
+    ))]);
+    assert_eq!(post_upstream(&app, &now).await.status, 200);
+    assert_refused(&problems(&app, &nhs(kind)).await, 403, "NO_PATIENT_CONSENT");
 }

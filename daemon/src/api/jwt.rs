@@ -1,14 +1,17 @@
 //! The GP Connect access token: an unsigned JWT (`alg: none`) saying who asks and why.
 //!
-//! What it validates: structure, the `none` algorithm with an empty signature, every required
-//! claim and its shape, audience, lifetime (≤ 300 s) and clock skew (60 s). What it does not:
+//! What it validates: structure, the `none` algorithm with an empty signature, no repeated key
+//! in header or claims, every required claim and its shape, audience, lifetime (≤ 300 s) and
+//! clock skew (60 s), that every string recorded in the audit is printable and bounded, and
+//! that `requested_record` names one NHS number (the API compares it with the request's).
+//! What it does not:
 //! authenticity, which rests on the partner's client certificate; and whether the claims are
 //! allowed (organisation, role, override), which is the policy's job.
 
 use base64::Engine;
 use serde_json::{Map, Value};
 
-use crate::fhir::ODS_SYSTEM;
+use crate::fhir::{NHS_NUMBER_SYSTEM, ODS_SYSTEM};
 
 pub const SDS_USER_ID_SYSTEM: &str = "https://fhir.nhs.uk/Id/sds-user-id";
 pub const SDS_ROLE_PROFILE_SYSTEM: &str = "https://fhir.nhs.uk/Id/sds-role-profile-id";
@@ -19,6 +22,10 @@ const MAX_TOKEN_BYTES: usize = 8 * 1024;
 const MAX_LIFETIME_SECONDS: i64 = 300;
 /// Clock skew allowed before `iat`.
 const SKEW_SECONDS: i64 = 60;
+/// Longest string taken from the token and recorded, in characters (SPEC §3).
+const MAX_RECORDED_CHARS: usize = 256;
+/// Longest `requesting_device` as recorded (compact JSON), in bytes.
+const MAX_DEVICE_BYTES: usize = 2048;
 
 /// The claims the appliance uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +42,8 @@ pub struct Claims {
     pub permission_to_view: Option<String>,
     pub override_reason: Option<String>,
     pub override_justification: Option<String>,
+    /// The NHS number `requested_record` names, when the token has one.
+    pub requested_nhs_number: Option<String>,
 }
 
 /// Why a token was refused (the partner sees only BAD_REQUEST; this goes to the audit).
@@ -95,7 +104,7 @@ pub fn parse(token: &str, audience: &str, now: i64) -> Result<Claims, JwtError> 
 
     let device = match claims.get("requesting_device") {
         None => None,
-        Some(Value::Object(device)) => Some(Value::Object(device.clone()).to_string()),
+        Some(device @ Value::Object(_)) => Some(recorded_device(device)?),
         Some(_) => return bad("requesting_device is not an object"),
     };
     let permission_to_view = optional_text(&claims, "permission_to_view")?;
@@ -106,18 +115,99 @@ pub fn parse(token: &str, audience: &str, now: i64) -> Result<Claims, JwtError> 
     }
     // An unknown reason is the policy's to refuse (403), not a malformed token.
     let override_reason = optional_text(&claims, "override_reason")?;
+    // Its length is the override rule's (10 to 500 characters, refused by the policy).
+    let override_justification = optional_text(&claims, "override_justification")?;
+    if let Some(justification) = &override_justification {
+        printable(justification, "override_justification")?;
+    }
+    let requested_nhs_number = match claims.get("requested_record") {
+        None | Some(Value::Null) => None,
+        Some(record) => Some(requested_record(record)?),
+    };
     Ok(Claims {
         issuer: text(&claims, "iss", "iss")?.to_owned(),
-        sds_user_id,
-        sds_role_profile_id,
-        job_role,
+        sds_user_id: recorded(sds_user_id, "sds-user-id")?,
+        sds_role_profile_id: recorded(sds_role_profile_id, "sds-role-profile-id")?,
+        job_role: recorded(job_role, "job role code")?,
         practitioner_name,
-        organisation_ods,
+        organisation_ods: recorded(organisation_ods, "requesting_organization ODS code")?,
         device,
         permission_to_view,
         override_reason,
-        override_justification: optional_text(&claims, "override_justification")?,
+        override_justification,
+        requested_nhs_number,
     })
+}
+
+/// A string that goes into the audit trail: printable, and at most 256 characters.
+fn recorded(value: String, what: &str) -> Result<String, JwtError> {
+    printable(&value, what)?;
+    if value.chars().count() > MAX_RECORDED_CHARS {
+        return bad(format!(
+            "{what} is longer than {MAX_RECORDED_CHARS} characters"
+        ));
+    }
+    Ok(value)
+}
+
+/// Refuses control characters, and the line separators and bidirectional overrides that can
+/// make a terminal or viewer show something other than the text.
+fn printable(value: &str, what: &str) -> Result<(), JwtError> {
+    let unprintable = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if value.chars().any(unprintable) {
+        return bad(format!(
+            "{what} is not printable text (it has control characters)"
+        ));
+    }
+    Ok(())
+}
+
+/// `requesting_device` as recorded: compact JSON of at most 2 KiB, every key and string in it
+/// printable.
+fn recorded_device(device: &Value) -> Result<String, JwtError> {
+    fn strings_printable(value: &Value) -> Result<(), JwtError> {
+        match value {
+            Value::String(text) => printable(text, "requesting_device"),
+            Value::Array(items) => items.iter().try_for_each(strings_printable),
+            Value::Object(map) => map.iter().try_for_each(|(key, value)| {
+                printable(key, "requesting_device")?;
+                strings_printable(value)
+            }),
+            _ => Ok(()),
+        }
+    }
+    strings_printable(device)?;
+    let compact = device.to_string();
+    if compact.len() > MAX_DEVICE_BYTES {
+        return bad(format!(
+            "requesting_device is longer than {MAX_DEVICE_BYTES} bytes"
+        ));
+    }
+    Ok(compact)
+}
+
+/// The NHS number a `requested_record` Patient names: exactly one, in the NHS number system.
+fn requested_record(record: &Value) -> Result<String, JwtError> {
+    if record.get("resourceType").and_then(Value::as_str) != Some("Patient") {
+        return bad("requested_record is not a Patient");
+    }
+    let mut numbers = record
+        .get("identifier")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|i| i.get("system").and_then(Value::as_str) == Some(NHS_NUMBER_SYSTEM))
+        .map(|i| i.get("value").and_then(Value::as_str));
+    match (numbers.next(), numbers.next()) {
+        (Some(Some(number)), None) => Ok(number.to_owned()),
+        (Some(_), Some(_)) => bad("requested_record has more than one NHS number"),
+        _ => bad(format!(
+            "requested_record has no identifier value in {NHS_NUMBER_SYSTEM}"
+        )),
+    }
 }
 
 fn check_standard_claims(
@@ -156,9 +246,11 @@ fn decode_object(part: &str, what: &str) -> Result<Map<String, Value>, JwtError>
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(part.trim_end_matches('='))
         .map_err(|_| JwtError(format!("{what} is not base64url")))?;
-    match serde_json::from_slice(&bytes) {
+    match crate::json::from_slice(&bytes) {
         Ok(Value::Object(map)) => Ok(map),
-        _ => bad(format!("{what} is not a JSON object")),
+        Ok(_) => bad(format!("{what} is not a JSON object")),
+        // Names a repeated key: "payload is not valid JSON: repeated key \"sub\" at ...".
+        Err(e) => bad(format!("{what} is not valid JSON: {e}")),
     }
 }
 
@@ -436,6 +528,174 @@ mod tests {
                 error.0.contains(expected),
                 "{error} should mention {expected}"
             );
+        }
+    }
+    #[test]
+    fn refuses_a_repeated_key_in_header_or_claims() {
+        let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let header = engine.encode(br#"{"alg":"none","typ":"JWT"}"#);
+        let good = claims().to_string();
+        assert!(
+            good.starts_with(r#"{"aud":"#),
+            "serde_json sorts the keys: {good}"
+        );
+        let repeated_header = engine.encode(br#"{"alg":"none","alg":"HS256","typ":"JWT"}"#);
+        let payload = engine.encode(&good);
+        // Two organisations: one the policy checks, one another reader might record.
+        let org = r#""requesting_organization":{"resourceType":"Organization","identifier":[{"system":"https://fhir.nhs.uk/Id/ods-organization-code","value":"RYY"}]},"#;
+        let two_orgs = good.replacen(
+            r#""requesting_organization":"#,
+            &format!("{org}\"requesting_organization\":"),
+            1,
+        );
+        let nested = good.replacen(
+            r#""system":"https://fhir.nhs.uk/Id/sds-user-id","#,
+            r#""system":"https://fhir.nhs.uk/Id/sds-user-id","value":"999","#,
+            1,
+        );
+        let cases = [
+            (
+                format!("{repeated_header}.{payload}."),
+                "header is not valid JSON: repeated key \"alg\"",
+            ),
+            (
+                format!("{header}.{}.", engine.encode(&two_orgs)),
+                "payload is not valid JSON: repeated key \"requesting_organization\"",
+            ),
+            (
+                format!("{header}.{}.", engine.encode(&nested)),
+                "payload is not valid JSON: repeated key \"value\"",
+            ),
+        ];
+        for (token, expected) in cases {
+            let error = parse(&token, AUD, NOW).unwrap_err();
+            assert!(error.0.contains(expected), "{error} should say {expected}");
+        }
+    }
+
+    #[test]
+    fn recorded_strings_are_printable_and_bounded() {
+        let long = "1".repeat(MAX_RECORDED_CHARS + 1);
+        // 256 characters, 512 bytes: the bound counts characters.
+        let longest = "é".repeat(MAX_RECORDED_CHARS);
+        type Field = fn(&mut Value) -> &mut Value;
+        let fields: [(Field, &str); 4] = [
+            (
+                |c| &mut c["requesting_practitioner"]["identifier"][0]["value"],
+                "sds-user-id",
+            ),
+            (
+                |c| &mut c["requesting_practitioner"]["identifier"][1]["value"],
+                "sds-role-profile-id",
+            ),
+            (
+                |c| {
+                    &mut c["requesting_practitioner"]["practitionerRole"][0]["role"]["coding"][0]
+                        ["code"]
+                },
+                "job role",
+            ),
+            (
+                |c| &mut c["requesting_organization"]["identifier"][0]["value"],
+                "requesting_organization",
+            ),
+        ];
+        for (field, name) in fields {
+            for bad in [
+                "111\n2024-01-01 forged line",
+                "R8000\u{1b}[2K",
+                "abc\u{202e}cba",
+                "a\u{7f}",
+                "a\u{85}b",
+                long.as_str(),
+            ] {
+                let mut c = claims();
+                *field(&mut c) = json!(bad);
+                let error = parse(&encode_unsigned(&c), AUD, NOW).unwrap_err();
+                assert!(
+                    error.0.contains(name),
+                    "{error} should name {name} for {bad:?}"
+                );
+            }
+            let mut c = claims();
+            *field(&mut c) = json!(longest);
+            assert!(parse(&encode_unsigned(&c), AUD, NOW).is_ok(), "{name}");
+        }
+
+        let mut c = claims();
+        c["requesting_device"]["model"] = json!("ePCR\r\nforged");
+        let error = parse(&encode_unsigned(&c), AUD, NOW).unwrap_err();
+        assert!(
+            error.0.contains("requesting_device is not printable"),
+            "{error}"
+        );
+        let mut c = claims();
+        c["requesting_device"] = json!({"resourceType": "Device", "note\u{1b}": "x"});
+        assert!(
+            parse(&encode_unsigned(&c), AUD, NOW).is_err(),
+            "keys count too"
+        );
+        let mut c = claims();
+        c["requesting_device"]["version"] = json!("v".repeat(MAX_DEVICE_BYTES));
+        let error = parse(&encode_unsigned(&c), AUD, NOW).unwrap_err();
+        assert!(
+            error
+                .0
+                .contains("requesting_device is longer than 2048 bytes"),
+            "{error}"
+        );
+        let mut c = claims();
+        c["requesting_device"]["version"] = json!("v".repeat(1500));
+        assert!(
+            parse(&encode_unsigned(&c), AUD, NOW).is_ok(),
+            "a 2 KiB device is fine"
+        );
+
+        let mut c = claims();
+        c["permission_to_view"] = json!("override");
+        c["override_justification"] = json!("Unconscious at scene\nOVERRIDE approved by DPO");
+        let error = parse(&encode_unsigned(&c), AUD, NOW).unwrap_err();
+        assert!(
+            error.0.contains("override_justification is not printable"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn requested_record_must_name_one_nhs_number() {
+        let record =
+            |identifiers: Value| json!({"resourceType": "Patient", "identifier": identifiers});
+        let nhs = |value: &str| json!({"system": NHS_NUMBER_SYSTEM, "value": value});
+        let mut c = claims();
+        c["requested_record"] =
+            record(json!([{"system": "urn:other", "value": "x"}, nhs("9434765919")]));
+        let parsed = parse(&encode_unsigned(&c), AUD, NOW).unwrap();
+        assert_eq!(parsed.requested_nhs_number.as_deref(), Some("9434765919"));
+        assert_eq!(
+            parse(&encode_unsigned(&claims()), AUD, NOW)
+                .unwrap()
+                .requested_nhs_number,
+            None
+        );
+
+        let cases = [
+            (json!({"resourceType": "Organization"}), "not a Patient"),
+            (json!("9434765919"), "not a Patient"),
+            (record(json!([])), "no identifier value"),
+            (
+                record(json!([{"system": NHS_NUMBER_SYSTEM}])),
+                "no identifier value",
+            ),
+            (
+                record(json!([nhs("9434765919"), nhs("9990000018")])),
+                "more than one NHS number",
+            ),
+        ];
+        for (value, expected) in cases {
+            let mut c = claims();
+            c["requested_record"] = value;
+            let error = parse(&encode_unsigned(&c), AUD, NOW).unwrap_err();
+            assert!(error.0.contains(expected), "{error} should say {expected}");
         }
     }
 }

@@ -188,6 +188,16 @@ fn refusal(code: ErrorCode, reason: impl Into<String>, mut event: AccessEvent) -
     }
 }
 
+/// A refused access token: the partner is told which claim is wrong (never record data).
+fn bad_token(error: jwt::JwtError, event: AccessEvent) -> Outcome {
+    let diagnostics = format!("The access token is malformed: {}.", error.0);
+    let mut outcome = refusal(ErrorCode::BadRequest, error.to_string(), event);
+    outcome.body = Bytes::from(
+        outcome::operation_outcome_saying(ErrorCode::BadRequest, &diagnostics).to_string(),
+    );
+    outcome
+}
+
 /// A fixed response outside the GP Connect codes (404 route, 405, 500, 503).
 pub fn plain_outcome(status: StatusCode, issue: &str, diagnostics: &str) -> Response<Bytes> {
     fhir_response(
@@ -383,7 +393,7 @@ impl Api {
         };
         let claims = match jwt::parse(token.trim(), &self.appliance.fhir_base, now) {
             Ok(claims) => claims,
-            Err(e) => return refusal(ErrorCode::BadRequest, e.to_string(), event),
+            Err(e) => return bad_token(e, event),
         };
         event.claims = Some(claims.clone());
         let wanted = if interaction == STRUCTURED_RECORD_INTERACTION {
@@ -406,6 +416,14 @@ impl Api {
             Err((code, reason)) => return refusal(code, reason, event),
         };
         event.nhs_number = Some(wanted.nhs_number.clone());
+        if claims
+            .requested_nhs_number
+            .as_ref()
+            .is_some_and(|named| *named != wanted.nhs_number)
+        {
+            let reason = "requested_record names another NHS number than the request";
+            return bad_token(jwt::JwtError(reason.into()), event);
+        }
         let access = AccessRequest {
             requesting_ods: claims.organisation_ods.clone(),
             job_role: claims.job_role.clone(),

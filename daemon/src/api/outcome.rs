@@ -1,5 +1,6 @@
 //! Refusals as R4 `OperationOutcome`s carrying the GP Connect error code. The partner sees the
-//! code and a fixed sentence for it, never internal error text.
+//! code and a fixed sentence for it, or for a malformed token what in it is wrong; never
+//! internal error text.
 
 use serde_json::{json, Value};
 
@@ -26,6 +27,11 @@ fn diagnostics(code: ErrorCode) -> &'static str {
 
 /// The OperationOutcome body for a refusal.
 pub fn operation_outcome(code: ErrorCode) -> Value {
+    operation_outcome_saying(code, diagnostics(code))
+}
+
+/// A refusal whose diagnostics say what was wrong (a claim or header by name; never record data).
+pub fn operation_outcome_saying(code: ErrorCode, diagnostics: &str) -> Value {
     json!({
         "resourceType": "OperationOutcome",
         "meta": {"profile": ["https://fhir.nhs.uk/STU3/StructureDefinition/GPConnect-OperationOutcome-1"]},
@@ -37,7 +43,7 @@ pub fn operation_outcome(code: ErrorCode) -> Value {
                 "code": code.code(),
                 "display": code.display()
             }]},
-            "diagnostics": diagnostics(code)
+            "diagnostics": diagnostics
         }]
     })
 }

@@ -47,7 +47,8 @@ pub fn parse(body: &[u8]) -> Result<RecordRequest, ParametersError> {
     if body.len() > MAX_BODY_BYTES {
         return Err(ParametersError::Malformed("too large".into()));
     }
-    let value: Value = serde_json::from_slice(body)
+    // Strict: a repeated key (two patientNHSNumber values in one parameter) is refused.
+    let value: Value = crate::json::from_slice(body)
         .map_err(|e| ParametersError::Malformed(format!("not valid JSON: {e}")))?;
     if value.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
         return Err(ParametersError::Malformed(

@@ -48,8 +48,9 @@ mod tests;
 pub use agreement::{Agreement, PartnerType, RoleSet};
 pub use decide::{decide, is_practice_confidential, patient_unavailable, withheld_items};
 pub use preferences::{
-    preferences, type1_opt_out_in_items, Preferences, SharingPreference, StandingConsent,
-    SNOMED_CORE_SYNONYM, SNOMED_DISSENT_SYNONYM, STANDING_CONSENT_CATEGORY, TYPE1_OPT_OUT_CODE,
+    check_consent, preferences, type1_opt_out_in_items, Preferences, SharingPreference,
+    StandingConsent, SNOMED_CORE_SYNONYM, SNOMED_DISSENT_SYNONYM, STANDING_CONSENT_CATEGORY,
+    TYPE1_OPT_OUT_CODE,
 };
 pub use request::{
     AccessRequest, Basis, Decision, ErrorCode, OverrideReason, PatientData, Permission, Refusal,

@@ -1,11 +1,13 @@
 //! A patient's sharing preferences, read from their `Consent` facts (SPEC §6): tier or dissent,
 //! specific consents to sensitive categories, standing third-party consents, Type 1 opt-out.
 //!
-//! Rules where SPEC §6 is silent (chosen to fail closed):
+//! Ingest refuses a Consent that cannot be read one way only ([`check_consent`]); what is stored
+//! is read as follows, failing closed:
 //! - Every kind counts only `status` `active` Consents. Tier/dissent also needs `scope`
 //!   `patient-privacy`; specific, standing and Type 1 consents do not (SPEC names no scope).
-//! - "Newest wins" compares `dateTime`; a Consent without one is older than any dated one.
-//!   When the newest Consents of a kind tie, the most restrictive wins (dissent over core over
+//! - Within each kind the newest `dateTime` wins, among Consents dated no later than `now`: one
+//!   dated in the future is not yet in force. An undated Consent cannot be ordered, so it counts
+//!   as tied with the newest. On a tie the most restrictive wins (dissent over core over
 //!   core-and-additional; refusal over permit), so input order never matters.
 //! - A Consent carrying several tier codes counts as its most restrictive one.
 //! - Specific consent, per category: the newest active Consent whose `provision.securityLabel`
@@ -99,14 +101,50 @@ impl Preferences {
     }
 }
 
+/// Checks at ingest that a `Consent` can be read one way only (SPEC §6), given its
+/// `provision.type`. Refused: a code in the sharing-preference system that is not one of its
+/// three (exact case); a tier or dissent Consent (either system) whose scope is not
+/// `patient-privacy` or that has no `dateTime`; a `core` or `core-and-additional` Consent whose
+/// `provision.type` is `deny` (a dissent may say `deny`: that is what it means).
+pub fn check_consent(consent: &ConsentFacts, provision_type: Option<&str>) -> Result<(), String> {
+    let unlisted = consent.categories.iter().find(|coding| {
+        coding.system == SHARING_PREFERENCE_SYSTEM
+            && SharingPreference::from_name(&coding.code).is_none()
+    });
+    if let Some(coding) = unlisted {
+        return Err(format!(
+            "category code {:?} in {SHARING_PREFERENCE_SYSTEM} is not dissent, core or core-and-additional",
+            coding.code
+        ));
+    }
+    let Some(tier) = tier_of(consent) else {
+        return Ok(());
+    };
+    if !consent.patient_privacy {
+        return Err("a sharing-preference Consent needs scope patient-privacy".into());
+    }
+    if consent.date_time.is_none() {
+        return Err("a sharing-preference Consent needs a dateTime".into());
+    }
+    if tier != SharingPreference::Dissent && provision_type == Some("deny") {
+        return Err(format!(
+            "a {} Consent with provision.type deny is ambiguous",
+            tier.name()
+        ));
+    }
+    Ok(())
+}
+
 /// Reads a patient's preferences as of `now` (unix seconds).
 pub fn preferences(consents: &[ConsentFacts], now: i64) -> Preferences {
-    let (sharing, sharing_recorded) = match newest(
+    let tiers = newest_in_force(
         consents
             .iter()
             .filter(|c| c.active && c.patient_privacy)
             .filter_map(|c| tier_of(c).map(|tier| (c.date_time, tier))),
-    ) {
+        now,
+    );
+    let (sharing, sharing_recorded) = match tiers.into_iter().min() {
         Some(tier) => (tier, true),
         None => (SharingPreference::Core, false),
     };
@@ -115,7 +153,7 @@ pub fn preferences(consents: &[ConsentFacts], now: i64) -> Preferences {
         .into_iter()
         .filter(|category| {
             // `false` (refusal) sorts before `true`, so a tie counts as refusal.
-            newest(
+            newest_in_force(
                 consents
                     .iter()
                     .filter(|c| c.active)
@@ -125,14 +163,18 @@ pub fn preferences(consents: &[ConsentFacts], now: i64) -> Preferences {
                             .any(|l| l.is(SNOMED, category.refset_id()))
                     })
                     .map(|c| (c.date_time, c.permit)),
+                now,
             )
+            .into_iter()
+            .min()
             .unwrap_or(false)
         })
         .collect();
 
-    // Newest standing consent per ODS code (upper-cased key); a tie keeps the refusal or the
-    // one that does not cover `now`.
-    let mut by_ods: BTreeMap<String, (Option<i64>, bool, &ConsentFacts)> = BTreeMap::new();
+    // Per ODS code (upper-cased), the newest standing consents; a tie keeps the one that does
+    // not stand.
+    type Dated<'c> = (Option<i64>, (bool, &'c ConsentFacts));
+    let mut by_ods: BTreeMap<String, Vec<Dated<'_>>> = BTreeMap::new();
     for consent in consents.iter().filter(|c| {
         c.active
             && c.categories
@@ -141,24 +183,23 @@ pub fn preferences(consents: &[ConsentFacts], now: i64) -> Preferences {
     }) {
         let stands = consent.permit && period_covers(consent, now);
         for ods in &consent.actor_ods_codes {
-            let key = ods.to_ascii_uppercase();
-            let candidate = (consent.date_time, stands, consent);
-            match by_ods.get(&key) {
-                Some((date, old_stands, _))
-                    if (*date, !*old_stands) >= (consent.date_time, !stands) => {}
-                _ => {
-                    by_ods.insert(key, candidate);
-                }
-            }
+            by_ods
+                .entry(ods.to_ascii_uppercase())
+                .or_default()
+                .push((consent.date_time, (stands, consent)));
         }
     }
     let standing_consents = by_ods
         .into_iter()
-        .filter(|(_, (_, stands, _))| *stands)
-        .map(|(ods, (_, _, consent))| StandingConsent {
-            ods,
-            start: consent.period_start,
-            end: consent.period_end,
+        .filter_map(|(ods, candidates)| {
+            let (stands, consent) = newest_in_force(candidates, now)
+                .into_iter()
+                .min_by_key(|(stands, c)| (*stands, c.period_end, c.period_start))?;
+            stands.then_some(StandingConsent {
+                ods,
+                start: consent.period_start,
+                end: consent.period_end,
+            })
         })
         .collect();
 
@@ -211,20 +252,19 @@ fn tier_of(consent: &ConsentFacts) -> Option<SharingPreference> {
         .min()
 }
 
-/// The value of the newest entry; among equally new entries, the least (most restrictive).
-fn newest<T: Ord + Copy>(entries: impl Iterator<Item = (Option<i64>, T)>) -> Option<T> {
-    let mut best: Option<(Option<i64>, T)> = None;
-    for (date, value) in entries {
-        best = match best {
-            Some((best_date, best_value))
-                if best_date > date || (best_date == date && best_value <= value) =>
-            {
-                Some((best_date, best_value))
-            }
-            _ => Some((date, value)),
-        };
-    }
-    best.map(|(_, value)| value)
+/// The values of the newest entries in force at `now`: those dated no later than `now` with
+/// the greatest date, and the undated ones (which cannot be ordered, so tie with the newest).
+fn newest_in_force<T>(entries: impl IntoIterator<Item = (Option<i64>, T)>, now: i64) -> Vec<T> {
+    let in_force: Vec<(Option<i64>, T)> = entries
+        .into_iter()
+        .filter(|(date, _)| date.is_none_or(|date| date <= now))
+        .collect();
+    let newest = in_force.iter().filter_map(|(date, _)| *date).max();
+    in_force
+        .into_iter()
+        .filter(|(date, _)| date.is_none() || *date == newest)
+        .map(|(_, value)| value)
+        .collect()
 }
 
 fn period_covers(consent: &ConsentFacts, now: i64) -> bool {

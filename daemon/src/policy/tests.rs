@@ -12,6 +12,7 @@ use crate::fhir::{
     CONFIDENTIALITY_SYSTEM_V3, SHARING_PREFERENCE_SYSTEM, SNOMED,
 };
 
+mod consent;
 mod properties;
 
 // ---------------------------------------------------------------- fixtures
@@ -1013,14 +1014,6 @@ fn tier_consents_of_equal_date_resolve_to_most_restrictive() {
         preferences(&reversed, now()).sharing,
         SharingPreference::Dissent
     );
-}
-
-#[test]
-fn undated_tier_consent_is_older_than_dated_ones() {
-    let mut undated = tier("dissent", 0);
-    undated.date_time = None;
-    let prefs = preferences(&[undated, tier("core", now() - 100 * DAY)], now());
-    assert_eq!(prefs.sharing, SharingPreference::Core);
 }
 
 #[test]

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::{Replica, ReplicaError};
 use crate::fhir::{extract_facts, split_reference, ItemFacts, PatientRef};
+use crate::policy::check_consent;
 
 /// The longest NDJSON line accepted (one resource).
 pub const MAX_LINE_BYTES: u64 = 16 * 1024 * 1024;
@@ -86,8 +87,13 @@ impl Replica {
     /// Applies an R4 `transaction` or `batch` Bundle atomically: `PUT Type/id` upserts,
     /// `DELETE Type/id` removes, and `DELETE Patient/id` purges the patient and all of theirs.
     pub fn apply_bundle(&mut self, bundle: &[u8]) -> Result<ImportSummary, IngestError> {
-        let bundle: Value = serde_json::from_slice(bundle)
-            .map_err(|e| IngestError::Bundle(format!("not valid JSON: {e}")))?;
+        let bundle = crate::json::from_slice_locating_entry(bundle).map_err(|(e, entry)| {
+            let reason = format!("not valid JSON: {e}");
+            match entry {
+                Some(entry) => IngestError::Entry { entry, reason },
+                None => IngestError::Bundle(reason),
+            }
+        })?;
         if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
             return Err(IngestError::Bundle("resourceType is not Bundle".into()));
         }
@@ -226,7 +232,7 @@ fn read_lines(
             match std::str::from_utf8(&buffer).map(str::trim) {
                 Err(_) => Parsed::Bad(line, "not valid UTF-8".into()),
                 Ok("") => continue,
-                Ok(text) => match serde_json::from_str::<Value>(text) {
+                Ok(text) => match crate::json::from_str(text) {
                     Err(e) => Parsed::Bad(line, format!("not valid JSON: {e}")),
                     Ok(value) => match prepare(&value, text.to_owned()) {
                         Ok(prepared) => Parsed::Ready(line, Box::new(prepared)),
@@ -359,12 +365,54 @@ struct Prepared {
 
 fn prepare(resource: &Value, body: String) -> Result<Prepared, String> {
     let facts = extract_facts(resource).map_err(|e| e.0)?;
+    if let Some(consent) = &facts.consent {
+        let provision_type = resource.pointer("/provision/type").and_then(Value::as_str);
+        check_consent_text(resource)
+            .and_then(|()| check_consent(consent, provision_type))
+            .map_err(|reason| format!("{}: {reason}", facts.reference()))?;
+    }
     let stored_facts = facts.encode().map_err(|e| e.0)?;
     Ok(Prepared {
         facts,
         stored_facts,
         body: crate::fhir::serving_body(resource, body),
     })
+}
+
+/// FHIR R4 `Consent.status` codes.
+const CONSENT_STATUSES: &[&str] = &[
+    "draft",
+    "proposed",
+    "active",
+    "rejected",
+    "inactive",
+    "entered-in-error",
+];
+
+/// Refuses what the facts would read as absent: a status that is not a FHIR code (`"Active"`
+/// would make a dissent or a withdrawal silently inactive) and a category coding without a
+/// string system and code (a dissent or Type 1 opt-out coded as a number would be unseen).
+fn check_consent_text(resource: &Value) -> Result<(), String> {
+    match resource.get("status").and_then(Value::as_str) {
+        Some(status) if CONSENT_STATUSES.contains(&status) => {}
+        Some(status) => return Err(format!("status {status:?} is not a FHIR Consent status")),
+        None => return Err("status is missing or not a string".into()),
+    }
+    let codings = resource
+        .get("category")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|concept| concept.get("coding")?.as_array())
+        .flatten();
+    for coding in codings {
+        if !(coding.get("system").is_some_and(Value::is_string)
+            && coding.get("code").is_some_and(Value::is_string))
+        {
+            return Err("a category coding has no string system and code".into());
+        }
+    }
+    Ok(())
 }
 
 fn upsert(tx: &Transaction<'_>, resource: &Value, body: &str) -> Result<(), Problem> {
@@ -397,7 +445,21 @@ fn store(tx: &Transaction<'_>, prepared: &Prepared) -> Result<(), Problem> {
             .map_err(sql("storing a patient"))?;
             Some(facts.id.clone())
         }
-        (None, Some(PatientRef::Id(id))) => Some(id.clone()),
+        (None, Some(PatientRef::Id(id))) => {
+            // An item stored under an unknown patient is never read: a dissent Consent for a
+            // patient who arrives later would be lost and the patient served as `core`.
+            let known = tx
+                .prepare_cached("SELECT 1 FROM patient WHERE id = ?1")
+                .and_then(|mut stmt| stmt.exists([id]))
+                .map_err(sql("resolving a patient"))?;
+            if !known {
+                return Err(Problem::Invalid(format!(
+                    "{}/{} names Patient/{id}, which is neither in the replica nor earlier in this batch",
+                    facts.resource_type, facts.id
+                )));
+            }
+            Some(id.clone())
+        }
         (None, Some(PatientRef::NhsNumber(nhs_number))) => {
             let id: Option<String> = tx
                 .prepare_cached("SELECT id FROM patient WHERE nhs_number = ?1")
