@@ -61,7 +61,7 @@ async fn start(limits: ListenerLimits) -> Setup {
         records: Default::default(),
         audit: audit.clone(),
         sensitive: Arc::new(SensitiveCodes::shipped().unwrap()),
-        health: Arc::new(|| true),
+        health: Arc::new(|| Ok(())),
     };
     let ca = Issuer::root("Partner CA");
     let who = ca.client("ambulance");
