@@ -85,6 +85,8 @@ struct Row {
     name: Cell,
     /// The other cells, already rendered (escaped) as `td` elements.
     rest: String,
+    /// Where the row goes: what is active or current first, then the most recent first.
+    order: (bool, std::cmp::Reverse<String>),
 }
 
 /// The header cell of a row.
@@ -260,7 +262,7 @@ fn section(list: &SectionList<'_>, parts: &RecordParts<'_>, page: &PageCache) ->
     let id = list.section.name();
     let headers = headers(list.section);
     let mut key = String::new();
-    let rows: Vec<&Row> = list
+    let mut rows: Vec<&Row> = list
         .items
         .iter()
         .filter_map(|entry| {
@@ -273,6 +275,7 @@ fn section(list: &SectionList<'_>, parts: &RecordParts<'_>, page: &PageCache) ->
             (row.section == list.section).then_some(row)
         })
         .collect();
+    rows.sort_by(|a, b| a.order.cmp(&b.order));
     html! {
         section aria-labelledby=(id) {
             h2 id=(id) { (title) }
@@ -348,12 +351,36 @@ fn row(section: Section, item: &Value) -> Row {
             td data-label=(label) { (text) }
         }
     };
+    let active = matches!(
+        concept_text(&item["clinicalStatus"])
+            .as_deref()
+            .or_else(|| item["status"].as_str()),
+        Some("active")
+    );
+    let date = first_date(item, SORT_DATES).unwrap_or_default().to_owned();
     Row {
         section,
         name,
         rest: rest.into_string(),
+        order: (!active, std::cmp::Reverse(date)),
     }
 }
+
+/// The date a row is ordered by: the first of these the item has.
+const SORT_DATES: &[&str] = &[
+    "effectivePeriod.start",
+    "effectiveDateTime",
+    "authoredOn",
+    "onsetDateTime",
+    "onsetPeriod.start",
+    "recordedDate",
+    "occurrenceDateTime",
+    "period.start",
+    "performedDateTime",
+    "performedPeriod.start",
+    "issued",
+    "created",
+];
 
 fn text_row(section: Section, item: &Value) -> Vec<String> {
     let status = text_or_dash(status(item));
