@@ -1548,3 +1548,34 @@ async fn deceased_ended_and_restricted_patients_are_answered_as_unknown() {
         assert_eq!(found["total"], 0, "{found}");
     }
 }
+
+#[tokio::test]
+async fn html_view_lists_what_is_active_first_then_the_most_recent() {
+    let h = harness();
+    // Stored after the others, so only the page's ordering can put it first.
+    let ramipril = json!({"resourceType": "MedicationStatement", "id": "p-full-ramipril",
+        "subject": {"reference": "Patient/p-full"}, "status": "active",
+        "medicationCodeableConcept": {"text": "Ramipril 2.5mg capsules"},
+        "effectivePeriod": {"start": "2025-06-01"}});
+    Replica::open(&h._dir.path().join("replica.db"), &KEY)
+        .unwrap()
+        .import_ndjson(format!("{ramipril}\n").as_bytes())
+        .unwrap();
+    let response = h
+        .api
+        .handle(
+            &ambulance(),
+            html_request(
+                record_body(CORE_AND_ADDITIONAL, &["includeMedication"]),
+                &token(|_| {}),
+            ),
+        )
+        .await;
+    let page = page_text(&response);
+    let medications = page.split("</h2>").nth(1).unwrap();
+    let newest = medications.find("Ramipril").expect("the new medication");
+    let older = medications.find("01-May-2023").expect("the statin");
+    let completed = medications.find(">completed<").expect("the old course");
+    assert!(newest < older, "the most recent active medication first");
+    assert!(older < completed, "active medication before completed");
+}

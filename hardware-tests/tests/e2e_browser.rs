@@ -118,21 +118,21 @@ async fn care_record_pages_pass_in_a_real_browser() {
     let pages = vec![
         page(
             &app,
-            "typical",
+            "care-record-typical",
             &nhs(DemoKind::CoreAndAdditional),
             &granted,
             json!({}),
         ),
         page(
             &app,
-            "withheld",
+            "care-record-withheld",
             &nhs(DemoKind::SensitiveWithoutConsent),
             &granted,
             json!({"withheld": true}),
         ),
         page(
             &app,
-            "override",
+            "care-record-override",
             &nhs(DemoKind::CoreAndAdditional),
             &override_token,
             // An override releases the override sections only.
@@ -140,7 +140,7 @@ async fn care_record_pages_pass_in_a_real_browser() {
         ),
         page(
             &app,
-            "hostile",
+            "care-record-hostile",
             HOSTILE_NHS,
             &granted,
             json!({"shown": HOSTILE}),

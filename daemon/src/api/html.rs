@@ -8,11 +8,12 @@
 //! withheld item cannot be named through one. maud escapes every value; the page has no script
 //! and no external resource, and `CONTENT_SECURITY_POLICY` forbids both.
 
-use maud::{html, Markup, DOCTYPE};
+use maud::{html, Markup, PreEscaped, DOCTYPE};
+use rustc_hash::FxHashMap;
 use serde_json::Value;
 
-use super::bundle::{Entry, RecordParts, SectionList, WITHHELD_NOTE};
-use crate::fhir::{Section, NHS_NUMBER_SYSTEM};
+use super::bundle::{RecordParts, SectionList, WITHHELD_NOTE};
+use crate::fhir::{ItemFacts, Section, NHS_NUMBER_SYSTEM};
 use crate::policy::Basis;
 
 pub const CONTENT_TYPE: &str = "text/html; charset=utf-8";
@@ -64,10 +65,82 @@ pub fn prefers_html(headers: &http::HeaderMap) -> bool {
 /// Shown where a field is not recorded.
 const NOT_RECORDED: &str = "—";
 
-/// Renders the page.
-pub fn structured_record_page(parts: &RecordParts<'_>, context: &PageContext<'_>) -> Vec<u8> {
-    let patient: Value = serde_json::from_str(parts.patient_body).unwrap_or(Value::Null);
-    let banner = Banner::of(&patient);
+/// What the page shows of a patient's stored record, extracted once per cached record (see
+/// `records::PatientRecord::page`): parsing every item's JSON for each request would cost ten
+/// times the Bundle, which copies the stored bodies as they are.
+#[derive(Debug)]
+pub struct PageCache {
+    banner: Banner,
+    /// Each item's row by `Type/id`, with the section its columns were made for.
+    rows: FxHashMap<String, Row>,
+    /// Each Medication's name by id.
+    medication_names: FxHashMap<String, String>,
+}
+
+/// One item's table row, made for its section's columns.
+#[derive(Debug)]
+struct Row {
+    section: Section,
+    /// What the item is: the row's header cell.
+    name: Cell,
+    /// The other cells, already rendered (escaped) as `td` elements.
+    rest: String,
+    /// Where the row goes: what is active or current first, then the most recent first.
+    order: (bool, std::cmp::Reverse<String>),
+}
+
+/// The header cell of a row.
+#[derive(Debug)]
+enum Cell {
+    Text(String),
+    /// The name of the Medication with this id, shown only if the Bundle includes it.
+    Medication(String),
+}
+
+impl PageCache {
+    /// `section_of` is the API's assignment of items to sections.
+    pub fn new<'a>(
+        patient_body: &str,
+        items: impl IntoIterator<Item = (&'a ItemFacts, &'a str)>,
+        shared: impl IntoIterator<Item = (&'a ItemFacts, &'a str)>,
+        section_of: impl Fn(&ItemFacts) -> Option<Section>,
+    ) -> PageCache {
+        let patient: Value = serde_json::from_str(patient_body).unwrap_or(Value::Null);
+        let rows = items
+            .into_iter()
+            .filter_map(|(facts, body)| {
+                let section = section_of(facts)?;
+                let item = serde_json::from_str::<Value>(body).ok()?;
+                Some((member(facts), row(section, &item)))
+            })
+            .collect();
+        let medication_names = shared
+            .into_iter()
+            .filter(|(facts, _)| facts.resource_type == "Medication")
+            .filter_map(|(facts, body)| {
+                let medication = serde_json::from_str::<Value>(body).ok()?;
+                Some((facts.id.clone(), concept_text(&medication["code"])?))
+            })
+            .collect();
+        PageCache {
+            banner: Banner::of(&patient),
+            rows,
+            medication_names,
+        }
+    }
+}
+
+fn member(facts: &ItemFacts) -> String {
+    format!("{}/{}", facts.resource_type, facts.id)
+}
+
+/// Renders the page. `page` must have been made from the same record as `parts`.
+pub fn structured_record_page(
+    parts: &RecordParts<'_>,
+    context: &PageContext<'_>,
+    page: &PageCache,
+) -> Vec<u8> {
+    let banner = &page.banner;
     let page = html! {
         (DOCTYPE)
         html lang="en-GB" {
@@ -95,7 +168,7 @@ pub fn structured_record_page(parts: &RecordParts<'_>, context: &PageContext<'_>
                         p { "No sections were requested." }
                     }
                     @for list in &parts.lists {
-                        (section(list, parts))
+                        (section(list, parts, page))
                     }
                 }
                 footer {
@@ -189,16 +262,25 @@ fn override_reason_words(reason: &str) -> &'static str {
     }
 }
 
-fn section(list: &SectionList<'_>, parts: &RecordParts<'_>) -> Markup {
+fn section(list: &SectionList<'_>, parts: &RecordParts<'_>, page: &PageCache) -> Markup {
     let (_, _, title) = list.section.list_code();
     let id = list.section.name();
     let headers = headers(list.section);
-    let rows: Vec<Vec<String>> = list
+    let mut key = String::new();
+    let mut rows: Vec<&Row> = list
         .items
         .iter()
-        .filter_map(|entry| serde_json::from_str::<Value>(entry.body).ok())
-        .map(|item| row(list.section, &item, &parts.shared))
+        .filter_map(|entry| {
+            key.clear();
+            key.push_str(&entry.facts.resource_type);
+            key.push('/');
+            key.push_str(&entry.facts.id);
+            let row = page.rows.get(key.as_str())?;
+            // Made for another section's columns: not shown rather than misaligned.
+            (row.section == list.section).then_some(row)
+        })
         .collect();
+    rows.sort_by(|a, b| a.order.cmp(&b.order));
     html! {
         section aria-labelledby=(id) {
             h2 id=(id) { (title) }
@@ -213,15 +295,10 @@ fn section(list: &SectionList<'_>, parts: &RecordParts<'_>) -> Markup {
                 table {
                     thead { tr { @for h in headers { th scope="col" { (h) } } } }
                     tbody {
-                        @for cells in &rows {
+                        @for row in &rows {
                             tr {
-                                @for (n, cell) in cells.iter().enumerate() {
-                                    @if n == 0 {
-                                        th scope="row" { (cell) }
-                                    } @else {
-                                        td data-label=(headers.get(n).copied().unwrap_or_default()) { (cell) }
-                                    }
-                                }
+                                th scope="row" { (cell_text(&row.name, parts, page)) }
+                                (PreEscaped(&row.rest))
                             }
                         }
                     }
@@ -253,7 +330,64 @@ fn headers(section: Section) -> &'static [&'static str] {
     }
 }
 
-fn row(section: Section, item: &Value, shared: &[Entry<'_>]) -> Vec<String> {
+fn cell_text<'a>(cell: &'a Cell, parts: &RecordParts<'_>, page: &'a PageCache) -> &'a str {
+    match cell {
+        Cell::Text(text) => text,
+        Cell::Medication(id) => parts
+            .shared
+            .iter()
+            .any(|e| e.facts.resource_type == "Medication" && e.facts.id == *id)
+            .then(|| page.medication_names.get(id))
+            .flatten()
+            .map_or(NOT_RECORDED, String::as_str),
+    }
+}
+
+fn row(section: Section, item: &Value) -> Row {
+    let mut texts = text_row(section, item).into_iter();
+    let name = if section == Section::Medications {
+        medication_name(item)
+    } else {
+        Cell::Text(texts.next().unwrap_or_else(|| NOT_RECORDED.to_owned()))
+    };
+    let labels = headers(section).iter().skip(1);
+    let rest = html! {
+        @for (label, text) in labels.zip(texts) {
+            td data-label=(label) { (text) }
+        }
+    };
+    let active = matches!(
+        concept_text(&item["clinicalStatus"])
+            .as_deref()
+            .or_else(|| item["status"].as_str()),
+        Some("active")
+    );
+    let date = first_date(item, SORT_DATES).unwrap_or_default().to_owned();
+    Row {
+        section,
+        name,
+        rest: rest.into_string(),
+        order: (!active, std::cmp::Reverse(date)),
+    }
+}
+
+/// The date a row is ordered by: the first of these the item has.
+const SORT_DATES: &[&str] = &[
+    "effectivePeriod.start",
+    "effectiveDateTime",
+    "authoredOn",
+    "onsetDateTime",
+    "onsetPeriod.start",
+    "recordedDate",
+    "occurrenceDateTime",
+    "period.start",
+    "performedDateTime",
+    "performedPeriod.start",
+    "issued",
+    "created",
+];
+
+fn text_row(section: Section, item: &Value) -> Vec<String> {
     let status = text_or_dash(status(item));
     match section {
         Section::Allergies => {
@@ -282,8 +416,8 @@ fn row(section: Section, item: &Value, shared: &[Entry<'_>]) -> Vec<String> {
                 status,
             ]
         }
+        // The name comes first, from `medication_name`.
         Section::Medications => vec![
-            medication_name(item, shared),
             text_or_dash(
                 item["dosage"][0]["text"]
                     .as_str()
@@ -387,23 +521,18 @@ fn item_name(item: &Value) -> String {
         .unwrap_or_else(|| NOT_RECORDED.to_owned())
 }
 
-fn medication_name(item: &Value, shared: &[Entry<'_>]) -> String {
+fn medication_name(item: &Value) -> Cell {
     if let Some(name) = concept_text(&item["medicationCodeableConcept"]) {
-        return name;
+        return Cell::Text(name);
     }
     // Only a Medication that is in the Bundle is named; the reference's own display is not shown.
-    let referenced = item["medicationReference"]["reference"]
+    match item["medicationReference"]["reference"]
         .as_str()
-        .and_then(|r| r.strip_prefix("Medication/"));
-    referenced
-        .and_then(|id| {
-            shared
-                .iter()
-                .find(|e| e.facts.resource_type == "Medication" && e.facts.id == id)
-        })
-        .and_then(|e| serde_json::from_str::<Value>(e.body).ok())
-        .and_then(|medication| concept_text(&medication["code"]))
-        .unwrap_or_else(|| NOT_RECORDED.to_owned())
+        .and_then(|r| r.strip_prefix("Medication/"))
+    {
+        Some(id) => Cell::Medication(id.to_owned()),
+        None => Cell::Text(NOT_RECORDED.to_owned()),
+    }
 }
 
 /// A CodeableConcept's text, else its first coding's display, else its first code.
@@ -539,6 +668,7 @@ fn date_time(time: &str) -> String {
 }
 
 /// The patient banner's values, each already in display form.
+#[derive(Debug)]
 struct Banner {
     name: String,
     birth_date: String,

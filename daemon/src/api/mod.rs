@@ -728,6 +728,7 @@ fn assemble(
             data,
             item_bodies,
             shared_bodies,
+            ..
         } = &*record;
         let release = match decide(Some(agreement), access, Some(data), sensitive) {
             // A patient answered as unknown (deceased, ended, restricted) is, in a search too.
@@ -766,7 +767,7 @@ fn assemble(
                     facts,
                     body: item_bodies.get(i)?,
                 };
-                Some((Section::for_resource_type(&facts.resource_type)?, entry))
+                Some((section_of(facts)?, entry))
             })
             .filter(|(_, e)| wanted_by_filters(e.facts, wanted))
             .collect();
@@ -822,6 +823,7 @@ fn assemble(
                     basis: &release.basis,
                     trace_id,
                 },
+                record.page(section_of),
             ),
         };
         Ok(Assembled::Released {
@@ -831,6 +833,11 @@ fn assemble(
             body,
         })
     })
+}
+
+/// The section an item is listed in (every released item has one).
+fn section_of(facts: &ItemFacts) -> Option<Section> {
+    Section::for_resource_type(&facts.resource_type)
 }
 
 /// Resolved allergies unless asked for (the GP Connect 1.6 filters are in `filters`).

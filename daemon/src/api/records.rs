@@ -7,9 +7,9 @@
 //! upsert or purge raises the generation, so nothing stale (or purged) is ever served.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::fhir::{ItemFacts, SHARED_TYPES};
+use crate::fhir::{ItemFacts, Section, SHARED_TYPES};
 use crate::policy::PatientData;
 use crate::replica::{PatientRow, ReplicaError, ReplicaReader};
 
@@ -23,6 +23,8 @@ pub struct PatientRecord {
     pub item_bodies: Vec<String>,
     /// Bodies of `data.shared`, in the same order.
     pub shared_bodies: Vec<String>,
+    /// What the care-record page shows of it, made on the first request for the page.
+    page: OnceLock<super::html::PageCache>,
 }
 
 impl PatientRecord {
@@ -60,7 +62,29 @@ impl PatientRecord {
             data,
             item_bodies,
             shared_bodies,
+            page: OnceLock::new(),
         }))
+    }
+
+    /// The care-record page's view of this record; `section_of` assigns items to sections.
+    pub fn page(
+        &self,
+        section_of: impl Fn(&ItemFacts) -> Option<Section>,
+    ) -> &super::html::PageCache {
+        self.page.get_or_init(|| {
+            super::html::PageCache::new(
+                &self.patient.body,
+                self.data
+                    .items
+                    .iter()
+                    .zip(self.item_bodies.iter().map(String::as_str)),
+                self.data
+                    .shared
+                    .iter()
+                    .zip(self.shared_bodies.iter().map(String::as_str)),
+                section_of,
+            )
+        })
     }
 
     /// Roughly what the record holds on the heap, for the cache's budget.
@@ -72,8 +96,10 @@ impl PatientRecord {
             .chain(&self.shared_bodies)
             .map(String::len)
             .sum();
+        // The page view, if a page is asked for, is about a quarter of the bodies.
         self.patient.body.len()
             + bodies
+            + bodies / 4
             + PER_ITEM * (self.item_bodies.len() + self.shared_bodies.len())
     }
 }
@@ -216,6 +242,7 @@ mod tests {
             data: PatientData::default(),
             item_bodies: Vec::new(),
             shared_bodies: Vec::new(),
+            page: OnceLock::new(),
         })
     }
 
