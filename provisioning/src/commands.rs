@@ -974,6 +974,41 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    #[test]
+    fn partner_add_attested_permission_is_registered_and_listed() {
+        use clap::Parser;
+        let parse = |extra: &[&str]| {
+            let mut argv = vec![
+                "migctl",
+                "partner",
+                "add",
+                "--ods",
+                "RYA",
+                "--name",
+                "Community Trust",
+                "--type",
+                "community-health",
+                "--spki-sha256",
+            ];
+            let pin = "ab".repeat(32);
+            argv.push(&pin);
+            argv.extend(["--sections", "all", "--roles", "*"]);
+            argv.extend(extra);
+            match crate::cli::Cli::try_parse_from(argv).unwrap().command {
+                crate::cli::Command::Partner(crate::cli::PartnerCommand::Add(args)) => {
+                    partner_from_args(&args).unwrap()
+                }
+                other => panic!("{other:?}"),
+            }
+        };
+        let attested = parse(&["--attested-permission"]);
+        assert!(attested.agreement.attested_permission);
+        assert!(describe_partner(&attested).contains("\tpermission=attested\t"));
+        let asked = parse(&[]);
+        assert!(!asked.agreement.attested_permission);
+        assert!(describe_partner(&asked).contains("\tpermission=per-request\t"));
+    }
+
     /// Every partner-supplied field at once, holding a line break, a screen clear, an OSC
     /// title change, a C1 CSI and a bidi override.
     fn nasty() -> String {
