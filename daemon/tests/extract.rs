@@ -383,13 +383,39 @@ fn no_cell_of_the_extract_could_name_a_patient() {
 
 #[test]
 fn an_old_replica_gains_the_statistics_index_and_a_bad_condition_list_is_refused() {
-    // The migration runs on open; the index is what the extract's query names.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("replica.db");
-    Replica::create(&path, &KEY).unwrap();
+    let mut replica = Replica::create(&path, &KEY).unwrap();
+    let practice = mig::synthetic::Practice::new(1);
+    // The demo patient with fit notes (index 16), stored before the index existed.
+    let mut ndjson = Vec::new();
+    for r in practice.patient(16).unwrap() {
+        ndjson.extend_from_slice(r.to_string().as_bytes());
+        ndjson.push(b'\n');
+    }
+    replica.import_ndjson(&ndjson[..]).unwrap();
+    drop(replica);
+    {
+        // Back to schema 2, as a replica written by the previous migd.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(&format!(
+            "PRAGMA key = \"x'{}'\"; PRAGMA cipher_page_size = 16384; PRAGMA cipher_hmac_algorithm = HMAC_SHA256;
+             DROP INDEX resource_statistics; PRAGMA user_version = 2;",
+            hex::encode(KEY)
+        ))
+        .unwrap();
+    }
+    Replica::open(&path, &KEY).unwrap();
     let readers = ReaderPool::new(path, Zeroizing::new(KEY)).unwrap();
     let candidates = readers.with(|r| r.statistics_candidates()).unwrap();
-    assert!(candidates.is_empty());
+    assert!(candidates
+        .iter()
+        .any(|(patient, item)| patient.as_deref() == Some("p16")
+            && item
+                .facts
+                .codes
+                .iter()
+                .any(|c| c.code == extract::FIT_NOTE_CODE)));
     let missing = ConditionMap::with_practice_file(Path::new("/nonexistent/conditions.txt"))
         .unwrap_err()
         .to_string();

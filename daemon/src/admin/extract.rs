@@ -2,15 +2,15 @@
 //! controlled CSV, audits the run (who, period, rows, SHA-256) before anything leaves, and signs
 //! it with the TPM audit key. migctl writes the files; nothing is written here.
 //!
-//! Request: `{"command":"extract-fit-notes","from":"YYYY-MM-DD","to":"YYYY-MM-DD",
-//! "file":"NAME.csv"}`. Answer: `{"ok":true,"csv":TEXT,"sig":TEXT,"rows":N,"sha256":HEX,
-//! "notes":N,"notes_left_out":N,"unreadable":[...],"audit_seq":N}` or an error with code
-//! `bad-request`, `extract-refused` (bad period, no sub-ICB code, nothing to publish) or
-//! `extract-failed`.
+//! Request: [`FitNotesRequest`] (`{"command":"extract-fit-notes","from":"YYYY-MM-DD",
+//! "to":"YYYY-MM-DD","file":"NAME.csv"}`). Answer: [`FitNotesAnswer`] with `"ok":true`, or an
+//! error with code `bad-request`, `extract-refused` (bad period, no sub-ICB code, nothing to
+//! publish) or `extract-failed`.
 
 use std::sync::Arc;
 
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::commands::AdminService;
@@ -18,6 +18,51 @@ use super::transport::{error_response, PeerCred};
 use crate::extract::signature::Statement;
 use crate::extract::{self, ConditionMap, CsvContext, ExtractError, Period};
 use crate::keys::Signer;
+
+/// The request migctl sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FitNotesRequest {
+    /// First day, `YYYY-MM-DD`.
+    pub from: String,
+    /// Last day, `YYYY-MM-DD`.
+    pub to: String,
+    /// The CSV's file name (no directory), named in the signature.
+    pub file: String,
+}
+
+impl FitNotesRequest {
+    pub const COMMAND: &'static str = "extract-fit-notes";
+
+    /// The request line.
+    pub fn to_json(&self) -> Value {
+        let mut value = serde_json::to_value(self).unwrap_or(Value::Null);
+        if let Some(map) = value.as_object_mut() {
+            map.insert("command".into(), Value::String(Self::COMMAND.into()));
+        }
+        value
+    }
+}
+
+/// migd's answer to a successful extract.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FitNotesAnswer {
+    /// The CSV to write.
+    pub csv: String,
+    /// Its detached signature (`FILE.csv.sig`).
+    pub sig: String,
+    /// Data rows.
+    pub rows: u64,
+    /// SHA-256 of the CSV, hex.
+    pub sha256: String,
+    /// Fit notes counted, before disclosure control (for the operator, never published).
+    pub notes: u64,
+    /// Notes in the period of patients with a Type 1 opt-out, left out.
+    pub notes_left_out: u64,
+    /// Fit notes that could not be read (`Observation/id: why`), not counted.
+    pub unreadable: Vec<String>,
+    /// The audit record of the run.
+    pub audit_seq: u64,
+}
 
 /// What the extract needs besides the replica: loaded once at start.
 #[derive(Debug)]
@@ -57,14 +102,12 @@ pub async fn fit_notes(
     peer: &PeerCred,
     request: &Value,
 ) -> Result<Value, Value> {
-    let text = |name: &str| request.get(name).and_then(Value::as_str);
-    let (Some(from), Some(to)) = (text("from"), text("to")) else {
+    let Ok(FitNotesRequest { from, to, file }) = FitNotesRequest::deserialize(request) else {
         return Err(error_response(
             "bad-request",
-            "extract-fit-notes needs from and to (YYYY-MM-DD)",
+            "extract-fit-notes needs from and to (YYYY-MM-DD) and file",
         ));
     };
-    let file = text("file").unwrap_or("fit-notes.csv").to_owned();
     if file.is_empty() || file.len() > 255 || file.contains('/') || file.contains(char::is_control)
     {
         return Err(error_response(
@@ -79,7 +122,7 @@ pub async fn fit_notes(
         from.chars().take(10).collect::<String>(),
         to.chars().take(10).collect::<String>()
     );
-    let checked = Period::new(from, to, now.date()).and_then(|period| {
+    let checked = Period::new(&from, &to, now.date()).and_then(|period| {
         settings
             .sub_icb
             .clone()
@@ -161,16 +204,18 @@ pub async fn fit_notes(
         .await
         .map_err(|_| error_response("internal", "signing task failed"))?
         .map_err(|e| refused(&e))?;
-    let mut answer = json!({
-        "csv": built.csv,
-        "sig": sig,
-        "rows": built.rows,
-        "sha256": hex::encode(sha256),
-        "notes": built.notes,
-        "notes_left_out": built.notes_left_out,
-        "unreadable": built.unreadable,
-        "audit_seq": audit_seq,
-    });
+    let answer = FitNotesAnswer {
+        csv: built.csv,
+        sig,
+        rows: built.rows as u64,
+        sha256: hex::encode(sha256),
+        notes: built.notes,
+        notes_left_out: built.notes_left_out,
+        unreadable: built.unreadable,
+        audit_seq,
+    };
+    let mut answer = serde_json::to_value(answer)
+        .map_err(|_| error_response("internal", "cannot encode the answer"))?;
     if let Some(map) = answer.as_object_mut() {
         map.insert("ok".into(), Value::Bool(true));
     }

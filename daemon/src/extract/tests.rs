@@ -363,7 +363,12 @@ fn counts(csv: &str) -> Vec<String> {
 
 /// A generated practice: each patient has a gender and some notes (condition, days, fitness,
 /// advice) in or around the period.
-fn practice() -> impl Strategy<Value = Vec<(Gender, Vec<(usize, u32, bool, bool, i64)>)>> {
+/// A generated note: (condition index, days, may be fit, advice, days after the period starts).
+type GeneratedNote = (usize, u32, bool, bool, i64);
+/// A generated practice: each patient's gender and notes.
+type GeneratedPractice = Vec<(Gender, Vec<GeneratedNote>)>;
+
+fn practice() -> impl Strategy<Value = GeneratedPractice> {
     let note = (
         0usize..6,
         1u32..200,
@@ -389,7 +394,7 @@ const CONDITIONS: [Option<&str>; 6] = [
 ];
 
 fn candidates_of(
-    practice: &[(Gender, Vec<(usize, u32, bool, bool, i64)>)],
+    practice: &[(Gender, Vec<GeneratedNote>)],
 ) -> (Vec<Candidate>, HashMap<String, Gender>) {
     let mut candidates = Vec::new();
     let mut genders = HashMap::new();

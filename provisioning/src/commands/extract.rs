@@ -5,9 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context, Result};
-use serde_json::{json, Value};
+use serde::Deserialize;
 
 use super::{admin_call, public_keys};
+use mig::admin::extract::{FitNotesAnswer, FitNotesRequest};
 use mig::config::Config;
 use mig::extract::signature::{self, TrustedKey};
 use mig::registry;
@@ -28,45 +29,43 @@ pub fn fit_notes(config: &Config, from: &str, to: &str, out: &Path) -> Result<Ex
         .filter(|_| !out.is_dir())
         .ok_or_else(|| anyhow!("--out: {} is not a file name", out.display()))?
         .to_owned();
-    let answer = admin_call(
-        config,
-        &json!({"command": "extract-fit-notes", "from": from, "to": to, "file": file}),
-    )?;
-    let (Some(csv), Some(sig)) = (answer["csv"].as_str(), answer["sig"].as_str()) else {
-        bail!("migd's answer holds no extract");
+    let request = FitNotesRequest {
+        from: from.to_owned(),
+        to: to.to_owned(),
+        file,
     };
+    let answer = admin_call(config, &request.to_json())?;
+    let answer = FitNotesAnswer::deserialize(&answer)
+        .map_err(|e| anyhow!("migd's answer is not an extract: {e}"))?;
     let sig_path = signature_path(out);
-    registry::write_atomic(out, csv.as_bytes()).with_context(|| out.display().to_string())?;
-    if let Err(e) = registry::write_atomic(&sig_path, sig.as_bytes()) {
+    registry::write_atomic(out, answer.csv.as_bytes())
+        .with_context(|| out.display().to_string())?;
+    if let Err(e) = registry::write_atomic(&sig_path, answer.sig.as_bytes()) {
         // A CSV without its signature must not be mistaken for a finished extract.
         let _ = std::fs::remove_file(out);
         return Err(anyhow!(e).context(sig_path.display().to_string()));
     }
-    let unreadable: Vec<&str> = answer["unreadable"]
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
-    if !unreadable.is_empty() {
+    if !answer.unreadable.is_empty() {
         eprintln!(
             "warning: {} fit notes could not be read and are not counted (fix them in the clinical system):",
-            unreadable.len()
+            answer.unreadable.len()
         );
-        for why in unreadable.iter().take(20) {
+        for why in answer.unreadable.iter().take(20) {
             eprintln!("  {}", why.escape_debug());
         }
     }
     println!(
         "wrote {} ({} rows from {} fit notes; {} notes of patients with a Type 1 opt-out left out)",
         out.display(),
-        answer["rows"],
-        answer["notes"],
-        answer["notes_left_out"],
+        answer.rows,
+        answer.notes,
+        answer.notes_left_out,
     );
     println!(
         "wrote {} (signed by the TPM audit key; audit record {}, SHA-256 {})",
         sig_path.display(),
-        answer["audit_seq"],
-        answer["sha256"].as_str().unwrap_or("?")
+        answer.audit_seq,
+        answer.sha256
     );
     println!("check it with: migctl extract verify {}", out.display());
     Ok(ExitCode::SUCCESS)
