@@ -258,7 +258,9 @@ fn random_plan(rng: &mut ChaCha8Rng) -> Plan {
                 .push(rng.gen_range(0..vocab::COMMUNICATION_FLAGS.len()));
         }
     }
-    plan.fit_notes = rng.gen_range(0..1000) < 90;
+    // About two in five working-age patients had a fit note in the last five years (NHS England
+    // counts about 11 million notes a year for about 40 million people of working age).
+    plan.fit_notes = rng.gen_range(0..1000) < 400;
     plan
 }
 
@@ -769,10 +771,10 @@ impl Builder<'_> {
         for &flag in &plan.communication_flags {
             self.communication_flag(flag);
         }
-        if plan.fit_notes && (16..=67).contains(&self.age) {
-            let count = self.rng.gen_range(1..=4);
-            for _ in 0..count {
-                self.fit_note();
+        if plan.fit_notes && (17..=68).contains(&self.age) {
+            let episodes = self.pick(&[1, 1, 1, 2, 2, 3]);
+            for _ in 0..episodes {
+                self.fit_note_episode();
             }
         }
         while self.out.len() < budget {
@@ -1388,22 +1390,78 @@ impl Builder<'_> {
         }
     }
 
-    fn fit_note(&mut self) {
+    /// One period of sickness: a condition and one to four fit notes, each issued the day the
+    /// one before ends (SPEC §12: `effectiveDateTime` is the day issued). Over the last five
+    /// years, while the patient was 16 or older. Reasons, durations and "may be fit" advice in
+    /// roughly the proportions NHS England publishes: mental and behavioural about a third of
+    /// notes with a diagnosis, musculoskeletal about a sixth, "may be fit" about 7%, and about
+    /// one note in ten with no diagnosis recorded.
+    fn fit_note_episode(&mut self) {
         const REASONS: &[Code] = &[
-            ("279039007", "Low back pain"),
-            ("35489007", "Depressive disorder"),
-            ("197480006", "Anxiety disorder"),
             ("73595000", "Stress"),
-            ("125605004", "Fracture of bone"),
+            ("73595000", "Stress"),
+            ("197480006", "Anxiety disorder"),
+            ("35489007", "Depressive disorder"),
+            ("231504006", "Mixed anxiety and depressive disorder"),
+            ("279039007", "Low back pain"),
+            ("161891005", "Backache"),
             ("57676002", "Joint pain"),
+            ("125605004", "Fracture of bone"),
+            ("44465007", "Sprain of ankle"),
+            ("50417007", "Lower respiratory tract infection"),
             ("840539006", "COVID-19"),
+            ("25374005", "Gastroenteritis"),
+            ("37796009", "Migraine"),
+            ("254837009", "Malignant neoplasm of breast"),
+            ("22298006", "Myocardial infarction"),
+            ("51885006", "Morning sickness"),
+            ("84229001", "Fatigue"),
         ];
-        let date = days_before(self.today, self.rng.gen_range(5..1100));
+        let earliest = self
+            .history_start
+            .max(days_before(self.today, 5 * 365))
+            .max(days_after(self.birth, 16 * 365 + 4));
+        let latest = days_before(self.today, 5);
+        if earliest >= latest {
+            return;
+        }
+        let mut date = self.random_date(earliest, latest);
         let (encounter, _) = self.encounter(date);
-        let reason = self.pick(REASONS);
-        let condition = self.condition(reason, date, "active", Some(&encounter));
-        let may_be_fit = self.rng.gen_bool(0.15);
-        let duration: i64 = self.pick(&[7, 14, 14, 28, 28, 28, 56, 90]);
+        let reason = if self.rng.gen_range(0..10) == 0 {
+            None
+        } else {
+            let reason = self.pick(REASONS);
+            Some((
+                reason,
+                self.condition(reason, date, "active", Some(&encounter)),
+            ))
+        };
+        let notes = self.pick(&[1, 1, 1, 2, 2, 3, 4]);
+        for n in 0..notes {
+            let seen = if n == 0 {
+                encounter.clone()
+            } else {
+                self.encounter(date).0
+            };
+            let duration: i64 =
+                self.pick(&[7, 7, 14, 14, 14, 14, 28, 28, 28, 28, 28, 56, 56, 90, 180]);
+            let cited = reason.as_ref().map(|(code, id)| (*code, id.as_str()));
+            self.fit_note(date, &seen, cited, duration);
+            date = days_after(date, duration);
+            if date > latest {
+                break;
+            }
+        }
+    }
+
+    fn fit_note(
+        &mut self,
+        date: Date,
+        encounter: &str,
+        reason: Option<(Code, &str)>,
+        duration: i64,
+    ) {
+        let may_be_fit = self.rng.gen_range(0..100) < 7;
         let advice = |rng: &mut ChaCha8Rng| may_be_fit && rng.gen_bool(0.5);
         let boxes = [
             ("phased-return", advice(&mut self.rng)),
@@ -1417,9 +1475,13 @@ impl Builder<'_> {
                     "code": if may_be_fit { "may-be-fit" } else { "unfit" }}]}}),
             json!({"code": {"coding": [{"system": vocab::FIT_NOTE_SYSTEM, "code": "duration"}]},
                 "valueQuantity": {"value": duration, "unit": "days", "system": vocab::UCUM, "code": "d"}}),
-            json!({"code": {"coding": [{"system": vocab::FIT_NOTE_SYSTEM, "code": "condition"}]},
-                "valueCodeableConcept": {"coding": [snomed(reason)]}}),
         ];
+        if let Some((code, _)) = reason {
+            components.push(
+                json!({"code": {"coding": [{"system": vocab::FIT_NOTE_SYSTEM, "code": "condition"}]},
+                    "valueCodeableConcept": {"coding": [snomed(code)]}}),
+            );
+        }
         for (code, value) in boxes {
             components.push(json!({
                 "code": {"coding": [{"system": vocab::FIT_NOTE_SYSTEM, "code": code}]},
@@ -1428,18 +1490,19 @@ impl Builder<'_> {
         }
         let id = self.id("obs");
         let performer = self.gp();
-        let resource = json!({
+        let mut resource = json!({
             "resourceType": "Observation", "id": id, "meta": Self::meta("Observation"),
             "status": "final",
             "code": {"coding": [snomed(vocab::FIT_NOTE)]},
             "subject": self.patient_ref,
             "encounter": {"reference": format!("Encounter/{encounter}")},
-            "focus": [{"reference": format!("Condition/{condition}")}],
-            "effectivePeriod": {"start": date_text(date), "end": date_text(days_after(date, duration))},
-            "issued": self.date_time(date),
+            "effectiveDateTime": self.date_time(date),
             "performer": [performer],
             "component": components,
         });
+        if let Some((_, condition)) = reason {
+            resource["focus"] = json!([{"reference": format!("Condition/{condition}")}]);
+        }
         self.push(resource);
     }
 
