@@ -243,17 +243,19 @@ fn record_body(nhs: &str, sections: &[&str]) -> String {
     json!({"resourceType": "Parameters", "parameter": parameters}).to_string()
 }
 
-const ALL_SECTIONS: [&str; 10] = [
+const ALL_SECTIONS: [&str; 12] = [
     "includeAllergies",
     "includeMedication",
     "includeProblems",
     "includeImmunisations",
     "includeConsultations",
     "includeInvestigations",
+    "includeUncategorisedData",
     "includeReferrals",
     "includeProcedures",
     "includeEndOfLife",
     "includeCommunicationPreferences",
+    "includeRisksAndWarnings",
 ];
 
 fn post_record(body: String, jwt: &str) -> Request<Bytes> {

@@ -21,27 +21,32 @@ pub enum Section {
     Immunisations,
     Consultations,
     Investigations,
+    UncategorisedData,
     Referrals,
     Procedures,
     EndOfLife,
     CommunicationPreferences,
+    RisksAndWarnings,
 }
 
 /// The code system of the List codes MIG defines for sections GP Connect has none for.
 pub const MIG_LIST_CODE_SYSTEM: &str = "urn:mig:list-code";
 
 impl Section {
-    pub const ALL: [Section; 10] = [
+    /// In SPEC §4 order, which is also the order of the Lists in a Bundle.
+    pub const ALL: [Section; 12] = [
         Section::Allergies,
         Section::Medications,
         Section::Problems,
         Section::Immunisations,
         Section::Consultations,
         Section::Investigations,
+        Section::UncategorisedData,
         Section::Referrals,
         Section::Procedures,
         Section::EndOfLife,
         Section::CommunicationPreferences,
+        Section::RisksAndWarnings,
     ];
 
     /// The name used in config, the CLI and the audit trail.
@@ -53,10 +58,12 @@ impl Section {
             Section::Immunisations => "immunisations",
             Section::Consultations => "consultations",
             Section::Investigations => "investigations",
+            Section::UncategorisedData => "uncategorised-data",
             Section::Referrals => "referrals",
             Section::Procedures => "procedures",
             Section::EndOfLife => "end-of-life",
             Section::CommunicationPreferences => "communication-preferences",
+            Section::RisksAndWarnings => "risks-and-warnings",
         }
     }
 
@@ -80,10 +87,12 @@ impl Section {
             Section::Immunisations => "includeImmunisations",
             Section::Consultations => "includeConsultations",
             Section::Investigations => "includeInvestigations",
+            Section::UncategorisedData => "includeUncategorisedData",
             Section::Referrals => "includeReferrals",
             Section::Procedures => "includeProcedures",
             Section::EndOfLife => "includeEndOfLife",
             Section::CommunicationPreferences => "includeCommunicationPreferences",
+            Section::RisksAndWarnings => "includeRisksAndWarnings",
         }
     }
 
@@ -93,7 +102,8 @@ impl Section {
             .find(|s| s.parameter_name() == name)
     }
 
-    /// The List code: (system, code, display).
+    /// The List code: (system, code, display); the display is also the List's title, as the
+    /// GP Connect provider assurance suite expects.
     pub fn list_code(self) -> (&'static str, &'static str, &'static str) {
         const SCT: &str = super::SNOMED;
         match self {
@@ -103,6 +113,7 @@ impl Section {
             Section::Immunisations => (SCT, "1102181000000102", "Immunisations"),
             Section::Consultations => (SCT, "1149501000000101", "List of consultations"),
             Section::Investigations => (SCT, "887191000000108", "Investigations and results"),
+            Section::UncategorisedData => (SCT, "826501000000100", "Uncategorised data"),
             Section::Referrals => (SCT, "792931000000107", "Outbound referral"),
             Section::Procedures => (MIG_LIST_CODE_SYSTEM, "procedures", "Procedures"),
             Section::EndOfLife => (
@@ -114,6 +125,11 @@ impl Section {
                 MIG_LIST_CODE_SYSTEM,
                 "communication-preferences",
                 "Communication preferences",
+            ),
+            Section::RisksAndWarnings => (
+                MIG_LIST_CODE_SYSTEM,
+                "risks-and-warnings",
+                "Risks and warnings",
             ),
         }
     }

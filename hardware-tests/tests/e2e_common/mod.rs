@@ -29,17 +29,19 @@ pub const WARNING_EXTENSION: &str =
 /// Enough patients for every demo kind (18), still a small practice.
 pub const PATIENTS: usize = 18;
 
-pub const ALL_SECTIONS: [&str; 10] = [
+pub const ALL_SECTIONS: [&str; 12] = [
     "includeAllergies",
     "includeMedication",
     "includeProblems",
     "includeImmunisations",
     "includeConsultations",
     "includeInvestigations",
+    "includeUncategorisedData",
     "includeReferrals",
     "includeProcedures",
     "includeEndOfLife",
     "includeCommunicationPreferences",
+    "includeRisksAndWarnings",
 ];
 
 /// Provisions and starts an appliance off the async runtime.

@@ -63,7 +63,7 @@ fn section() -> impl Strategy<Value = Section> {
 fn sections() -> impl Strategy<Value = BTreeSet<Section>> {
     prop_oneof![
         Just(Section::ALL.into_iter().collect()),
-        btree_set(section(), 0..=10),
+        btree_set(section(), 0..=Section::ALL.len()),
     ]
 }
 
@@ -84,7 +84,7 @@ fn agreement() -> impl Strategy<Value = Agreement> {
         sections(),
         role_set(),
         role_set(),
-        proptest::option::of(btree_set(section(), 0..=10)),
+        proptest::option::of(btree_set(section(), 0..=Section::ALL.len())),
         proptest::option::of(-10i64..60),
     )
         .prop_map(
