@@ -10,7 +10,7 @@ pub use facts::{
     FactsError, ItemFacts, PatientRef, PATIENT_SCOPED_TYPES, SHARED_TYPES,
 };
 pub use nhs_number::{is_valid_nhs_number, NHS_NUMBER_SYSTEM};
-pub use section::{Section, Tier};
+pub use section::{file_item, file_items, RecordList, Section, Tier};
 
 /// SNOMED CT.
 pub const SNOMED: &str = "http://snomed.info/sct";
