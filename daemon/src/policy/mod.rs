@@ -23,6 +23,10 @@
 //! - A Patient search asks with no sections: the decision is the same, only nothing is listed
 //!   (the API turns PATIENT_NOT_FOUND into an empty searchset there, as SPEC §3 says).
 //! - Only `meta.security` codings in the v3 Confidentiality system count as `R`/`V`.
+//! - An item's section is that of the List `fhir::file_items` files it in (by type, and for
+//!   Observations, Flags and CarePlans by code); an item in no List (a CarePlan that is not
+//!   end-of-life care) is never released and marks no List. The warning is per List: a
+//!   withheld ended allergy marks the Ended allergies List only.
 //! - `decide` withholds referrers of *withheld* items only (SPEC §5 step 8). A released item may
 //!   still reference an item that is merely outside the released sections (a MedicationRequest
 //!   whose Condition is in an unrequested or tier-denied section): the API must not emit such
