@@ -2,7 +2,7 @@
 //! as hyper calls it, and an audit sink that records what it is given.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -1046,4 +1046,104 @@ async fn writes_after_a_read_are_served_at_once() {
     writer.apply_bundle(purge.to_string().as_bytes()).unwrap();
     let (status, body, _) = send(&h, &ambulance(), request()).await;
     assert_eq!((status, error_code(&body)), (404, "PATIENT_NOT_FOUND"));
+}
+
+/// What the public GP Connect provider assurance suite (nhsconnect/gpconnect-provider-testing,
+/// 1.6) asserts of every List, for full and core-only records: status `current`, mode
+/// `snapshot`, a code, a subject, the suite's title for each GP Connect List (and the Ended
+/// allergies code's display "Ended allergies"), at most one warning code from the GP Connect
+/// value set, and on an empty List an `emptyReason` with one coding and a note. Deliberate
+/// departures (docs/integration.md): R4 `list-empty-reason` codes, and Lists with an id.
+#[tokio::test]
+async fn lists_meet_what_the_gp_connect_assurance_suite_asserts() {
+    let titles: BTreeMap<&str, &str> = [
+        ("886921000000105", "Allergies and adverse reactions"),
+        ("1103671000000101", "Ended allergies"),
+        ("933361000000108", "Medications and medical devices"),
+        ("717711000000103", "Problems"),
+        ("1102181000000102", "Immunisations"),
+        ("1149501000000101", "List of consultations"),
+        ("887191000000108", "Investigations and results"),
+        ("826501000000100", "Uncategorised data"),
+        ("792931000000107", "Outbound referral"),
+    ]
+    .into();
+    let h = harness();
+    for nhs in [CORE_AND_ADDITIONAL, CORE_ONLY] {
+        let body = record_body(nhs, &ALL_SECTIONS)
+            .replace(r#""valueBoolean":false"#, r#""valueBoolean":true"#);
+        let (status, bundle, _) = send(&h, &ambulance(), post_record(body, &token(|_| {}))).await;
+        assert_eq!(status, 200);
+        let lists = lists(&bundle);
+        assert_eq!(lists.len(), ALL_SECTIONS.len() + 1);
+        let mut codes = BTreeSet::new();
+        for list in lists {
+            let code = &list["code"]["coding"][0];
+            let code_value = code["code"].as_str().unwrap();
+            assert!(codes.insert(code_value), "two Lists {code_value}");
+            assert_eq!(list["status"], "current");
+            assert_eq!(list["mode"], "snapshot");
+            assert_eq!(
+                list["subject"]["reference"],
+                format!(
+                    "Patient/{}",
+                    if nhs == CORE_ONLY { "p-core" } else { "p-full" }
+                )
+                .as_str()
+            );
+            let title = list["title"].as_str().unwrap();
+            assert_eq!(code["display"], title);
+            if let Some(expected) = titles.get(code_value) {
+                assert_eq!(title, *expected);
+                assert_eq!(code["system"], "http://snomed.info/sct");
+            } else {
+                assert_eq!(code["system"], "urn:mig:list-code");
+            }
+            let warnings: Vec<&Value> = list["extension"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|e| {
+                    e["url"]
+                        == "https://fhir.nhs.uk/STU3/StructureDefinition/Extension-CareConnect-GPC-ListWarningCode-1"
+                })
+                .collect();
+            assert!(warnings.len() <= 1);
+            for warning in &warnings {
+                assert_eq!(warning["valueCode"], "confidential-items");
+                assert_eq!(
+                    list["note"][0]["text"],
+                    "Items excluded due to confidentiality and/or patient preferences."
+                );
+            }
+            match list["entry"].as_array() {
+                Some(entries) => {
+                    assert!(!entries.is_empty());
+                    assert!(list.get("emptyReason").is_none());
+                    for entry in entries {
+                        let reference = entry["item"]["reference"].as_str().unwrap();
+                        assert!(resource_ids(&bundle).contains(reference), "{reference}");
+                    }
+                }
+                None => {
+                    let reason = &list["emptyReason"]["coding"];
+                    assert_eq!(reason.as_array().unwrap().len(), 1);
+                    assert_eq!(
+                        reason[0]["system"],
+                        "http://terminology.hl7.org/CodeSystem/list-empty-reason"
+                    );
+                    let expected = if warnings.is_empty() {
+                        assert_eq!(list["note"][0]["text"], "Information not available");
+                        "nilknown"
+                    } else {
+                        "withheld"
+                    };
+                    assert_eq!(reason[0]["code"], expected);
+                }
+            }
+        }
+        for code in titles.keys() {
+            assert!(codes.contains(code), "no List {code}");
+        }
+    }
 }
