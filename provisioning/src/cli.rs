@@ -209,7 +209,8 @@ pub struct PartnerAddArgs {
     /// Roles that may override; none if absent.
     #[arg(long)]
     pub override_roles: Option<String>,
-    /// Sections released under an override; default core, end-of-life, communication-preferences.
+    /// Sections released under an override; default core, end-of-life, communication-preferences,
+    /// risks-and-warnings.
     #[arg(long)]
     pub override_sections: Option<String>,
     /// Other ODS codes the partner may send as requesting organisation.

@@ -59,7 +59,7 @@ pub const PARTNERS: [DemoPartner; 3] = [
         ods: "8KL21",
         name: "Demo Carers Support (social care)",
         partner_type: "social-care",
-        sections: "allergies,medications,end-of-life,communication-preferences",
+        sections: "allergies,medications,end-of-life,communication-preferences,risks-and-warnings",
         roles: "R8003",
         override_roles: None,
     },

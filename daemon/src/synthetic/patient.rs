@@ -69,6 +69,11 @@ struct Plan {
     fit_notes: bool,
     /// Multiplies the drawn record size.
     activity: f64,
+    /// Section assignment by code (SPEC §4): index into RISK_WARNINGS, into OTHER_CARE_PLANS,
+    /// and an allergy that has resolved.
+    risk_warning: Option<usize>,
+    other_care_plan: Option<usize>,
+    resolved_allergy: bool,
 }
 
 /// A patient's record being built.
@@ -261,6 +266,12 @@ fn random_plan(rng: &mut ChaCha8Rng) -> Plan {
     // About two in five working-age patients had a fit note in the last five years (NHS England
     // counts about 11 million notes a year for about 40 million people of working age).
     plan.fit_notes = rng.gen_range(0..1000) < 400;
+    if rng.gen_range(0..1000) < 20 {
+        plan.risk_warning = Some(rng.gen_range(0..vocab::RISK_WARNINGS.len()));
+    }
+    if rng.gen_range(0..1000) < 40 {
+        plan.other_care_plan = Some(rng.gen_range(0..vocab::OTHER_CARE_PLANS.len()));
+    }
     plan
 }
 
@@ -309,6 +320,7 @@ fn demo_plan(kind: DemoKind) -> Plan {
         DemoKind::CoreAndAdditional => {
             plan.sex = Some(Sex::Male);
             plan.age = Some(58);
+            plan.resolved_allergy = true;
         }
         DemoKind::NoPreference => {
             plan.preferences.clear();
@@ -358,12 +370,14 @@ fn demo_plan(kind: DemoKind) -> Plan {
         }
         DemoKind::EndOfLife => {
             plan.end_of_life = true;
+            plan.other_care_plan = Some(2);
             plan.sex = Some(Sex::Male);
             plan.age = Some(88);
             plan.activity = 2.0;
         }
         DemoKind::CommunicationNeeds => {
             plan.communication_flags = vec![0, 1];
+            plan.risk_warning = Some(0);
             plan.age = Some(61);
         }
         DemoKind::SpecificConsentAll => {
@@ -771,6 +785,7 @@ impl Builder<'_> {
         for &flag in &plan.communication_flags {
             self.communication_flag(flag);
         }
+        self.filed_by_code(plan);
         if plan.fit_notes && (17..=68).contains(&self.age) {
             let episodes = self.pick(&[1, 1, 1, 2, 2, 3]);
             for _ in 0..episodes {
@@ -790,38 +805,42 @@ impl Builder<'_> {
             _ => 3,
         };
         for _ in 0..count {
-            let (code, display, category, criticality) = self.pick(vocab::ALLERGIES);
-            let reaction = self.pick(vocab::ALLERGY_REACTIONS);
             let resolved = self.rng.gen_bool(0.15);
-            let onset = self.random_date(self.birth, self.today);
-            let recorded = self.random_date(onset.max(self.history_start), self.today);
-            let id = self.id("alg");
-            let recorder = self.gp();
-            let when = self.date_time(recorded);
-            let mut resource = json!({
-                "resourceType": "AllergyIntolerance", "id": id, "meta": Self::meta("AllergyIntolerance"),
-                "clinicalStatus": {"coding": [{"system": vocab::ALLERGY_CLINICAL,
-                    "code": if resolved { "resolved" } else { "active" }}]},
-                "verificationStatus": {"coding": [{"system": vocab::ALLERGY_VERIFICATION, "code": "confirmed"}]},
-                "type": if category == "medication" && self.rng.gen_bool(0.3) { "intolerance" } else { "allergy" },
-                "category": [category],
-                "criticality": criticality,
-                "code": {"coding": [{"system": SNOMED, "code": code, "display": display}]},
-                "patient": self.patient_ref,
-                "onsetDateTime": date_text(onset),
-                "recordedDate": when,
-                "recorder": recorder,
-                "reaction": [{
-                    "manifestation": [{"coding": [snomed(reaction)]}],
-                    "severity": if reaction.0 == "39579001" { "severe" } else { "mild" },
-                }],
-            });
-            if resolved {
-                resource["lastOccurrence"] = json!(date_text(onset));
-                resource["note"] = json!([{"text": "Tolerated on rechallenge; resolved."}]);
-            }
-            self.push(resource);
+            self.allergy(resolved);
         }
+    }
+
+    fn allergy(&mut self, resolved: bool) {
+        let (code, display, category, criticality) = self.pick(vocab::ALLERGIES);
+        let reaction = self.pick(vocab::ALLERGY_REACTIONS);
+        let onset = self.random_date(self.birth, self.today);
+        let recorded = self.random_date(onset.max(self.history_start), self.today);
+        let id = self.id("alg");
+        let recorder = self.gp();
+        let when = self.date_time(recorded);
+        let mut resource = json!({
+            "resourceType": "AllergyIntolerance", "id": id, "meta": Self::meta("AllergyIntolerance"),
+            "clinicalStatus": {"coding": [{"system": vocab::ALLERGY_CLINICAL,
+                "code": if resolved { "resolved" } else { "active" }}]},
+            "verificationStatus": {"coding": [{"system": vocab::ALLERGY_VERIFICATION, "code": "confirmed"}]},
+            "type": if category == "medication" && self.rng.gen_bool(0.3) { "intolerance" } else { "allergy" },
+            "category": [category],
+            "criticality": criticality,
+            "code": {"coding": [{"system": SNOMED, "code": code, "display": display}]},
+            "patient": self.patient_ref,
+            "onsetDateTime": date_text(onset),
+            "recordedDate": when,
+            "recorder": recorder,
+            "reaction": [{
+                "manifestation": [{"coding": [snomed(reaction)]}],
+                "severity": if reaction.0 == "39579001" { "severe" } else { "mild" },
+            }],
+        });
+        if resolved {
+            resource["lastOccurrence"] = json!(date_text(onset));
+            resource["note"] = json!([{"text": "Tolerated on rechallenge; resolved."}]);
+        }
+        self.push(resource);
     }
 
     /// Returns the ids, onsets and indexes into LONG_TERM_CONDITIONS of what was recorded.
@@ -1074,7 +1093,7 @@ impl Builder<'_> {
                 interval * issues as i64 + self.rng.gen_range(0..20),
             );
             let start = start.max(onset);
-            self.medication_course(Course {
+            let (plan, statement) = self.medication_course(Course {
                 medicine,
                 start,
                 issues,
@@ -1083,6 +1102,23 @@ impl Builder<'_> {
                 repeat: true,
                 stopped,
             });
+            if !stopped && onset < start {
+                self.started_at_onset(plan, statement, onset);
+            }
+        }
+    }
+
+    /// A repeat still running was started when its condition was diagnosed, often years ago;
+    /// only its recent issues are in the record.
+    fn started_at_onset(&mut self, plan: usize, statement: usize, onset: Date) {
+        let authored = self.date_time(onset);
+        if let Some(plan) = self.out.get_mut(plan) {
+            plan["authoredOn"] = json!(authored);
+            plan["dispenseRequest"]["validityPeriod"]["start"] = json!(date_text(onset));
+        }
+        if let Some(statement) = self.out.get_mut(statement) {
+            statement["effectivePeriod"]["start"] = json!(date_text(onset));
+            statement["dateAsserted"] = json!(authored);
         }
     }
 
@@ -1709,6 +1745,63 @@ impl Builder<'_> {
             "code": {"coding": [{"system": system, "code": code, "display": display}], "text": display},
             "subject": self.patient_ref,
             "period": {"start": date_text(start)},
+            "author": author,
+        });
+        self.push(resource);
+    }
+}
+
+impl Builder<'_> {
+    /// Items whose section their codes decide (SPEC §4): a resolved allergy, a safety
+    /// warning, a care plan that is not end-of-life care.
+    fn filed_by_code(&mut self, plan: &Plan) {
+        if plan.resolved_allergy {
+            self.allergy(true);
+        }
+        if let Some(warning) = plan.risk_warning {
+            self.risk_warning(warning);
+        }
+        if let Some(care_plan) = plan.other_care_plan {
+            self.other_care_plan(care_plan);
+        }
+    }
+
+    fn risk_warning(&mut self, warning: usize) {
+        let Some(&(category, text)) = vocab::RISK_WARNINGS.get(warning) else {
+            return;
+        };
+        let id = self.id("flg");
+        let author = self.gp();
+        let start = self.random_date(self.history_start, self.today);
+        let resource = json!({
+            "resourceType": "Flag", "id": id, "meta": Self::meta("Flag"),
+            "status": "active",
+            "category": [{"coding": [{"system": vocab::FLAG_CATEGORY, "code": category}]}],
+            "code": {"text": text},
+            "subject": self.patient_ref,
+            "period": {"start": date_text(start)},
+            "author": author,
+        });
+        self.push(resource);
+    }
+
+    fn other_care_plan(&mut self, care_plan: usize) {
+        let Some(&(category, title)) = vocab::OTHER_CARE_PLANS.get(care_plan) else {
+            return;
+        };
+        let id = self.id("cpl");
+        let author = self.gp();
+        let date = self.random_date(self.history_start, self.today);
+        let when = self.date_time(date);
+        let resource = json!({
+            "resourceType": "CarePlan", "id": id, "meta": Self::meta("CarePlan"),
+            "status": "active",
+            "intent": "plan",
+            "category": [{"coding": [snomed(category)]}],
+            "title": title,
+            "subject": self.patient_ref,
+            "period": {"start": date_text(date)},
+            "created": when,
             "author": author,
         });
         self.push(resource);
