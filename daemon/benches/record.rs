@@ -87,11 +87,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         replica.import_ndjson(std::io::BufReader::new(std::fs::File::open(file)?))?;
     }
 
-    let typical: Vec<String> = mig::synthetic::Practice::new(1)
-        .typical_patients(patients, 300)?
-        .into_iter()
-        .map(|(nhs, _)| nhs)
-        .collect();
+    let typical_sizes = mig::synthetic::Practice::new(1).typical_patients(patients, 300)?;
+    if let Some((_, first_size)) = typical_sizes.first() {
+        let mean =
+            typical_sizes.iter().map(|(_, n)| n).sum::<usize>() as f64 / typical_sizes.len() as f64;
+        println!(
+            "typical patient: {first_size} resources (the {} typical patients: mean {mean:.1})",
+            typical_sizes.len()
+        );
+    }
+    let typical: Vec<String> = typical_sizes.into_iter().map(|(nhs, _)| nhs).collect();
     let first = typical.first().ok_or("no typical patient")?.clone();
 
     let mut api = Api {

@@ -65,6 +65,8 @@ pub enum ServiceError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("statistical extracts: {0}")]
+    Extract(#[from] crate::extract::ExtractError),
     #[error("listener {address}: {reason}")]
     Listen { address: String, reason: String },
     #[error("admin socket: {0}")]
@@ -180,6 +182,12 @@ pub fn run(config_path: &Path) -> Result<(), ServiceError> {
     let sensitive = Arc::new(sensitive_codes(
         config.sensitive.extra_codes_dir.as_deref(),
     )?);
+    // Read before the sandbox closes the file system; a configured list that is missing or
+    // broken stops start-up.
+    let conditions = match &config.extracts.condition_types_file {
+        Some(path) => crate::extract::ConditionMap::with_practice_file(path)?,
+        None => crate::extract::ConditionMap::shipped()?,
+    };
 
     // Every thread started from here on (audit writer, runtime workers) inherits the sandbox.
     let report = Sandbox::for_config(&config).restrict_current_thread()?;
@@ -225,6 +233,7 @@ pub fn run(config_path: &Path) -> Result<(), ServiceError> {
         audit.clone(),
         reloader,
         tls_signer,
+        conditions,
     ));
     // The final checkpoint, whether serving ended cleanly or not.
     if let Err(e) = audit.shutdown_blocking() {
@@ -243,6 +252,7 @@ async fn serve(
     audit: Arc<AuditLog>,
     reloader: Arc<Reloader>,
     tls_signer: Arc<dyn crate::keys::Signer>,
+    conditions: crate::extract::ConditionMap,
 ) -> Result<(), ServiceError> {
     let (shutdown_tx, shutdown) = watch::channel(false);
     let healthy = Arc::new(AtomicBool::new(true));
@@ -301,18 +311,28 @@ async fn serve(
     let poll = reloader.spawn_poll(REGISTRY_POLL, shutdown.clone());
 
     let fhir_host = config.appliance.fhir_base.host().to_owned();
-    let admin = Arc::new(AdminService::new(
-        replica,
-        readers.clone(),
-        audit.clone(),
-        tpm.public_key_spki_der(KeyRole::Audit)?,
-        tpm.audit_counter(),
-        tls_signer,
-        reloader.clone(),
-        ready.clone(),
-        healthy.clone(),
-        fhir_host,
-    ));
+    let admin = Arc::new(
+        AdminService::new(
+            replica,
+            readers.clone(),
+            audit.clone(),
+            tpm.public_key_spki_der(KeyRole::Audit)?,
+            tpm.audit_counter(),
+            tls_signer,
+            reloader.clone(),
+            ready.clone(),
+            healthy.clone(),
+            fhir_host,
+        )
+        .with_extracts(crate::admin::extract::ExtractSettings {
+            conditions,
+            sub_icb: config.extracts.sub_icb.clone(),
+            practice: config.appliance.name.clone(),
+            ods: config.appliance.ods.as_str().to_owned(),
+            asid: config.appliance.asid.as_str().to_owned(),
+            audit_signer: tpm.signer(KeyRole::Audit)?,
+        }),
+    );
     let admin_listener = AdminListener::bind(&config.admin.socket, &config.admin.group)?;
     let mut admin_shutdown = shutdown.clone();
     let admin_task = tokio::spawn(admin_listener.serve(admin, async move {

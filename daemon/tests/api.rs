@@ -2,7 +2,7 @@
 //! as hyper calls it, and an audit sink that records what it is given.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -71,6 +71,8 @@ fn tier(id: &str, patient: &str, code: &str) -> Value {
     )
 }
 
+const OBSERVATION_CATEGORY: &str = "http://terminology.hl7.org/CodeSystem/observation-category";
+
 fn clinical(patient: &str) -> Vec<Value> {
     let subject = json!({"reference": format!("Patient/{patient}")});
     let sct = |code: &str| json!({"coding": [{"system": "http://snomed.info/sct", "code": code}]});
@@ -96,10 +98,25 @@ fn clinical(patient: &str) -> Vec<Value> {
             "vaccineCode": sct("1181000221105"), "occurrenceDateTime": "2024-10-01"}),
         json!({"resourceType": "Encounter", "id": format!("{patient}-visit"), "subject": subject, "status": "finished",
             "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"}}),
-        json!({"resourceType": "Observation", "id": format!("{patient}-bp"), "subject": subject, "status": "final", "code": sct("75367002")}),
+        json!({"resourceType": "Observation", "id": format!("{patient}-bp"), "subject": subject, "status": "final", "code": sct("75367002"),
+            "category": [{"coding": [{"system": OBSERVATION_CATEGORY, "code": "vital-signs"}]}]}),
+        json!({"resourceType": "Observation", "id": format!("{patient}-smoking"), "subject": subject, "status": "final", "code": sct("8517006"),
+            "category": [{"coding": [{"system": OBSERVATION_CATEGORY, "code": "social-history"}]}]}),
+        json!({"resourceType": "Observation", "id": format!("{patient}-fit-note"), "subject": subject, "status": "final", "code": sct("1331000000103")}),
+        json!({"resourceType": "Observation", "id": format!("{patient}-hba1c"), "subject": subject, "status": "final", "code": sct("1049301000000100"),
+            "category": [{"coding": [{"system": OBSERVATION_CATEGORY, "code": "laboratory"}]}]}),
+        json!({"resourceType": "Observation", "id": format!("{patient}-hb"), "subject": subject, "status": "final", "code": sct("1022431000000105")}),
+        json!({"resourceType": "DiagnosticReport", "id": format!("{patient}-fbc"), "subject": subject, "status": "final", "code": sct("26604007"),
+            "result": [{"reference": format!("Observation/{patient}-hb")}]}),
         json!({"resourceType": "ServiceRequest", "id": format!("{patient}-referral"), "subject": subject, "status": "active", "intent": "order"}),
-        json!({"resourceType": "CarePlan", "id": format!("{patient}-eol"), "subject": subject, "status": "active", "intent": "plan"}),
-        json!({"resourceType": "Flag", "id": format!("{patient}-bsl"), "subject": subject, "status": "active", "code": sct("1104061000000102")}),
+        json!({"resourceType": "CarePlan", "id": format!("{patient}-eol"), "subject": subject, "status": "active", "intent": "plan",
+            "category": [sct("736373009")]}),
+        json!({"resourceType": "CarePlan", "id": format!("{patient}-asthma-plan"), "subject": subject, "status": "active", "intent": "plan",
+            "category": [sct("734163000")]}),
+        json!({"resourceType": "Flag", "id": format!("{patient}-bsl"), "subject": subject, "status": "active", "code": sct("204331000000107")}),
+        json!({"resourceType": "Flag", "id": format!("{patient}-risk"), "subject": subject, "status": "active",
+            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/flag-category", "code": "behavioral"}]}],
+            "code": {"text": "Risk to staff: verbal aggression"}}),
     ]
 }
 
@@ -253,17 +270,19 @@ fn record_body(nhs: &str, sections: &[&str]) -> String {
     json!({"resourceType": "Parameters", "parameter": parameters}).to_string()
 }
 
-const ALL_SECTIONS: [&str; 10] = [
+const ALL_SECTIONS: [&str; 12] = [
     "includeAllergies",
     "includeMedication",
     "includeProblems",
     "includeImmunisations",
     "includeConsultations",
     "includeInvestigations",
+    "includeUncategorisedData",
     "includeReferrals",
     "includeProcedures",
     "includeEndOfLife",
     "includeCommunicationPreferences",
+    "includeRisksAndWarnings",
 ];
 
 fn post_record(body: String, jwt: &str) -> Request<Bytes> {
@@ -338,6 +357,25 @@ fn list<'a>(bundle: &'a Value, code: &str) -> &'a Value {
         .map(|e| &e["resource"])
         .find(|r| r["resourceType"] == "List" && r["code"]["coding"][0]["code"] == code)
         .unwrap_or_else(|| panic!("no List {code}"))
+}
+
+fn lists(bundle: &Value) -> Vec<&Value> {
+    bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["resource"])
+        .filter(|r| r["resourceType"] == "List")
+        .collect()
+}
+
+fn list_items(list: &Value) -> Vec<&str> {
+    list["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| e["item"]["reference"].as_str().unwrap())
+        .collect()
 }
 
 fn last_event(h: &Harness) -> AccessEvent {
@@ -972,27 +1010,122 @@ async fn nothing_is_released_when_the_audit_cannot_be_written() {
 }
 
 #[tokio::test]
-async fn medication_search_date_and_resolved_allergies_filter() {
+async fn medication_search_date_filters_and_ended_allergies_have_their_own_list() {
     let h = harness();
-    let body = json!({"resourceType": "Parameters", "parameter": [
-        {"name": "patientNHSNumber", "valueIdentifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": CORE_AND_ADDITIONAL}},
-        {"name": "includeAllergies", "part": [{"name": "includeResolvedAllergies", "valueBoolean": true}]},
-        {"name": "includeMedication", "part": [{"name": "medicationSearchFromDate", "valueDate": "2024-01-01"}]}]});
-    let (status, bundle, _) = send(
-        &h,
-        &ambulance(),
-        post_record(body.to_string(), &token(|_| {})),
-    )
-    .await;
+    let body = |resolved: bool| {
+        json!({"resourceType": "Parameters", "parameter": [
+            {"name": "patientNHSNumber", "valueIdentifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": CORE_AND_ADDITIONAL}},
+            {"name": "includeAllergies", "part": [{"name": "includeResolvedAllergies", "valueBoolean": resolved}]},
+            {"name": "includeMedication", "part": [{"name": "medicationSearchFromDate", "valueDate": "2024-01-01"}]}]})
+        .to_string()
+    };
+    let (status, bundle, _) = send(&h, &ambulance(), post_record(body(true), &token(|_| {}))).await;
     assert_eq!(status, 200);
     let ids = resource_ids(&bundle);
-    assert!(ids.contains("AllergyIntolerance/p-full-old-allergy"));
     // Started before the search date and still running: active on or after it.
     assert!(ids.contains("MedicationStatement/p-full-statin"));
     assert!(
         !ids.contains("MedicationStatement/p-full-old-med"),
         "ended in 2015"
     );
+    assert_eq!(
+        list_items(list(&bundle, "886921000000105")),
+        ["AllergyIntolerance/p-full-allergy"]
+    );
+    let ended = list(&bundle, "1103671000000101");
+    assert_eq!(ended["title"], "Ended allergies");
+    assert_eq!(list_items(ended), ["AllergyIntolerance/p-full-old-allergy"]);
+    // Right after the active allergies, as GP Connect orders them.
+    let titles: Vec<&str> = lists(&bundle)
+        .iter()
+        .map(|l| l["title"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        titles,
+        [
+            "Allergies and adverse reactions",
+            "Ended allergies",
+            "Medications and medical devices"
+        ]
+    );
+
+    let (status, bundle, _) =
+        send(&h, &ambulance(), post_record(body(false), &token(|_| {}))).await;
+    assert_eq!(status, 200);
+    assert!(!resource_ids(&bundle).contains("AllergyIntolerance/p-full-old-allergy"));
+    assert_eq!(
+        lists(&bundle).len(),
+        2,
+        "no Ended allergies List unless asked for"
+    );
+}
+
+#[tokio::test]
+async fn each_item_is_filed_in_the_list_its_type_and_codes_say() {
+    let h = harness();
+    let body = record_body(CORE_AND_ADDITIONAL, &ALL_SECTIONS)
+        .replace(r#""valueBoolean":false"#, r#""valueBoolean":true"#);
+    let (status, bundle, _) = send(&h, &ambulance(), post_record(body, &token(|_| {}))).await;
+    assert_eq!(status, 200);
+    let expected: [(&str, &[&str]); 12] = [
+        ("886921000000105", &["AllergyIntolerance/p-full-allergy"]),
+        (
+            "1103671000000101",
+            &["AllergyIntolerance/p-full-old-allergy"],
+        ),
+        (
+            "933361000000108",
+            &[
+                "MedicationStatement/p-full-old-med",
+                "MedicationStatement/p-full-statin",
+            ],
+        ),
+        ("717711000000103", &["Condition/p-full-asthma"]),
+        ("1102181000000102", &["Immunization/p-full-flu"]),
+        ("1149501000000101", &["Encounter/p-full-visit"]),
+        (
+            "887191000000108",
+            &[
+                "DiagnosticReport/p-full-fbc",
+                "Observation/p-full-hb",
+                "Observation/p-full-hba1c",
+            ],
+        ),
+        (
+            "826501000000100",
+            &[
+                "Observation/p-full-bp",
+                "Observation/p-full-fit-note",
+                "Observation/p-full-smoking",
+            ],
+        ),
+        ("792931000000107", &["ServiceRequest/p-full-referral"]),
+        ("end-of-life", &["CarePlan/p-full-eol"]),
+        ("communication-preferences", &["Flag/p-full-bsl"]),
+        ("risks-and-warnings", &["Flag/p-full-risk"]),
+    ];
+    for (code, items) in expected {
+        let mut found = list_items(list(&bundle, code));
+        found.sort();
+        assert_eq!(found, items, "List {code}");
+    }
+    // A care plan that is not end-of-life care is not served at all, and withholds nothing.
+    assert!(!resource_ids(&bundle).contains("CarePlan/p-full-asthma-plan"));
+    assert!(list(&bundle, "end-of-life").get("extension").is_none());
+    // One List per requested section, plus Ended allergies; each entry with a fullUrl.
+    assert_eq!(lists(&bundle).len(), ALL_SECTIONS.len() + 1);
+    for entry in bundle["entry"].as_array().unwrap() {
+        let resource = &entry["resource"];
+        assert_eq!(
+            entry["fullUrl"],
+            format!(
+                "{BASE}/{}/{}",
+                resource["resourceType"].as_str().unwrap(),
+                resource["id"].as_str().unwrap()
+            )
+            .as_str()
+        );
+    }
 }
 
 #[tokio::test]
@@ -1578,4 +1711,104 @@ async fn html_view_lists_what_is_active_first_then_the_most_recent() {
     let completed = medications.find(">completed<").expect("the old course");
     assert!(newest < older, "the most recent active medication first");
     assert!(older < completed, "active medication before completed");
+}
+
+/// What the public GP Connect provider assurance suite (nhsconnect/gpconnect-provider-testing,
+/// 1.6) asserts of every List, for full and core-only records: status `current`, mode
+/// `snapshot`, a code, a subject, the suite's title for each GP Connect List (and the Ended
+/// allergies code's display "Ended allergies"), at most one warning code from the GP Connect
+/// value set, and on an empty List an `emptyReason` with one coding and a note. Deliberate
+/// departures (docs/integration.md): R4 `list-empty-reason` codes, and Lists with an id.
+#[tokio::test]
+async fn lists_meet_what_the_gp_connect_assurance_suite_asserts() {
+    let titles: BTreeMap<&str, &str> = [
+        ("886921000000105", "Allergies and adverse reactions"),
+        ("1103671000000101", "Ended allergies"),
+        ("933361000000108", "Medications and medical devices"),
+        ("717711000000103", "Problems"),
+        ("1102181000000102", "Immunisations"),
+        ("1149501000000101", "List of consultations"),
+        ("887191000000108", "Investigations and results"),
+        ("826501000000100", "Uncategorised data"),
+        ("792931000000107", "Outbound referral"),
+    ]
+    .into();
+    let h = harness();
+    for nhs in [CORE_AND_ADDITIONAL, CORE_ONLY] {
+        let body = record_body(nhs, &ALL_SECTIONS)
+            .replace(r#""valueBoolean":false"#, r#""valueBoolean":true"#);
+        let (status, bundle, _) = send(&h, &ambulance(), post_record(body, &token(|_| {}))).await;
+        assert_eq!(status, 200);
+        let lists = lists(&bundle);
+        assert_eq!(lists.len(), ALL_SECTIONS.len() + 1);
+        let mut codes = BTreeSet::new();
+        for list in lists {
+            let code = &list["code"]["coding"][0];
+            let code_value = code["code"].as_str().unwrap();
+            assert!(codes.insert(code_value), "two Lists {code_value}");
+            assert_eq!(list["status"], "current");
+            assert_eq!(list["mode"], "snapshot");
+            assert_eq!(
+                list["subject"]["reference"],
+                format!(
+                    "Patient/{}",
+                    if nhs == CORE_ONLY { "p-core" } else { "p-full" }
+                )
+                .as_str()
+            );
+            let title = list["title"].as_str().unwrap();
+            assert_eq!(code["display"], title);
+            if let Some(expected) = titles.get(code_value) {
+                assert_eq!(title, *expected);
+                assert_eq!(code["system"], "http://snomed.info/sct");
+            } else {
+                assert_eq!(code["system"], "urn:mig:list-code");
+            }
+            let warnings: Vec<&Value> = list["extension"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|e| {
+                    e["url"]
+                        == "https://fhir.nhs.uk/STU3/StructureDefinition/Extension-CareConnect-GPC-ListWarningCode-1"
+                })
+                .collect();
+            assert!(warnings.len() <= 1);
+            for warning in &warnings {
+                assert_eq!(warning["valueCode"], "confidential-items");
+                assert_eq!(
+                    list["note"][0]["text"],
+                    "Items excluded due to confidentiality and/or patient preferences."
+                );
+            }
+            match list["entry"].as_array() {
+                Some(entries) => {
+                    assert!(!entries.is_empty());
+                    assert!(list.get("emptyReason").is_none());
+                    for entry in entries {
+                        let reference = entry["item"]["reference"].as_str().unwrap();
+                        assert!(resource_ids(&bundle).contains(reference), "{reference}");
+                    }
+                }
+                None => {
+                    let reason = &list["emptyReason"]["coding"];
+                    assert_eq!(reason.as_array().unwrap().len(), 1);
+                    assert_eq!(
+                        reason[0]["system"],
+                        "http://terminology.hl7.org/CodeSystem/list-empty-reason"
+                    );
+                    let expected = if warnings.is_empty() {
+                        assert_eq!(list["note"][0]["text"], "Information not available");
+                        "nilknown"
+                    } else {
+                        "withheld"
+                    };
+                    assert_eq!(reason[0]["code"], expected);
+                }
+            }
+        }
+        for code in titles.keys() {
+            assert!(codes.contains(code), "no List {code}");
+        }
+    }
 }

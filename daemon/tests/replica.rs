@@ -346,6 +346,48 @@ fn a_newer_schema_is_refused() {
     );
 }
 
+#[test]
+fn upgrading_a_version_2_replica_rederives_every_items_facts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("replica.db");
+    let lab = json!({"resourceType": "Observation", "id": "lab", "subject": {"reference": "Patient/p1"},
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}]}]});
+    {
+        let mut replica = Replica::create(&path, &KEY).unwrap();
+        replica
+            .import_ndjson(&ndjson(&[patient("p1", NHS), lab])[..])
+            .unwrap();
+    }
+    // Version 2 stored facts without the category codings: bytes that no longer decode.
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(&format!(
+            "PRAGMA key = \"x'{}'\"; PRAGMA cipher_page_size = 16384; PRAGMA cipher_hmac_algorithm = HMAC_SHA256;
+             UPDATE resource SET facts = x'ff'; PRAGMA user_version = 2;",
+            hex::encode(KEY)
+        ))
+        .unwrap();
+    }
+    let replica = Replica::open(&path, &KEY).unwrap();
+    let reader = replica.reader(&KEY).unwrap();
+    let items = reader.patient_items("p1").unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(
+        items[0].facts.category_codes,
+        [mig::fhir::Coding::new(
+            "http://terminology.hl7.org/CodeSystem/observation-category",
+            "laboratory"
+        )]
+    );
+    assert_eq!(
+        mig::fhir::file_item(&items[0].facts, false),
+        Some(mig::fhir::RecordList::Section(
+            mig::fhir::Section::Investigations
+        ))
+    );
+    assert!(reader.patient_by_nhs_number(NHS).unwrap().is_some());
+}
+
 const CHILD_ENV: &str = "MIG_TEST_IMPORT_CHILD";
 const BATCH_PATIENTS: usize = 200;
 

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use mig::fhir::{
-    extract_facts, is_valid_nhs_number, ItemFacts, PatientRef, Section, CONFIDENTIALITY_SYSTEM,
-    SHARING_PREFERENCE_SYSTEM, SNOMED,
+    extract_facts, file_items, is_valid_nhs_number, ItemFacts, PatientRef, RecordList, Section,
+    CONFIDENTIALITY_SYSTEM, SHARING_PREFERENCE_SYSTEM, SNOMED,
 };
 use mig::synthetic::{demo_patients, vocab, write_practice, DemoKind, Practice, SharingPreference};
 use serde_json::Value;
@@ -165,12 +165,34 @@ fn a_practice_of_500_is_valid_realistic_and_covers_every_case() {
     assert!(small >= 100, "only {small} records of 80 or fewer");
     assert!(large >= 3, "only {large} records of 500 or more");
 
-    // Every section of SPEC §4.
-    let sections: BTreeSet<Section> = all
-        .iter()
-        .filter_map(|(_, f)| Section::for_resource_type(&f.resource_type))
+    // Every List of SPEC §4, and a CarePlan no List holds.
+    let mut by_patient: BTreeMap<String, Vec<ItemFacts>> = BTreeMap::new();
+    for (_, facts) in all.iter().filter(|(_, f)| f.patient.is_some()) {
+        by_patient
+            .entry(patient_of(facts))
+            .or_default()
+            .push(facts.clone());
+    }
+    let mut lists: BTreeSet<RecordList> = BTreeSet::new();
+    let mut unserved_care_plans = 0;
+    for items in by_patient.values() {
+        for (item, list) in items.iter().zip(file_items(items)) {
+            match list {
+                Some(list) => {
+                    lists.insert(list);
+                }
+                None if item.resource_type == "CarePlan" => unserved_care_plans += 1,
+                None => assert_eq!(item.resource_type, "Consent"),
+            }
+        }
+    }
+    let expected: BTreeSet<RecordList> = Section::ALL
+        .into_iter()
+        .map(RecordList::Section)
+        .chain([RecordList::EndedAllergies])
         .collect();
-    assert_eq!(sections, Section::ALL.into_iter().collect());
+    assert_eq!(lists, expected);
+    assert!(unserved_care_plans > 0);
     let types: BTreeSet<&str> = all.iter().map(|(_, f)| f.resource_type.as_str()).collect();
     for expected in [
         "MedicationStatement",
@@ -332,10 +354,10 @@ fn a_practice_of_500_is_valid_realistic_and_covers_every_case() {
             .iter()
             .map(|c| c["code"]["coding"][0]["code"].as_str().unwrap())
             .collect();
+        // The condition is left out of about one note in ten, as in real records.
         for part in [
             "fitness",
             "duration",
-            "condition",
             "phased-return",
             "altered-hours",
             "amended-duties",
@@ -343,7 +365,25 @@ fn a_practice_of_500_is_valid_realistic_and_covers_every_case() {
         ] {
             assert!(components.contains(part), "fit note lacks {part}");
         }
+        // SPEC §12: the day issued, and readable by the extract.
+        assert!(note["effectiveDateTime"].is_string());
+        mig::extract::read_fit_note(note).unwrap();
     }
+    let with_condition = fit_notes
+        .iter()
+        .filter(|n| {
+            n["component"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["code"]["coding"][0]["code"] == "condition")
+        })
+        .count();
+    assert!(
+        with_condition * 10 >= fit_notes.len() * 7,
+        "{with_condition} of {}",
+        fit_notes.len()
+    );
     assert!(all
         .iter()
         .any(|(_, f)| f.resource_type == "AllergyIntolerance"

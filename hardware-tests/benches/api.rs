@@ -26,10 +26,12 @@ fn record_request(nhs: &str, token: &str) -> RequestTemplate {
         "includeImmunisations",
         "includeConsultations",
         "includeInvestigations",
+        "includeUncategorisedData",
         "includeReferrals",
         "includeProcedures",
         "includeEndOfLife",
         "includeCommunicationPreferences",
+        "includeRisksAndWarnings",
     ];
     let mut parameters = vec![
         serde_json::json!({"name": "patientNHSNumber", "valueIdentifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs}}),

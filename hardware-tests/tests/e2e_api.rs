@@ -345,24 +345,29 @@ async fn override_does_not_beat_dissent() {
     assert_refused(&response, 403, "NO_PATIENT_CONSENT");
 }
 
-const CORE: [&str; 2] = ["886921000000105", "933361000000108"];
-const OVERRIDE_OR_CARER: [&str; 4] = [
+const CORE: [&str; 3] = ["886921000000105", "1103671000000101", "933361000000108"];
+const OVERRIDE_OR_CARER: [&str; 6] = [
     "886921000000105",
+    "1103671000000101",
     "933361000000108",
     "end-of-life",
     "communication-preferences",
+    "risks-and-warnings",
 ];
-const EVERY: [&str; 10] = [
+const EVERY: [&str; 13] = [
     "886921000000105",
+    "1103671000000101",
     "933361000000108",
     "717711000000103",
     "1102181000000102",
     "1149501000000101",
     "887191000000108",
+    "826501000000100",
     "792931000000107",
     "procedures",
     "end-of-life",
     "communication-preferences",
+    "risks-and-warnings",
 ];
 
 /// Against what the practice fed: every item of an `allowed` section that is not `withheld`
@@ -378,7 +383,13 @@ fn assert_release(
     let withheld = sensitive_or_confidential(app, kind);
     let mut released = 0;
     for (key, value) in &fed {
-        let Some(code) = list_code(value["resourceType"].as_str().unwrap()) else {
+        let Some(code) = list_code(value, &fed) else {
+            if value["resourceType"] != "Patient" {
+                assert!(
+                    !ids.contains(key),
+                    "{kind:?}: {key} is in no List but was served"
+                );
+            }
             continue;
         };
         if allowed.contains(&code) && !withheld.contains(key) {
@@ -444,6 +455,79 @@ async fn core_and_additional_releases_every_section() {
     }
 }
 
+/// SPEC §4 for the demo patients whose records hold every kind of item: each released item is in
+/// exactly the List its type and codes say (worked out in the test from what was fed), every
+/// List holds only those, a care plan that is not end-of-life care is not served, and every
+/// entry has an absolute fullUrl naming its resource.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_item_lands_in_the_list_its_type_and_codes_say() {
+    let kinds = [
+        DemoKind::CoreAndAdditional,
+        DemoKind::EndOfLife,
+        DemoKind::CommunicationNeeds,
+        DemoKind::FitNotes,
+    ];
+    let app = appliance_with(&kinds).await;
+    let mut seen: BTreeSet<&str> = BTreeSet::new();
+    let mut unserved_care_plans = 0;
+    for kind in kinds {
+        let response = record_as(&app, AMBULANCE, AMB, "R8000", kind, |_| {}).await;
+        let bundle = assert_ok(&response);
+        let fed = fed_resources(&app, &patient_id(kind));
+        let withheld = sensitive_or_confidential(&app, kind);
+        for code in EVERY {
+            let expected: BTreeSet<String> = fed
+                .iter()
+                .filter(|(key, value)| {
+                    list_code(value, &fed) == Some(code) && !withheld.contains(*key)
+                })
+                .map(|(key, _)| key.clone())
+                .collect();
+            let found: BTreeSet<String> = list(&bundle, code)["entry"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| e["item"]["reference"].as_str().unwrap().to_owned())
+                .collect();
+            assert_eq!(found, expected, "{kind:?}: List {code}");
+            if !found.is_empty() {
+                seen.insert(code);
+            }
+        }
+        for (key, value) in &fed {
+            if value["resourceType"] == "CarePlan" && list_code(value, &fed).is_none() {
+                unserved_care_plans += 1;
+                assert!(!resource_ids(&bundle).contains(key), "{key} served");
+            }
+        }
+        for entry in bundle["entry"].as_array().unwrap() {
+            let resource = &entry["resource"];
+            let url = entry["fullUrl"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no fullUrl: {entry}"));
+            let tail = format!(
+                "/{}/{}",
+                resource["resourceType"].as_str().unwrap(),
+                resource["id"].as_str().unwrap()
+            );
+            assert!(url.starts_with("https://") && url.ends_with(&tail), "{url}");
+        }
+    }
+    // Between them the demo patients fill every List assigned by code, and hold a care plan no
+    // List takes.
+    for code in [
+        "1103671000000101",
+        "887191000000108",
+        "826501000000100",
+        "end-of-life",
+        "communication-preferences",
+        "risks-and-warnings",
+    ] {
+        assert!(seen.contains(code), "no demo patient filled List {code}");
+    }
+    assert!(unserved_care_plans > 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sensitive_items_never_leave_without_specific_consent() {
     let app = appliance_with(&[DemoKind::SensitiveWithoutConsent]).await;
@@ -466,7 +550,7 @@ async fn sensitive_items_never_leave_without_specific_consent() {
     assert_absent(&response.body, &withheld);
     // Each section that lost a sensitive item says so, without a count.
     for key in &sensitive {
-        let code = list_code(fed[key]["resourceType"].as_str().unwrap()).unwrap();
+        let code = list_code(&fed[key], &fed).unwrap();
         assert!(
             has_warning(list(&bundle, code)),
             "List {code} has no warning"
@@ -526,7 +610,7 @@ async fn practice_confidential_items_are_withheld() {
     );
     assert_absent(&response.body, &withheld);
     for key in &confidential {
-        let code = list_code(fed[key]["resourceType"].as_str().unwrap()).unwrap();
+        let code = list_code(&fed[key], &fed).unwrap();
         assert!(
             has_warning(list(&bundle, code)),
             "List {code} has no warning"
@@ -553,7 +637,8 @@ async fn standing_consent_admits_the_named_carer_organisation_without_permission
     )
     .await;
     let bundle = assert_ok(&response);
-    // The social-care agreement allows allergies, medications, end-of-life and communication.
+    // The social-care agreement allows allergies, medications, end-of-life, communication and
+    // risks and warnings.
     assert_release(
         &app,
         DemoKind::StandingThirdPartyConsent,
@@ -634,7 +719,8 @@ async fn override_is_served_alerted_and_audited() {
     })
     .await;
     let bundle = assert_ok(&response);
-    // Override sections by default: core, end-of-life, communication preferences.
+    // Override sections by default: core, end-of-life, communication preferences, risks and
+    // warnings.
     assert_release(&app, kind, &bundle, &OVERRIDE_OR_CARER);
     let fed = fed_resources(&app, &patient_id(kind));
     let sensitive = fed

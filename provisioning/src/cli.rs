@@ -59,6 +59,9 @@ pub enum Command {
     /// Privacy-officer alerts raised by overrides.
     #[command(subcommand)]
     Alerts(AlertsCommand),
+    /// Statistical extracts (anonymous, disclosure-controlled, signed).
+    #[command(subcommand)]
+    Extract(ExtractCommand),
     /// What the running appliance is doing.
     Status,
     /// Named health checks, each ok/warn/fail with what to do.
@@ -134,6 +137,9 @@ pub struct InitArgs {
     pub fhir_base: Option<String>,
     #[arg(long, default_value = "sha256:7")]
     pub pcrs: String,
+    /// The practice's sub-ICB location code (former CCG code, e.g. 16C), for statistical extracts.
+    #[arg(long)]
+    pub sub_icb: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -203,7 +209,8 @@ pub struct PartnerAddArgs {
     /// Roles that may override; none if absent.
     #[arg(long)]
     pub override_roles: Option<String>,
-    /// Sections released under an override; default core, end-of-life, communication-preferences.
+    /// Sections released under an override; default core, end-of-life, communication-preferences,
+    /// risks-and-warnings.
     #[arg(long)]
     pub override_sections: Option<String>,
     /// Other ODS codes the partner may send as requesting organisation.
@@ -255,5 +262,35 @@ pub enum AlertsCommand {
         id: u64,
         #[arg(long)]
         note: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ExtractCommand {
+    /// Count the fit notes issued in a period (both dates included) into FILE.csv, with its
+    /// signature FILE.csv.sig.
+    FitNotes {
+        /// First day, YYYY-MM-DD.
+        #[arg(long)]
+        from: String,
+        /// Last day, YYYY-MM-DD (not after today).
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check FILE.csv against FILE.csv.sig and say which appliance signed it. By default the
+    /// signature must be by this appliance's audit key; elsewhere give --key or --fingerprint.
+    Verify {
+        file: PathBuf,
+        /// The signature file (default FILE.sig).
+        #[arg(long)]
+        sig: Option<PathBuf>,
+        /// The signing appliance's audit public key (PEM or DER SubjectPublicKeyInfo).
+        #[arg(long, conflicts_with = "fingerprint")]
+        key: Option<PathBuf>,
+        /// SHA-256 of the signing appliance's audit public key (64 hex digits).
+        #[arg(long)]
+        fingerprint: Option<String>,
     },
 }

@@ -46,6 +46,19 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             detach,
         } => crate::demo::run(&dir, patients, detach),
         Command::Console { progress } => crate::console::run(&config_path, progress.as_deref()),
+        // Checking a signature elsewhere needs no appliance config.
+        Command::Extract(ExtractCommand::Verify {
+            file,
+            sig,
+            key,
+            fingerprint,
+        }) if key.is_some() || fingerprint.is_some() => extract::verify(
+            None,
+            &file,
+            sig.as_deref(),
+            key.as_deref(),
+            fingerprint.as_deref(),
+        ),
         command => {
             let config = Config::load(&config_path)?;
             run_with_config(&config, command)
@@ -113,6 +126,23 @@ fn run_with_config(config: &Config, command: Command) -> Result<ExitCode> {
         Command::Import { paths } => return import(config, &paths),
         Command::Audit(command) => return audit(config, command),
         Command::Alerts(command) => return alerts(config, command),
+        Command::Extract(ExtractCommand::FitNotes { from, to, out }) => {
+            return extract::fit_notes(config, &from, &to, &out)
+        }
+        Command::Extract(ExtractCommand::Verify {
+            file,
+            sig,
+            key,
+            fingerprint,
+        }) => {
+            return extract::verify(
+                Some(config),
+                &file,
+                sig.as_deref(),
+                key.as_deref(),
+                fingerprint.as_deref(),
+            )
+        }
         Command::Status => return status(config),
         Command::Check => return Ok(crate::commands::check::run(config)),
         Command::DemoToken {
@@ -209,6 +239,12 @@ pub fn init(config_path: &Path, args: &InitArgs) -> Result<Config> {
     config.partner_api.listen = listen;
     config.upstream = upstream.map(|listen| mig::config::UpstreamConfig { listen });
     config.admin.socket = args.admin_socket.clone();
+    if let Some(code) = &args.sub_icb {
+        if !mig::extract::is_sub_icb_code(code) {
+            bail!("--sub-icb: {code:?} is not a sub-ICB location code (3 or 5 upper-case letters and digits, e.g. 16C)");
+        }
+        config.extracts.sub_icb = Some(code.clone());
+    }
 
     create_private_dir(state)?;
     let tpm = Tpm::connect(&mig::service::tpm_settings(&config)?)?;
@@ -968,6 +1004,7 @@ fn status(config: &Config) -> Result<ExitCode> {
 }
 
 pub mod check;
+pub mod extract;
 
 #[cfg(test)]
 mod tests {

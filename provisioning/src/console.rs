@@ -609,6 +609,9 @@ impl<R: BufRead> Wizard<R> {
             admin_socket: PathBuf::from(need(&a.admin_socket, "admin socket")?),
             fhir_base: Some(need(&a.fhir_base, "FHIR base URL")?),
             pcrs: need(&a.pcrs, "PCRs")?,
+            // Not asked at the console: set extracts.sub_icb when the practice starts sending
+            // statistical extracts (docs/operations.md).
+            sub_icb: None,
         })
     }
 

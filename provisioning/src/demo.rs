@@ -59,7 +59,7 @@ pub const PARTNERS: [DemoPartner; 3] = [
         ods: "8KL21",
         name: "Demo Carers Support (social care)",
         partner_type: "social-care",
-        sections: "allergies,medications,end-of-life,communication-preferences",
+        sections: "allergies,medications,end-of-life,communication-preferences,risks-and-warnings",
         roles: "R8003",
         override_roles: None,
     },
@@ -282,6 +282,7 @@ fn provision_with_tpm(dir: PathBuf, api_port: u16, tpm_port: u16) -> Result<Appl
             admin_socket: dir.join("admin.sock"),
             fhir_base: Some(format!("https://localhost:{api_port}/fhir")),
             pcrs: "sha256:7".into(),
+            sub_icb: Some(mig::synthetic::DEFAULT_SUB_ICB.into()),
         },
     )?;
 

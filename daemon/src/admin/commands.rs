@@ -37,6 +37,8 @@ pub struct AdminService {
     pub fhir_host: String,
     // One import in progress per connection; the lock guards only this map.
     imports: Mutex<HashMap<u64, ImportSession>>,
+    /// Statistical extracts (SPEC §12); `None` answers `extract-unavailable`.
+    extracts: Option<Arc<super::extract::ExtractSettings>>,
 }
 
 impl std::fmt::Debug for AdminService {
@@ -98,11 +100,40 @@ impl AdminService {
             started: Instant::now(),
             fhir_host,
             imports: Mutex::new(HashMap::new()),
+            extracts: None,
         }
     }
 
+    /// Enables `extract-fit-notes`.
+    pub fn with_extracts(mut self, settings: super::extract::ExtractSettings) -> AdminService {
+        self.extracts = Some(Arc::new(settings));
+        self
+    }
+
+    /// Records a permitted admin action and returns its sequence number.
+    pub(super) async fn audited_seq(&self, peer: &PeerCred, action: String) -> Result<u64, Value> {
+        self.audit
+            .append(AuditRecord::admin_action(
+                &operator(peer),
+                &action,
+                Decision::Permit,
+            ))
+            .await
+            .map_err(|e| {
+                error_response(
+                    "audit-unavailable",
+                    &format!("the audit trail cannot be written: {e}"),
+                )
+            })
+    }
+
     /// Records an admin action; the command fails if the audit cannot be written.
-    async fn audited(&self, peer: &PeerCred, action: String, permitted: bool) -> Result<(), Value> {
+    pub(super) async fn audited(
+        &self,
+        peer: &PeerCred,
+        action: String,
+        permitted: bool,
+    ) -> Result<(), Value> {
         let decision = if permitted {
             Decision::Permit
         } else {
@@ -165,6 +196,13 @@ impl AdminService {
                 _ => Err(error_response(
                     "bad-request",
                     "alerts-ack needs id and a non-empty note",
+                )),
+            },
+            "extract-fit-notes" => match self.extracts.clone() {
+                Some(settings) => super::extract::fit_notes(self, settings, &peer, &request).await,
+                None => Err(error_response(
+                    "extract-unavailable",
+                    "this migd was started without statistical extracts",
                 )),
             },
             "csr" => match text("subject") {

@@ -2,4 +2,5 @@
 //! carries JSON lines and checks who is calling; the command set sits on top of it.
 
 pub mod commands;
+pub mod extract;
 pub mod transport;

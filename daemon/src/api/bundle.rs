@@ -1,5 +1,8 @@
 //! The structured-record Bundle (SPEC §4): Patient, the practice Organization, one List per
-//! requested section, the released items and the shared resources they reference.
+//! requested section (two for allergies when ended ones are asked for), the released items and
+//! the shared resources they reference. Every entry has the `fullUrl` `{base}/{Type}/{id}`
+//! (the Lists' ids are fresh UUIDs), so that the relative references between them (List
+//! entries, a MedicationRequest's Medication) resolve inside the Bundle by FHIR R4's rules.
 //!
 //! Nothing in it may point at what was withheld: a reference to anything not in the Bundle
 //! (a withheld item, or one outside the released sections) is removed from the copy we send,
@@ -7,12 +10,14 @@
 
 use serde_json::Value;
 
-use crate::fhir::{ItemFacts, Section, NHS_NUMBER_SYSTEM, ODS_SYSTEM};
+use crate::fhir::{ItemFacts, RecordList, NHS_NUMBER_SYSTEM, ODS_SYSTEM};
 
 pub const WARNING_EXTENSION: &str =
     "https://fhir.nhs.uk/STU3/StructureDefinition/Extension-CareConnect-GPC-ListWarningCode-1";
 pub const WITHHELD_NOTE: &str = "Items excluded due to confidentiality and/or patient preferences.";
 const EMPTY_REASON_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/list-empty-reason";
+/// The note GP Connect puts on a List with nothing recorded.
+pub const EMPTY_NOTE: &str = "Information not available";
 
 /// A stored resource on its way into the Bundle.
 #[derive(Debug, Clone, Copy)]
@@ -22,18 +27,20 @@ pub struct Entry<'a> {
     pub body: &'a str,
 }
 
-/// One requested section.
+/// One List of a requested section.
 #[derive(Debug)]
 pub struct SectionList<'a> {
-    pub section: Section,
+    pub list: RecordList,
     pub items: Vec<Entry<'a>>,
-    /// Something was withheld from this section (or all of it was).
+    /// Something was withheld from this List (or all of its section was).
     pub withheld: bool,
 }
 
 /// Everything the Bundle is made of.
 #[derive(Debug)]
 pub struct RecordParts<'a> {
+    /// The FHIR base URL (config), for the entries' `fullUrl`.
+    pub fhir_base: &'a str,
     pub patient_id: &'a str,
     pub patient_nhs_number: &'a str,
     pub patient_body: &'a str,
@@ -125,19 +132,41 @@ pub fn structured_record(parts: &RecordParts<'_>) -> Vec<u8> {
     // Room for every body, a List entry per item and each List's own fields, so the buffer is
     // allocated once: growing a 100+ KB buffer copies it each time.
     const LIST_ENTRY: usize = 96;
+    const FULL_URL: usize = 128;
     let bodies: usize = items().chain(&parts.shared).map(|e| e.body.len()).sum();
     let capacity = bodies
         + parts.patient_body.len()
         + LIST_ENTRY * item_count
         + 1024 * (parts.lists.len() + 2);
-    let mut out = Vec::with_capacity(capacity);
+    // The base, escaped once, without its closing quote: each fullUrl continues it.
+    let base = {
+        let mut quoted = Vec::with_capacity(parts.fhir_base.len() + 8);
+        push_str(&mut quoted, parts.fhir_base.trim_end_matches('/'));
+        quoted.pop();
+        quoted
+    };
+    let full_url = |out: &mut Vec<u8>, resource_type: &str, id: &str| {
+        out.extend_from_slice(br#"{"fullUrl":"#);
+        out.extend_from_slice(&base);
+        out.push(b'/');
+        // Type and id were checked at ingest ([A-Za-z]+ and [A-Za-z0-9.-]+): nothing to escape.
+        out.extend_from_slice(resource_type.as_bytes());
+        out.push(b'/');
+        out.extend_from_slice(id.as_bytes());
+        out.extend_from_slice(br#"","resource":"#);
+    };
+    let mut out = Vec::with_capacity(capacity + FULL_URL * (item_count + parts.shared.len()));
     out.extend_from_slice(br#"{"resourceType":"Bundle","id":""#);
     push_uuid(&mut out);
     out.extend_from_slice(br#"","meta":{"lastUpdated":"#);
     push_str(&mut out, parts.assembled_at);
-    out.extend_from_slice(br#"},"type":"collection","entry":[{"resource":"#);
+    out.extend_from_slice(br#"},"type":"collection","entry":["#);
+    full_url(&mut out, "Patient", parts.patient_id);
     push_stripped(&mut out, parts.patient_body, &included);
-    out.extend_from_slice(br#"},{"resource":{"resourceType":"Organization","id":"#);
+    out.extend_from_slice(b"},");
+    // The practice's ODS code (config checks it is alphanumeric) is the Organization's id.
+    full_url(&mut out, "Organization", parts.practice_ods);
+    out.extend_from_slice(br#"{"resourceType":"Organization","id":"#);
     push_str(&mut out, parts.practice_ods);
     out.extend_from_slice(br#","identifier":[{"system":"#);
     push_str(&mut out, ODS_SYSTEM);
@@ -147,8 +176,11 @@ pub fn structured_record(parts: &RecordParts<'_>) -> Vec<u8> {
     push_str(&mut out, parts.practice_name);
     out.extend_from_slice(b"}}");
     for list in &parts.lists {
-        out.extend_from_slice(br#",{"resource":"#);
-        push_section_list(&mut out, list, parts);
+        let mut buffer = uuid::Uuid::encode_buffer();
+        let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buffer);
+        out.push(b',');
+        full_url(&mut out, "List", id);
+        push_section_list(&mut out, list, id, parts);
         out.push(b'}');
     }
     for entry in items().chain(&parts.shared) {
@@ -158,10 +190,12 @@ pub fn structured_record(parts: &RecordParts<'_>) -> Vec<u8> {
                 continue;
             };
             strip_outside_references(&mut value, &included);
-            out.extend_from_slice(br#",{"resource":"#);
+            out.push(b',');
+            full_url(&mut out, &entry.facts.resource_type, &entry.facts.id);
             push_value(&mut out, &value);
         } else {
-            out.extend_from_slice(br#",{"resource":"#);
+            out.push(b',');
+            full_url(&mut out, &entry.facts.resource_type, &entry.facts.id);
             out.extend_from_slice(entry.body.as_bytes());
         }
         out.push(b'}');
@@ -236,10 +270,10 @@ fn push_uuid(out: &mut Vec<u8>) {
     );
 }
 
-fn push_section_list(out: &mut Vec<u8>, list: &SectionList<'_>, parts: &RecordParts<'_>) {
-    let (system, code, display) = list.section.list_code();
+fn push_section_list(out: &mut Vec<u8>, list: &SectionList<'_>, id: &str, parts: &RecordParts<'_>) {
+    let (system, code, display) = list.list.code();
     out.extend_from_slice(br#"{"resourceType":"List","id":""#);
-    push_uuid(out);
+    out.extend_from_slice(id.as_bytes());
     out.extend_from_slice(br#"","status":"current","mode":"snapshot","title":"#);
     push_str(out, display);
     out.extend_from_slice(br#","code":{"coding":[{"system":"#);
@@ -260,15 +294,21 @@ fn push_section_list(out: &mut Vec<u8>, list: &SectionList<'_>, parts: &RecordPa
         out.extend_from_slice(b"}]");
     }
     if list.items.is_empty() {
-        let (reason, text) = if list.withheld {
-            ("withheld", "Information withheld")
+        let (reason, reason_display, text) = if list.withheld {
+            ("withheld", "Information Withheld", "Information withheld")
         } else {
-            ("nilknown", "No content recorded")
+            // GP Connect's assurance suite expects a note on every empty List.
+            out.extend_from_slice(br#","note":[{"text":"#);
+            push_str(out, EMPTY_NOTE);
+            out.extend_from_slice(b"}]");
+            ("nilknown", "Nil Known", "No content recorded")
         };
         out.extend_from_slice(br#","emptyReason":{"coding":[{"system":"#);
         push_str(out, EMPTY_REASON_SYSTEM);
         out.extend_from_slice(br#","code":"#);
         push_str(out, reason);
+        out.extend_from_slice(br#","display":"#);
+        push_str(out, reason_display);
         out.extend_from_slice(br#"}],"text":"#);
         push_str(out, text);
         out.push(b'}');
@@ -332,7 +372,7 @@ pub(crate) fn strip_outside_references(value: &mut Value, included: &Included<'_
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fhir::extract_facts;
+    use crate::fhir::{extract_facts, Section};
     use serde_json::json;
 
     fn stored(value: Value) -> (ItemFacts, String) {
@@ -354,6 +394,7 @@ mod tests {
             "basedOn": [{"reference": "CarePlan/hidden"}],
             "recorder": {"reference": "Practitioner/gp"}}));
         let parts = RecordParts {
+            fhir_base: "https://mig.example/fhir/",
             patient_id: "p",
             patient_nhs_number: "9434765919",
             patient_body: r#"{"resourceType":"Patient","id":"p","managingOrganization":{"reference":"Organization/elsewhere"}}"#,
@@ -361,22 +402,22 @@ mod tests {
             practice_name: "The Surgery",
             lists: vec![
                 SectionList {
-                    section: Section::Problems,
+                    list: RecordList::Section(Section::Problems),
                     items: vec![entry(&condition)],
                     withheld: false,
                 },
                 SectionList {
-                    section: Section::Medications,
+                    list: RecordList::Section(Section::Medications),
                     items: vec![entry(&request)],
                     withheld: true,
                 },
                 SectionList {
-                    section: Section::Allergies,
+                    list: RecordList::Section(Section::Allergies),
                     items: vec![],
                     withheld: false,
                 },
                 SectionList {
-                    section: Section::EndOfLife,
+                    list: RecordList::Section(Section::EndOfLife),
                     items: vec![],
                     withheld: true,
                 },
@@ -416,7 +457,18 @@ mod tests {
         assert_eq!(lists[1]["extension"][0]["valueCode"], "confidential-items");
         assert!(lists[1].get("emptyReason").is_none());
         assert_eq!(lists[2]["emptyReason"]["coding"][0]["code"], "nilknown");
+        assert_eq!(lists[2]["note"][0]["text"], EMPTY_NOTE);
         assert_eq!(lists[3]["emptyReason"]["coding"][0]["code"], "withheld");
         assert_eq!(lists[3]["note"][0]["text"], WITHHELD_NOTE);
+        // Every entry has an absolute fullUrl that names its resource.
+        for entry in entries {
+            let resource = &entry["resource"];
+            let expected = format!(
+                "https://mig.example/fhir/{}/{}",
+                resource["resourceType"].as_str().unwrap(),
+                resource["id"].as_str().unwrap()
+            );
+            assert_eq!(entry["fullUrl"], expected.as_str());
+        }
     }
 }

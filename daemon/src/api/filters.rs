@@ -282,7 +282,7 @@ mod tests {
         let released = items
             .iter()
             .map(|(facts, body)| {
-                let section = Section::for_resource_type(&facts.resource_type);
+                let section = crate::fhir::file_item(facts, false).map(|l| l.section());
                 (section, Entry { facts, body })
             })
             .collect();

@@ -13,7 +13,7 @@ use rustc_hash::FxHashMap;
 use serde_json::Value;
 
 use super::bundle::{RecordParts, SectionList, WITHHELD_NOTE};
-use crate::fhir::{ItemFacts, Section, NHS_NUMBER_SYSTEM};
+use crate::fhir::{file_items, ItemFacts, RecordList, Section, NHS_NUMBER_SYSTEM};
 use crate::policy::Basis;
 
 pub const CONTENT_TYPE: &str = "text/html; charset=utf-8";
@@ -98,18 +98,20 @@ enum Cell {
 }
 
 impl PageCache {
-    /// `section_of` is the API's assignment of items to sections.
+    /// Items are filed in Lists as the Bundle files them (`fhir::file_items`).
     pub fn new<'a>(
         patient_body: &str,
-        items: impl IntoIterator<Item = (&'a ItemFacts, &'a str)>,
+        items: &[ItemFacts],
+        item_bodies: &[String],
         shared: impl IntoIterator<Item = (&'a ItemFacts, &'a str)>,
-        section_of: impl Fn(&ItemFacts) -> Option<Section>,
     ) -> PageCache {
         let patient: Value = serde_json::from_str(patient_body).unwrap_or(Value::Null);
         let rows = items
-            .into_iter()
-            .filter_map(|(facts, body)| {
-                let section = section_of(facts)?;
+            .iter()
+            .zip(item_bodies)
+            .zip(file_items(items))
+            .filter_map(|((facts, body), list)| {
+                let section = list?.section();
                 let item = serde_json::from_str::<Value>(body).ok()?;
                 Some((member(facts), row(section, &item)))
             })
@@ -263,9 +265,13 @@ fn override_reason_words(reason: &str) -> &'static str {
 }
 
 fn section(list: &SectionList<'_>, parts: &RecordParts<'_>, page: &PageCache) -> Markup {
-    let (_, _, title) = list.section.list_code();
-    let id = list.section.name();
-    let headers = headers(list.section);
+    let (_, _, title) = list.list.code();
+    let section = list.list.section();
+    let id = match list.list {
+        RecordList::Section(section) => section.name(),
+        RecordList::EndedAllergies => "ended-allergies",
+    };
+    let headers = headers(section);
     let mut key = String::new();
     let mut rows: Vec<&Row> = list
         .items
@@ -277,7 +283,7 @@ fn section(list: &SectionList<'_>, parts: &RecordParts<'_>, page: &PageCache) ->
             key.push_str(&entry.facts.id);
             let row = page.rows.get(key.as_str())?;
             // Made for another section's columns: not shown rather than misaligned.
-            (row.section == list.section).then_some(row)
+            (row.section == section).then_some(row)
         })
         .collect();
     rows.sort_by(|a, b| a.order.cmp(&b.order));
@@ -326,7 +332,9 @@ fn headers(section: Section) -> &'static [&'static str] {
         Section::Referrals => &["Referral", "Date", "Status", "Priority"],
         Section::Procedures => &["Procedure", "Date", "Status"],
         Section::EndOfLife => &["Plan", "From", "Until", "Status"],
+        Section::UncategorisedData => &["Observation", "Value", "Unit", "Date"],
         Section::CommunicationPreferences => &["Preference", "Since", "Status"],
+        Section::RisksAndWarnings => &["Warning", "Since", "Status"],
     }
 }
 
@@ -497,7 +505,19 @@ fn text_row(section: Section, item: &Value) -> Vec<String> {
             date_or_dash(first_date(item, &["period.end"])),
             status,
         ],
-        Section::CommunicationPreferences => vec![
+        Section::UncategorisedData => {
+            let (value, unit) = value_and_unit(item);
+            vec![
+                item_name(item),
+                text_or_dash(value),
+                text_or_dash(unit),
+                date_or_dash(first_date(
+                    item,
+                    &["effectiveDateTime", "effectivePeriod.start", "issued"],
+                )),
+            ]
+        }
+        Section::CommunicationPreferences | Section::RisksAndWarnings => vec![
             item_name(item),
             date_or_dash(first_date(item, &["period.start"])),
             status,

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 
-use crate::fhir::{ItemFacts, Section, NHS_NUMBER_SYSTEM};
+use crate::fhir::{RecordList, Section, NHS_NUMBER_SYSTEM};
 use crate::policy::{
     decide, AccessRequest, Agreement, Basis, Decision, ErrorCode, OverrideReason, Permission,
     SensitiveCodes,
@@ -710,7 +710,7 @@ fn assemble(
                         basis: Basis::Granted,
                         sections: Vec::new(),
                         alert: false,
-                        body: searchset(None, assembled_at).into_bytes(),
+                        body: searchset(None, &appliance.fhir_base, assembled_at).into_bytes(),
                     }
                 }
                 Decision::Refused(r) => Assembled::Refused {
@@ -737,7 +737,7 @@ fn assemble(
                     basis: Basis::Granted,
                     sections: Vec::new(),
                     alert: false,
-                    body: searchset(None, assembled_at).into_bytes(),
+                    body: searchset(None, &appliance.fhir_base, assembled_at).into_bytes(),
                 })
             }
             Decision::Refused(r) => {
@@ -753,25 +753,27 @@ fn assemble(
                 basis: release.basis,
                 sections: Vec::new(),
                 alert: release.alert,
-                body: searchset(Some((&patient.body, &patient.nhs_number)), assembled_at)
-                    .into_bytes(),
+                body: searchset(
+                    Some((&patient.body, &patient.nhs_number)),
+                    &appliance.fhir_base,
+                    assembled_at,
+                )
+                .into_bytes(),
             });
         }
-        // Released items with their sections (every released item has one).
-        let released: Vec<(Section, bundle::Entry<'_>)> = release
+        // Released items with their Lists (every released item has one).
+        let released: Vec<(RecordList, bundle::Entry<'_>)> = release
             .released_items
             .iter()
             .filter_map(|&i| {
-                let facts = data.items.get(i)?;
                 let entry = bundle::Entry {
-                    facts,
+                    facts: data.items.get(i)?,
                     body: item_bodies.get(i)?,
                 };
-                Some((section_of(facts)?, entry))
+                Some(((*release.item_lists.get(i)?)?, entry))
             })
-            .filter(|(_, e)| wanted_by_filters(e.facts, wanted))
             .collect();
-        let released = filters::apply(released, Some, wanted);
+        let released = filters::apply(released, |list| Some(list.section()), wanted);
         // Shared resources go out only if a released item references them and policy kept them.
         let referenced = bundle::Included::new(
             released.iter().map(|(_, e)| e.facts.references.len()).sum(),
@@ -791,20 +793,28 @@ fn assemble(
             })
             .filter(|e| referenced.contains(e.facts))
             .collect();
+        // Each requested section's List, and the Ended allergies List right after allergies
+        // when asked for.
         let lists = wanted
             .sections
             .iter()
-            .map(|&section| bundle::SectionList {
-                section,
+            .flat_map(|&section| {
+                let ended = section == Section::Allergies && wanted.include_resolved_allergies;
+                std::iter::once(RecordList::Section(section))
+                    .chain(ended.then_some(RecordList::EndedAllergies))
+            })
+            .map(|list| bundle::SectionList {
+                list,
                 items: released
                     .iter()
-                    .filter(|(s, _)| *s == section)
+                    .filter(|(l, _)| *l == list)
                     .map(|&(_, entry)| entry)
                     .collect(),
-                withheld: release.section_has_warning(section),
+                withheld: release.list_has_warning(list),
             })
             .collect();
         let parts = bundle::RecordParts {
+            fhir_base: &appliance.fhir_base,
             patient_id: &patient.id,
             patient_nhs_number: &patient.nhs_number,
             patient_body: &patient.body,
@@ -823,7 +833,7 @@ fn assemble(
                     basis: &release.basis,
                     trace_id,
                 },
-                record.page(section_of),
+                record.page(),
             ),
         };
         Ok(Assembled::Released {
@@ -835,24 +845,8 @@ fn assemble(
     })
 }
 
-/// The section an item is listed in (every released item has one).
-fn section_of(facts: &ItemFacts) -> Option<Section> {
-    Section::for_resource_type(&facts.resource_type)
-}
-
-/// Resolved allergies unless asked for (the GP Connect 1.6 filters are in `filters`).
-fn wanted_by_filters(facts: &ItemFacts, wanted: &parameters::RecordRequest) -> bool {
-    match facts.resource_type.as_str() {
-        "AllergyIntolerance" => {
-            wanted.include_resolved_allergies
-                || !matches!(facts.status.as_deref(), Some("resolved" | "inactive"))
-        }
-        _ => true,
-    }
-}
-
 /// `patient`: the stored body and the NHS number.
-fn searchset(patient: Option<(&str, &str)>, assembled_at: &str) -> String {
+fn searchset(patient: Option<(&str, &str)>, fhir_base: &str, assembled_at: &str) -> String {
     let parsed = patient.and_then(|(body, nhs_number)| {
         Some((
             serde_json::from_str::<serde_json::Value>(body).ok()?,
@@ -866,7 +860,7 @@ fn searchset(patient: Option<(&str, &str)>, assembled_at: &str) -> String {
                 &mut patient,
                 &bundle::Included::new(1, [("Patient", id.as_str())]).for_patient(nhs_number),
             );
-            let full_url = format!("Patient/{id}");
+            let full_url = format!("{}/Patient/{id}", fhir_base.trim_end_matches('/'));
             vec![
                 serde_json::json!({"fullUrl": full_url, "resource": patient, "search": {"mode": "match"}}),
             ]

@@ -17,7 +17,7 @@ use crate::fhir::{is_valid_nhs_number, parse_fhir_date_time, Section, NHS_NUMBER
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// GP Connect 1.6 top-level parameters with no section here: accepted with a warning.
-const NOT_IMPLEMENTED_PARAMETERS: &[&str] = &["includeDiaryEntries", "includeUncategorisedData"];
+const NOT_IMPLEMENTED_PARAMETERS: &[&str] = &["includeDiaryEntries"];
 
 /// A search period: whole dates, both ends inclusive (seconds since the Unix epoch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

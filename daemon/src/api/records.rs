@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::fhir::{ItemFacts, Section, SHARED_TYPES};
+use crate::fhir::{ItemFacts, SHARED_TYPES};
 use crate::policy::PatientData;
 use crate::replica::{PatientRow, ReplicaError, ReplicaReader};
 
@@ -66,23 +66,17 @@ impl PatientRecord {
         }))
     }
 
-    /// The care-record page's view of this record; `section_of` assigns items to sections.
-    pub fn page(
-        &self,
-        section_of: impl Fn(&ItemFacts) -> Option<Section>,
-    ) -> &super::html::PageCache {
+    /// The care-record page's view of this record.
+    pub fn page(&self) -> &super::html::PageCache {
         self.page.get_or_init(|| {
             super::html::PageCache::new(
                 &self.patient.body,
-                self.data
-                    .items
-                    .iter()
-                    .zip(self.item_bodies.iter().map(String::as_str)),
+                &self.data.items,
+                &self.item_bodies,
                 self.data
                     .shared
                     .iter()
                     .zip(self.shared_bodies.iter().map(String::as_str)),
-                section_of,
             )
         })
     }

@@ -17,8 +17,8 @@ pub use values::{Asid, CrlExpiredPolicy, FhirBase, InvalidValue, OdsCode, PcrSel
 
 use locate::{line_of, Locator};
 use raw::{
-    RawAdmin, RawAppliance, RawAudit, RawConfig, RawLimits, RawPartnerApi, RawSensitive,
-    RawService, RawTpm, RawUpstream,
+    RawAdmin, RawAppliance, RawAudit, RawConfig, RawExtracts, RawLimits, RawPartnerApi,
+    RawSensitive, RawService, RawTpm, RawUpstream,
 };
 
 /// Where migd and migctl look when `--config` is not given.
@@ -212,6 +212,15 @@ pub struct SensitiveConfig {
     pub extra_codes_dir: Option<PathBuf>,
 }
 
+/// Statistical extracts (SPEC §12).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ExtractsConfig {
+    /// The practice's sub-ICB location code (the former CCG code), written in every row.
+    pub sub_icb: Option<String>,
+    /// The practice's SNOMED CT → ICD-10 list, added to the shipped one.
+    pub condition_types_file: Option<PathBuf>,
+}
+
 /// The validated configuration. Every field has passed its rule; nothing else starts before.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -236,6 +245,8 @@ pub struct Config {
     pub service: ServiceConfig,
     /// Sensitive codes.
     pub sensitive: SensitiveConfig,
+    /// Statistical extracts.
+    pub extracts: ExtractsConfig,
 }
 
 impl Config {
@@ -264,6 +275,7 @@ impl Config {
             audit: RawAudit::default(),
             service: RawService::default(),
             sensitive: RawSensitive::default(),
+            extracts: RawExtracts::default(),
         };
         let text = toml::to_string(&raw).map_err(|source| ConfigError::Serialize { source })?;
         Config::from_toml_str(&text, Path::new(""))
@@ -369,6 +381,14 @@ impl Config {
                 extra_codes_dir: self
                     .sensitive
                     .extra_codes_dir
+                    .as_ref()
+                    .map(|p| p.to_string_lossy().into_owned()),
+            },
+            extracts: RawExtracts {
+                sub_icb: self.extracts.sub_icb.clone(),
+                condition_types_file: self
+                    .extracts
+                    .condition_types_file
                     .as_ref()
                     .map(|p| p.to_string_lossy().into_owned()),
             },
@@ -695,6 +715,31 @@ impl Checker<'_> {
                 .map(|p| self.absolute("sensitive.extra_codes_dir", p))
                 .transpose()?,
         };
+        let extracts = ExtractsConfig {
+            sub_icb: raw
+                .extracts
+                .sub_icb
+                .as_deref()
+                .map(|code| {
+                    if crate::extract::is_sub_icb_code(code) {
+                        Ok(code.to_owned())
+                    } else {
+                        Err(self.fail(
+                            "extracts.sub_icb",
+                            InvalidValue(format!(
+                                "{code:?} is not a sub-ICB location code (3 or 5 upper-case letters and digits, e.g. \"16C\")"
+                            )),
+                        ))
+                    }
+                })
+                .transpose()?,
+            condition_types_file: raw
+                .extracts
+                .condition_types_file
+                .as_deref()
+                .map(|p| self.absolute("extracts.condition_types_file", p))
+                .transpose()?,
+        };
         Ok(Config {
             source_path: self.path.to_path_buf(),
             state_dir: self.absolute("state_dir", &raw.state_dir)?,
@@ -706,6 +751,7 @@ impl Checker<'_> {
             audit,
             service,
             sensitive,
+            extracts,
         })
     }
 }

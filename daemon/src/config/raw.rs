@@ -21,6 +21,8 @@ pub(crate) struct RawConfig {
     pub service: RawService,
     #[serde(default)]
     pub sensitive: RawSensitive,
+    #[serde(default, skip_serializing_if = "RawExtracts::is_empty")]
+    pub extracts: RawExtracts,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -181,4 +183,19 @@ impl Default for RawService {
 pub(crate) struct RawSensitive {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extra_codes_dir: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawExtracts {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub_icb: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition_types_file: Option<String>,
+}
+
+impl RawExtracts {
+    pub fn is_empty(&self) -> bool {
+        self.sub_icb.is_none() && self.condition_types_file.is_none()
+    }
 }

@@ -92,6 +92,9 @@ pub struct ItemFacts {
     pub deceased: bool,
     /// For a Patient: `active` present and not true (the registration has ended).
     pub ended: bool,
+    /// For the types whose section they decide (Observation, Flag, CarePlan): the codings of
+    /// `category` and `code`.
+    pub category_codes: Vec<Coding>,
 }
 
 impl ItemFacts {
@@ -233,6 +236,16 @@ pub fn extract_facts(resource: &Value) -> Result<ItemFacts, FactsError> {
         });
     if resource_type == "Consent" {
         facts.consent = Some(consent_facts(object)?);
+    }
+    if matches!(resource_type, "Observation" | "Flag" | "CarePlan") {
+        facts.category_codes = ["category", "code"]
+            .into_iter()
+            .filter_map(|key| object.get(key))
+            .flat_map(|value| match value {
+                Value::Array(concepts) => concepts.iter().flat_map(codings_in_concept).collect(),
+                concept => codings_in_concept(concept),
+            })
+            .collect();
     }
     Ok(facts)
 }

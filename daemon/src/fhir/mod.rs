@@ -11,7 +11,7 @@ pub use facts::{
     FactsError, ItemFacts, PatientRef, PATIENT_SCOPED_TYPES, SHARED_TYPES,
 };
 pub use nhs_number::{is_valid_nhs_number, NHS_NUMBER_SYSTEM};
-pub use section::{Section, Tier};
+pub use section::{file_item, file_items, RecordList, Section, Tier};
 pub use serving::{patient_demographics, serving_body};
 
 /// SNOMED CT.

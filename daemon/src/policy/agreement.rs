@@ -100,11 +100,12 @@ pub struct Agreement {
 
 impl Agreement {
     /// Sections released under an override when the agreement names none.
-    pub const DEFAULT_OVERRIDE_SECTIONS: [Section; 4] = [
+    pub const DEFAULT_OVERRIDE_SECTIONS: [Section; 5] = [
         Section::Allergies,
         Section::Medications,
         Section::EndOfLife,
         Section::CommunicationPreferences,
+        Section::RisksAndWarnings,
     ];
 }
 

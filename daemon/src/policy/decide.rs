@@ -8,7 +8,7 @@ use super::{
     Preferences, Refusal, Release, SensitiveCodes, SharingPreference, JUSTIFICATION_CHARS,
 };
 use crate::fhir::{
-    ItemFacts, Section, Tier, CONFIDENTIALITY_SYSTEM, CONFIDENTIALITY_SYSTEM_OID,
+    file_items, ItemFacts, Section, Tier, CONFIDENTIALITY_SYSTEM, CONFIDENTIALITY_SYSTEM_OID,
     CONFIDENTIALITY_SYSTEM_V3,
 };
 
@@ -151,16 +151,17 @@ pub fn decide(
     // 8. Items.
     let withheld = withheld_items(patient, &prefs, sensitive);
     let mut released_items = Vec::new();
-    let mut sections_with_withheld = BTreeSet::new();
-    for (index, item) in patient.items.iter().enumerate() {
-        let Some(section) = Section::for_resource_type(&item.resource_type) else {
+    let mut lists_with_withheld = BTreeSet::new();
+    let item_lists = file_items(&patient.items);
+    for (index, list) in item_lists.iter().enumerate() {
+        let Some(list) = *list else {
             continue;
         };
-        if !released_sections.contains(&section) {
+        if !released_sections.contains(&list.section()) {
             continue;
         }
         if withheld.get(index).copied().unwrap_or(true) {
-            sections_with_withheld.insert(section);
+            lists_with_withheld.insert(list);
         } else {
             released_items.push(index);
         }
@@ -179,7 +180,8 @@ pub fn decide(
         released_sections,
         released_items,
         released_shared,
-        sections_with_withheld,
+        item_lists,
+        lists_with_withheld,
         withheld_sections,
         alert,
     })

@@ -29,6 +29,10 @@
 //!   count as the item's own (the facts are read over the whole item at ingest).
 //! - A deceased patient, one whose registration has ended, or one whose Patient resource is
 //!   practice-confidential is refused PATIENT_NOT_FOUND at step 4, as an unknown patient.
+//! - An item's section is that of the List `fhir::file_items` files it in (by type, and for
+//!   Observations, Flags and CarePlans by code); an item in no List (a CarePlan that is not
+//!   end-of-life care) is never released and marks no List. The warning is per List: a
+//!   withheld ended allergy marks the Ended allergies List only.
 //! - `decide` withholds referrers of *withheld* items only (SPEC §5 step 8). A released item may
 //!   still reference an item that is merely outside the released sections (a MedicationRequest
 //!   whose Condition is in an unrequested or tier-denied section): the API must not emit such

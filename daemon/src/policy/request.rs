@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::fhir::{ConsentFacts, ItemFacts, Section};
+use crate::fhir::{ConsentFacts, ItemFacts, RecordList, Section};
 
 /// Why a clinician overrides the patient's permission (`override_reason` JWT claim).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -283,9 +283,11 @@ pub struct Release {
     /// Indexes into `PatientData::shared`, ascending: the shared resources that are not
     /// withheld, which released items may bring into the response.
     pub released_shared: Vec<usize>,
-    /// Released sections from which at least one item was withheld (their List gets the
+    /// The List each of `PatientData::items` is filed in (`fhir::file_items`), in order.
+    pub item_lists: Vec<Option<RecordList>>,
+    /// Lists of released sections from which at least one item was withheld (they get the
     /// `confidential-items` warning).
-    pub sections_with_withheld: BTreeSet<Section>,
+    pub lists_with_withheld: BTreeSet<RecordList>,
     /// Requested sections not released at all (agreement, tier or override limits): each comes
     /// back as an empty List with the warning and `emptyReason`.
     pub withheld_sections: BTreeSet<Section>,
@@ -301,8 +303,8 @@ impl Release {
             .filter_map(|&index| patient.items.get(index))
     }
 
-    /// Whether the List for a requested section must carry the `confidential-items` warning.
-    pub fn section_has_warning(&self, section: Section) -> bool {
-        self.sections_with_withheld.contains(&section) || self.withheld_sections.contains(&section)
+    /// Whether a List of a requested section must carry the `confidential-items` warning.
+    pub fn list_has_warning(&self, list: RecordList) -> bool {
+        self.lists_with_withheld.contains(&list) || self.withheld_sections.contains(&list.section())
     }
 }

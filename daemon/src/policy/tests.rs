@@ -8,14 +8,18 @@ use time::macros::{date, datetime};
 
 use super::*;
 use crate::fhir::{
-    Coding, ConsentFacts, ItemFacts, Section, CONFIDENTIALITY_SYSTEM, CONFIDENTIALITY_SYSTEM_OID,
-    CONFIDENTIALITY_SYSTEM_V3, SHARING_PREFERENCE_SYSTEM, SNOMED,
+    Coding, ConsentFacts, ItemFacts, RecordList, Section, CONFIDENTIALITY_SYSTEM,
+    CONFIDENTIALITY_SYSTEM_OID, CONFIDENTIALITY_SYSTEM_V3, SHARING_PREFERENCE_SYSTEM, SNOMED,
 };
 
 mod consent;
 mod properties;
 
 // ---------------------------------------------------------------- fixtures
+
+fn lists(sections: &[Section]) -> BTreeSet<RecordList> {
+    sections.iter().map(|&s| RecordList::Section(s)).collect()
+}
 
 const PARTNER: &str = "RX8";
 const SITE: &str = "RX8AA";
@@ -705,7 +709,7 @@ fn items_of_released_sections_are_released() {
         released(&release, &patient),
         ["AllergyIntolerance/a1", "Condition/c1"]
     );
-    assert!(release.sections_with_withheld.is_empty());
+    assert!(release.lists_with_withheld.is_empty());
 }
 
 #[test]
@@ -721,7 +725,7 @@ fn practice_confidential_r_and_v_items_are_withheld() {
         released(&release, &patient),
         ["Condition/normal", "Condition/other-system"]
     );
-    assert_eq!(release.sections_with_withheld, [Section::Problems].into());
+    assert_eq!(release.lists_with_withheld, lists(&[Section::Problems]));
 }
 
 #[test]
@@ -780,7 +784,7 @@ fn override_does_not_release_practice_confidential_items() {
     )]);
     let release = release(decide_for(&emergency(), &patient));
     assert!(release.released_items.is_empty());
-    assert!(release.sections_with_withheld.contains(&Section::Allergies));
+    assert!(release.list_has_warning(RecordList::Section(Section::Allergies)));
 }
 
 #[test]
@@ -796,7 +800,7 @@ fn item_with_sensitive_security_label_is_withheld_without_specific_consent() {
             ["Condition/plain"],
             "{category}"
         );
-        assert!(release.sections_with_withheld.contains(&Section::Problems));
+        assert!(release.list_has_warning(RecordList::Section(Section::Problems)));
     }
 }
 
@@ -810,8 +814,8 @@ fn item_with_code_in_a_concept_list_is_withheld_without_specific_consent() {
     let release = release(decide_for(&granted(), &patient));
     assert_eq!(released(&release, &patient), ["Condition/other-system"]);
     assert_eq!(
-        release.sections_with_withheld,
-        [Section::Problems, Section::Procedures].into()
+        release.lists_with_withheld,
+        lists(&[Section::Problems, Section::Procedures])
     );
 }
 
@@ -832,7 +836,7 @@ fn specific_consent_releases_its_category_only() {
     );
     let release = release(decide_for(&granted(), &patient));
     assert_eq!(released(&release, &patient), ["Condition/chlamydia"]);
-    assert_eq!(release.sections_with_withheld, [Section::Procedures].into());
+    assert_eq!(release.lists_with_withheld, lists(&[Section::Procedures]));
 }
 
 #[test]
@@ -923,10 +927,7 @@ fn item_referencing_withheld_item_of_unrequested_section_is_withheld() {
         released(&release, &patient),
         ["MedicationRequest/paracetamol"]
     );
-    assert_eq!(
-        release.sections_with_withheld,
-        [Section::Medications].into()
-    );
+    assert_eq!(release.lists_with_withheld, lists(&[Section::Medications]));
 }
 
 #[test]
@@ -939,9 +940,14 @@ fn withholding_spreads_through_chains_of_references() {
     ]);
     let release = release(decide_for(&granted(), &patient));
     assert_eq!(released(&release, &patient), ["Observation/fine"]);
+    // o3, an Observation no report holds and with no category, is uncategorised data.
     assert_eq!(
-        release.sections_with_withheld,
-        [Section::Consultations, Section::Investigations].into()
+        release.lists_with_withheld,
+        lists(&[
+            Section::Consultations,
+            Section::Investigations,
+            Section::UncategorisedData
+        ])
     );
 }
 
@@ -1009,8 +1015,8 @@ fn withheld_item_outside_released_sections_marks_no_section() {
     let mut request = granted();
     request.sections = [Section::Allergies].into();
     let release = release(decide_for(&request, &patient));
-    assert!(release.sections_with_withheld.is_empty());
-    assert!(!release.section_has_warning(Section::Allergies));
+    assert!(release.lists_with_withheld.is_empty());
+    assert!(!release.list_has_warning(RecordList::Section(Section::Allergies)));
 }
 
 // ---------------------------------------------------------------- §6 preferences
@@ -1294,9 +1300,7 @@ fn an_item_is_judged_with_its_contained_resources() {
         let patient = open_patient(vec![case.clone(), observation.clone()]);
         let release = release(decide_for(&granted(), &patient));
         assert!(released(&release, &patient).is_empty(), "{case:?}");
-        assert!(release
-            .sections_with_withheld
-            .contains(&Section::Medications));
+        assert!(release.list_has_warning(RecordList::Section(Section::Medications)));
     }
     let plain = contained(serde_json::json!({"resourceType": "Condition", "id": "cond"}));
     let patient = open_patient(vec![plain, observation]);
@@ -1325,4 +1329,37 @@ fn every_coding_anywhere_in_an_item_is_matched() {
         let release = release(decide_for(&granted(), &patient));
         assert!(release.released_items.is_empty(), "{case}");
     }
+}
+#[test]
+fn a_withheld_ended_allergy_warns_only_on_the_ended_allergies_list() {
+    let mut resolved = labelled(
+        item("AllergyIntolerance", "old"),
+        CONFIDENTIALITY_SYSTEM,
+        "R",
+    );
+    resolved.status = Some("resolved".into());
+    let patient = open_patient(vec![resolved, item("AllergyIntolerance", "now")]);
+    let release = release(decide_for(&granted(), &patient));
+    assert_eq!(released(&release, &patient), ["AllergyIntolerance/now"]);
+    assert_eq!(
+        release.lists_with_withheld,
+        [RecordList::EndedAllergies].into()
+    );
+    assert!(!release.list_has_warning(RecordList::Section(Section::Allergies)));
+}
+
+#[test]
+fn withheld_flags_and_observations_warn_on_the_list_they_are_filed_in() {
+    let mut risk = labelled(item("Flag", "risk"), CONFIDENTIALITY_SYSTEM, "R");
+    risk.category_codes = vec![Coding::new(SNOMED, "15220000")];
+    let mut bsl = item("Flag", "bsl");
+    bsl.category_codes = vec![Coding::new(SNOMED, "204331000000107")];
+    let vital = labelled(item("Observation", "bp"), CONFIDENTIALITY_SYSTEM, "R");
+    let patient = open_patient(vec![risk, bsl, vital]);
+    let release = release(decide_for(&granted(), &patient));
+    assert_eq!(released(&release, &patient), ["Flag/bsl"]);
+    assert_eq!(
+        release.lists_with_withheld,
+        lists(&[Section::UncategorisedData, Section::RisksAndWarnings])
+    );
 }

@@ -45,6 +45,15 @@ const MIGRATIONS: &[Migration] = &[
     // 3: facts over the whole item and bodies as served (issue 13); facts of version 2 do not
     //    decode any more, so every row is rewritten.
     Migration::RederiveFromReceived,
+    // 4: the few resources a statistical extract needs (SPEC §12: fit notes and Type 1
+    //    opt-outs), found without reading the whole replica. SQLite keeps a partial index up
+    //    to date on every write; its condition must stay identical to the extract's query
+    //    (`store::STATISTICS_CANDIDATE`). The match is on the codes' digits anywhere in the body,
+    //    a superset the extract narrows down with each resource's facts.
+    Migration::Sql(
+        "CREATE INDEX resource_statistics ON resource (patient_id)
+        WHERE instr(body, '1331000000103') > 0 OR instr(body, '827241000000103') > 0;",
+    ),
 ];
 
 pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -300,7 +300,41 @@ impl ReplicaReader {
     pub fn stats(&self) -> Result<ReplicaStats, ReplicaError> {
         stats(&self.conn)
     }
+
+    /// Every resource that may be a fit note or a Type 1 opt-out (SPEC §12), with its patient
+    /// id, through the `resource_statistics` partial index (a few thousand rows, not the whole
+    /// replica). A superset: the caller checks each one's facts.
+    pub fn statistics_candidates(&self) -> Result<Vec<(Option<String>, StoredItem)>, ReplicaError> {
+        let operation = "reading the statistics candidates";
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT facts, body, type, id, patient_id FROM resource
+                 INDEXED BY resource_statistics WHERE {STATISTICS_CANDIDATE}"
+            ))
+            .map_err(sql(operation))?;
+        let mut rows = stmt.query([]).map_err(sql(operation))?;
+        let mut found = Vec::new();
+        while let Some(row) = rows.next().map_err(sql(operation))? {
+            let patient: Option<String> = row.get(4).map_err(sql(operation))?;
+            found.push((patient, stored_item(row)?));
+        }
+        Ok(found)
+    }
+
+    /// A Patient resource's JSON by its id.
+    pub fn patient_body(&self, id: &str) -> Result<Option<String>, ReplicaError> {
+        self.conn
+            .prepare_cached("SELECT body FROM resource WHERE type = 'Patient' AND id = ?1")
+            .and_then(|mut stmt| stmt.query_row([id], |row| row.get(0)).optional())
+            .map_err(sql("reading a patient"))
+    }
 }
+
+/// The condition of the `resource_statistics` partial index (schema migration 3), word for
+/// word: SQLite uses the index only for a query that repeats it.
+const STATISTICS_CANDIDATE: &str =
+    "instr(body, '1331000000103') > 0 OR instr(body, '827241000000103') > 0";
 
 /// A row of `SELECT facts, body, type, id`.
 fn stored_item(row: &rusqlite::Row<'_>) -> Result<StoredItem, ReplicaError> {

@@ -69,6 +69,11 @@ struct Plan {
     fit_notes: bool,
     /// Multiplies the drawn record size.
     activity: f64,
+    /// Section assignment by code (SPEC §4): index into RISK_WARNINGS, into OTHER_CARE_PLANS,
+    /// and an allergy that has resolved.
+    risk_warning: Option<usize>,
+    other_care_plan: Option<usize>,
+    resolved_allergy: bool,
 }
 
 /// A patient's record being built.
@@ -258,7 +263,15 @@ fn random_plan(rng: &mut ChaCha8Rng) -> Plan {
                 .push(rng.gen_range(0..vocab::COMMUNICATION_FLAGS.len()));
         }
     }
-    plan.fit_notes = rng.gen_range(0..1000) < 90;
+    // About two in five working-age patients had a fit note in the last five years (NHS England
+    // counts about 11 million notes a year for about 40 million people of working age).
+    plan.fit_notes = rng.gen_range(0..1000) < 400;
+    if rng.gen_range(0..1000) < 20 {
+        plan.risk_warning = Some(rng.gen_range(0..vocab::RISK_WARNINGS.len()));
+    }
+    if rng.gen_range(0..1000) < 40 {
+        plan.other_care_plan = Some(rng.gen_range(0..vocab::OTHER_CARE_PLANS.len()));
+    }
     plan
 }
 
@@ -307,6 +320,7 @@ fn demo_plan(kind: DemoKind) -> Plan {
         DemoKind::CoreAndAdditional => {
             plan.sex = Some(Sex::Male);
             plan.age = Some(58);
+            plan.resolved_allergy = true;
         }
         DemoKind::NoPreference => {
             plan.preferences.clear();
@@ -356,12 +370,14 @@ fn demo_plan(kind: DemoKind) -> Plan {
         }
         DemoKind::EndOfLife => {
             plan.end_of_life = true;
+            plan.other_care_plan = Some(2);
             plan.sex = Some(Sex::Male);
             plan.age = Some(88);
             plan.activity = 2.0;
         }
         DemoKind::CommunicationNeeds => {
             plan.communication_flags = vec![0, 1];
+            plan.risk_warning = Some(0);
             plan.age = Some(61);
         }
         DemoKind::SpecificConsentAll => {
@@ -769,10 +785,11 @@ impl Builder<'_> {
         for &flag in &plan.communication_flags {
             self.communication_flag(flag);
         }
-        if plan.fit_notes && (16..=67).contains(&self.age) {
-            let count = self.rng.gen_range(1..=4);
-            for _ in 0..count {
-                self.fit_note();
+        self.filed_by_code(plan);
+        if plan.fit_notes && (17..=68).contains(&self.age) {
+            let episodes = self.pick(&[1, 1, 1, 2, 2, 3]);
+            for _ in 0..episodes {
+                self.fit_note_episode();
             }
         }
         while self.out.len() < budget {
@@ -788,38 +805,42 @@ impl Builder<'_> {
             _ => 3,
         };
         for _ in 0..count {
-            let (code, display, category, criticality) = self.pick(vocab::ALLERGIES);
-            let reaction = self.pick(vocab::ALLERGY_REACTIONS);
             let resolved = self.rng.gen_bool(0.15);
-            let onset = self.random_date(self.birth, self.today);
-            let recorded = self.random_date(onset.max(self.history_start), self.today);
-            let id = self.id("alg");
-            let recorder = self.gp();
-            let when = self.date_time(recorded);
-            let mut resource = json!({
-                "resourceType": "AllergyIntolerance", "id": id, "meta": Self::meta("AllergyIntolerance"),
-                "clinicalStatus": {"coding": [{"system": vocab::ALLERGY_CLINICAL,
-                    "code": if resolved { "resolved" } else { "active" }}]},
-                "verificationStatus": {"coding": [{"system": vocab::ALLERGY_VERIFICATION, "code": "confirmed"}]},
-                "type": if category == "medication" && self.rng.gen_bool(0.3) { "intolerance" } else { "allergy" },
-                "category": [category],
-                "criticality": criticality,
-                "code": {"coding": [{"system": SNOMED, "code": code, "display": display}]},
-                "patient": self.patient_ref,
-                "onsetDateTime": date_text(onset),
-                "recordedDate": when,
-                "recorder": recorder,
-                "reaction": [{
-                    "manifestation": [{"coding": [snomed(reaction)]}],
-                    "severity": if reaction.0 == "39579001" { "severe" } else { "mild" },
-                }],
-            });
-            if resolved {
-                resource["lastOccurrence"] = json!(date_text(onset));
-                resource["note"] = json!([{"text": "Tolerated on rechallenge; resolved."}]);
-            }
-            self.push(resource);
+            self.allergy(resolved);
         }
+    }
+
+    fn allergy(&mut self, resolved: bool) {
+        let (code, display, category, criticality) = self.pick(vocab::ALLERGIES);
+        let reaction = self.pick(vocab::ALLERGY_REACTIONS);
+        let onset = self.random_date(self.birth, self.today);
+        let recorded = self.random_date(onset.max(self.history_start), self.today);
+        let id = self.id("alg");
+        let recorder = self.gp();
+        let when = self.date_time(recorded);
+        let mut resource = json!({
+            "resourceType": "AllergyIntolerance", "id": id, "meta": Self::meta("AllergyIntolerance"),
+            "clinicalStatus": {"coding": [{"system": vocab::ALLERGY_CLINICAL,
+                "code": if resolved { "resolved" } else { "active" }}]},
+            "verificationStatus": {"coding": [{"system": vocab::ALLERGY_VERIFICATION, "code": "confirmed"}]},
+            "type": if category == "medication" && self.rng.gen_bool(0.3) { "intolerance" } else { "allergy" },
+            "category": [category],
+            "criticality": criticality,
+            "code": {"coding": [{"system": SNOMED, "code": code, "display": display}]},
+            "patient": self.patient_ref,
+            "onsetDateTime": date_text(onset),
+            "recordedDate": when,
+            "recorder": recorder,
+            "reaction": [{
+                "manifestation": [{"coding": [snomed(reaction)]}],
+                "severity": if reaction.0 == "39579001" { "severe" } else { "mild" },
+            }],
+        });
+        if resolved {
+            resource["lastOccurrence"] = json!(date_text(onset));
+            resource["note"] = json!([{"text": "Tolerated on rechallenge; resolved."}]);
+        }
+        self.push(resource);
     }
 
     /// Returns the ids, onsets and indexes into LONG_TERM_CONDITIONS of what was recorded.
@@ -1072,7 +1093,7 @@ impl Builder<'_> {
                 interval * issues as i64 + self.rng.gen_range(0..20),
             );
             let start = start.max(onset);
-            self.medication_course(Course {
+            let (plan, statement) = self.medication_course(Course {
                 medicine,
                 start,
                 issues,
@@ -1081,6 +1102,23 @@ impl Builder<'_> {
                 repeat: true,
                 stopped,
             });
+            if !stopped && onset < start {
+                self.started_at_onset(plan, statement, onset);
+            }
+        }
+    }
+
+    /// A repeat still running was started when its condition was diagnosed, often years ago;
+    /// only its recent issues are in the record.
+    fn started_at_onset(&mut self, plan: usize, statement: usize, onset: Date) {
+        let authored = self.date_time(onset);
+        if let Some(plan) = self.out.get_mut(plan) {
+            plan["authoredOn"] = json!(authored);
+            plan["dispenseRequest"]["validityPeriod"]["start"] = json!(date_text(onset));
+        }
+        if let Some(statement) = self.out.get_mut(statement) {
+            statement["effectivePeriod"]["start"] = json!(date_text(onset));
+            statement["dateAsserted"] = json!(authored);
         }
     }
 
@@ -1388,22 +1426,78 @@ impl Builder<'_> {
         }
     }
 
-    fn fit_note(&mut self) {
+    /// One period of sickness: a condition and one to four fit notes, each issued the day the
+    /// one before ends (SPEC §12: `effectiveDateTime` is the day issued). Over the last five
+    /// years, while the patient was 16 or older. Reasons, durations and "may be fit" advice in
+    /// roughly the proportions NHS England publishes: mental and behavioural about a third of
+    /// notes with a diagnosis, musculoskeletal about a sixth, "may be fit" about 7%, and about
+    /// one note in ten with no diagnosis recorded.
+    fn fit_note_episode(&mut self) {
         const REASONS: &[Code] = &[
-            ("279039007", "Low back pain"),
-            ("35489007", "Depressive disorder"),
-            ("197480006", "Anxiety disorder"),
             ("73595000", "Stress"),
-            ("125605004", "Fracture of bone"),
+            ("73595000", "Stress"),
+            ("197480006", "Anxiety disorder"),
+            ("35489007", "Depressive disorder"),
+            ("231504006", "Mixed anxiety and depressive disorder"),
+            ("279039007", "Low back pain"),
+            ("161891005", "Backache"),
             ("57676002", "Joint pain"),
+            ("125605004", "Fracture of bone"),
+            ("44465007", "Sprain of ankle"),
+            ("50417007", "Lower respiratory tract infection"),
             ("840539006", "COVID-19"),
+            ("25374005", "Gastroenteritis"),
+            ("37796009", "Migraine"),
+            ("254837009", "Malignant neoplasm of breast"),
+            ("22298006", "Myocardial infarction"),
+            ("51885006", "Morning sickness"),
+            ("84229001", "Fatigue"),
         ];
-        let date = days_before(self.today, self.rng.gen_range(5..1100));
+        let earliest = self
+            .history_start
+            .max(days_before(self.today, 5 * 365))
+            .max(days_after(self.birth, 16 * 365 + 4));
+        let latest = days_before(self.today, 5);
+        if earliest >= latest {
+            return;
+        }
+        let mut date = self.random_date(earliest, latest);
         let (encounter, _) = self.encounter(date);
-        let reason = self.pick(REASONS);
-        let condition = self.condition(reason, date, "active", Some(&encounter));
-        let may_be_fit = self.rng.gen_bool(0.15);
-        let duration: i64 = self.pick(&[7, 14, 14, 28, 28, 28, 56, 90]);
+        let reason = if self.rng.gen_range(0..10) == 0 {
+            None
+        } else {
+            let reason = self.pick(REASONS);
+            Some((
+                reason,
+                self.condition(reason, date, "active", Some(&encounter)),
+            ))
+        };
+        let notes = self.pick(&[1, 1, 1, 2, 2, 3, 4]);
+        for n in 0..notes {
+            let seen = if n == 0 {
+                encounter.clone()
+            } else {
+                self.encounter(date).0
+            };
+            let duration: i64 =
+                self.pick(&[7, 7, 14, 14, 14, 14, 28, 28, 28, 28, 28, 56, 56, 90, 180]);
+            let cited = reason.as_ref().map(|(code, id)| (*code, id.as_str()));
+            self.fit_note(date, &seen, cited, duration);
+            date = days_after(date, duration);
+            if date > latest {
+                break;
+            }
+        }
+    }
+
+    fn fit_note(
+        &mut self,
+        date: Date,
+        encounter: &str,
+        reason: Option<(Code, &str)>,
+        duration: i64,
+    ) {
+        let may_be_fit = self.rng.gen_range(0..100) < 7;
         let advice = |rng: &mut ChaCha8Rng| may_be_fit && rng.gen_bool(0.5);
         let boxes = [
             ("phased-return", advice(&mut self.rng)),
@@ -1417,9 +1511,13 @@ impl Builder<'_> {
                     "code": if may_be_fit { "may-be-fit" } else { "unfit" }}]}}),
             json!({"code": {"coding": [{"system": vocab::FIT_NOTE_SYSTEM, "code": "duration"}]},
                 "valueQuantity": {"value": duration, "unit": "days", "system": vocab::UCUM, "code": "d"}}),
-            json!({"code": {"coding": [{"system": vocab::FIT_NOTE_SYSTEM, "code": "condition"}]},
-                "valueCodeableConcept": {"coding": [snomed(reason)]}}),
         ];
+        if let Some((code, _)) = reason {
+            components.push(
+                json!({"code": {"coding": [{"system": vocab::FIT_NOTE_SYSTEM, "code": "condition"}]},
+                    "valueCodeableConcept": {"coding": [snomed(code)]}}),
+            );
+        }
         for (code, value) in boxes {
             components.push(json!({
                 "code": {"coding": [{"system": vocab::FIT_NOTE_SYSTEM, "code": code}]},
@@ -1428,18 +1526,19 @@ impl Builder<'_> {
         }
         let id = self.id("obs");
         let performer = self.gp();
-        let resource = json!({
+        let mut resource = json!({
             "resourceType": "Observation", "id": id, "meta": Self::meta("Observation"),
             "status": "final",
             "code": {"coding": [snomed(vocab::FIT_NOTE)]},
             "subject": self.patient_ref,
             "encounter": {"reference": format!("Encounter/{encounter}")},
-            "focus": [{"reference": format!("Condition/{condition}")}],
-            "effectivePeriod": {"start": date_text(date), "end": date_text(days_after(date, duration))},
-            "issued": self.date_time(date),
+            "effectiveDateTime": self.date_time(date),
             "performer": [performer],
             "component": components,
         });
+        if let Some((_, condition)) = reason {
+            resource["focus"] = json!([{"reference": format!("Condition/{condition}")}]);
+        }
         self.push(resource);
     }
 
@@ -1646,6 +1745,63 @@ impl Builder<'_> {
             "code": {"coding": [{"system": system, "code": code, "display": display}], "text": display},
             "subject": self.patient_ref,
             "period": {"start": date_text(start)},
+            "author": author,
+        });
+        self.push(resource);
+    }
+}
+
+impl Builder<'_> {
+    /// Items whose section their codes decide (SPEC §4): a resolved allergy, a safety
+    /// warning, a care plan that is not end-of-life care.
+    fn filed_by_code(&mut self, plan: &Plan) {
+        if plan.resolved_allergy {
+            self.allergy(true);
+        }
+        if let Some(warning) = plan.risk_warning {
+            self.risk_warning(warning);
+        }
+        if let Some(care_plan) = plan.other_care_plan {
+            self.other_care_plan(care_plan);
+        }
+    }
+
+    fn risk_warning(&mut self, warning: usize) {
+        let Some(&(category, text)) = vocab::RISK_WARNINGS.get(warning) else {
+            return;
+        };
+        let id = self.id("flg");
+        let author = self.gp();
+        let start = self.random_date(self.history_start, self.today);
+        let resource = json!({
+            "resourceType": "Flag", "id": id, "meta": Self::meta("Flag"),
+            "status": "active",
+            "category": [{"coding": [{"system": vocab::FLAG_CATEGORY, "code": category}]}],
+            "code": {"text": text},
+            "subject": self.patient_ref,
+            "period": {"start": date_text(start)},
+            "author": author,
+        });
+        self.push(resource);
+    }
+
+    fn other_care_plan(&mut self, care_plan: usize) {
+        let Some(&(category, title)) = vocab::OTHER_CARE_PLANS.get(care_plan) else {
+            return;
+        };
+        let id = self.id("cpl");
+        let author = self.gp();
+        let date = self.random_date(self.history_start, self.today);
+        let when = self.date_time(date);
+        let resource = json!({
+            "resourceType": "CarePlan", "id": id, "meta": Self::meta("CarePlan"),
+            "status": "active",
+            "intent": "plan",
+            "category": [{"coding": [snomed(category)]}],
+            "title": title,
+            "subject": self.patient_ref,
+            "period": {"start": date_text(date)},
+            "created": when,
             "author": author,
         });
         self.push(resource);

@@ -117,8 +117,6 @@ pub const DIAGNOSTIC_SERVICE: &str = "http://terminology.hl7.org/CodeSystem/v2-0
 pub const HUMAN_LANGUAGE: &str = "https://fhir.hl7.org.uk/CodeSystem/UKCore-HumanLanguage";
 pub const INTERPRETER_REQUIRED_EXTENSION: &str =
     "http://hl7.org/fhir/StructureDefinition/patient-interpreterRequired";
-pub const REASONABLE_ADJUSTMENT_SYSTEM: &str =
-    "https://fhir.nhs.uk/CodeSystem/reasonable-adjustment-codes-bars";
 
 /// A medicinal product (dm+d VMP) as the practice prescribes it.
 #[derive(Debug, Clone, Copy)]
@@ -903,9 +901,9 @@ pub const COMMUNICATION_FLAGS: &[(&str, &str, &str)] = &[
         "Requires British Sign Language interpreter",
     ),
     (
-        REASONABLE_ADJUSTMENT_SYSTEM,
-        "supportforvisualsensoryimpairment",
-        "Requires information in large print",
+        crate::fhir::SNOMED,
+        "957331000000109",
+        "Requires written information in at least 20 point sans serif font",
     ),
     (crate::fhir::SNOMED, "441092009", "Lip reads"),
     (crate::fhir::SNOMED, "285055002", "Uses a hearing aid"),
@@ -919,6 +917,26 @@ pub const COMMUNICATION_FLAGS: &[(&str, &str, &str)] = &[
         "520491000000109",
         "Prefers written communication",
     ),
+];
+
+/// Safety warnings, filed as risks and warnings (SPEC §4): (flag-category code, text).
+pub const RISK_WARNINGS: &[(&str, &str)] = &[
+    (
+        "behavioral",
+        "Risk to staff: verbal aggression towards staff. Two staff on home visits.",
+    ),
+    ("safety", "Dog at the property: ask for it to be shut away."),
+    (
+        "safety",
+        "Oxygen in use at home: no naked flames, no smoking on visits.",
+    ),
+];
+
+/// Care plans that are not end-of-life care (not served, SPEC §4): (category, title).
+pub const OTHER_CARE_PLANS: &[(Code, &str)] = &[
+    (("734163000", "Care plan"), "Asthma action plan"),
+    (("734163000", "Care plan"), "Diabetes care plan"),
+    (("734163000", "Care plan"), "Falls prevention plan"),
 ];
 
 /// Organisations a patient may give standing consent to (SPEC §6): social care and carers.

@@ -29,17 +29,19 @@ pub const WARNING_EXTENSION: &str =
 /// Enough patients for every demo kind (18), still a small practice.
 pub const PATIENTS: usize = 18;
 
-pub const ALL_SECTIONS: [&str; 10] = [
+pub const ALL_SECTIONS: [&str; 12] = [
     "includeAllergies",
     "includeMedication",
     "includeProblems",
     "includeImmunisations",
     "includeConsultations",
     "includeInvestigations",
+    "includeUncategorisedData",
     "includeReferrals",
     "includeProcedures",
     "includeEndOfLife",
     "includeCommunicationPreferences",
+    "includeRisksAndWarnings",
 ];
 
 /// Provisions and starts an appliance off the async runtime.
@@ -264,19 +266,100 @@ pub fn has_warning(list: &Value) -> bool {
     })
 }
 
-/// The List code of the section a resource type belongs to (SPEC §4, docs/integration.md).
-pub fn list_code(resource_type: &str) -> Option<&'static str> {
-    Some(match resource_type {
-        "AllergyIntolerance" => "886921000000105",
+/// The List code a fed resource belongs in (SPEC §4, docs/integration.md), worked out here from
+/// the resource itself, its patient's other resources (`fed`) and the shipped code lists, read
+/// independently of migd; `None` for what no List holds.
+pub fn list_code(resource: &Value, fed: &BTreeMap<String, Value>) -> Option<&'static str> {
+    let codes = |keys: &[&str]| -> Vec<String> {
+        keys.iter()
+            .flat_map(|k| match &resource[*k] {
+                Value::Array(concepts) => concepts.clone(),
+                concept => vec![concept.clone()],
+            })
+            .flat_map(|concept| concept["coding"].as_array().cloned().unwrap_or_default())
+            .filter(|c| c["system"] == "http://snomed.info/sct")
+            .filter_map(|c| c["code"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let shipped = |file: &str| -> BTreeSet<String> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../daemon/data/sections")
+            .join(file);
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .filter_map(|l| {
+                l.split('#')
+                    .next()?
+                    .split_whitespace()
+                    .next()
+                    .map(str::to_owned)
+            })
+            .collect()
+    };
+    let reference = format!(
+        "Observation/{}",
+        resource["id"].as_str().unwrap_or_default()
+    );
+    Some(match resource["resourceType"].as_str()? {
+        "AllergyIntolerance" => match resource["clinicalStatus"]["coding"][0]["code"].as_str() {
+            Some("resolved" | "inactive") => "1103671000000101",
+            _ => "886921000000105",
+        },
         "MedicationStatement" | "MedicationRequest" => "933361000000108",
         "Condition" => "717711000000103",
         "Immunization" => "1102181000000102",
         "Encounter" => "1149501000000101",
-        "Observation" | "DiagnosticReport" => "887191000000108",
+        "DiagnosticReport" => "887191000000108",
+        "Observation" => {
+            let result_category = resource["category"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| {
+                    c["coding"].as_array().into_iter().flatten().any(|c| {
+                        c["system"] == "http://terminology.hl7.org/CodeSystem/observation-category"
+                            && (c["code"] == "laboratory" || c["code"] == "imaging")
+                    })
+                });
+            let in_a_report = fed.values().any(|r| {
+                r["resourceType"] == "DiagnosticReport"
+                    && r["result"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|x| x["reference"] == reference.as_str())
+            });
+            if result_category || in_a_report {
+                "887191000000108"
+            } else {
+                "826501000000100"
+            }
+        }
         "ServiceRequest" => "792931000000107",
         "Procedure" => "procedures",
-        "CarePlan" => "end-of-life",
-        "Flag" => "communication-preferences",
+        "CarePlan" => {
+            let list = shipped("end-of-life.txt");
+            if codes(&["category", "code"])
+                .iter()
+                .any(|c| list.contains(c))
+            {
+                "end-of-life"
+            } else {
+                return None;
+            }
+        }
+        "Flag" => {
+            let list = shipped("communication-flags.txt");
+            if codes(&["category", "code"])
+                .iter()
+                .any(|c| list.contains(c))
+            {
+                "communication-preferences"
+            } else {
+                "risks-and-warnings"
+            }
+        }
         _ => return None,
     })
 }

@@ -63,7 +63,7 @@ fn section() -> impl Strategy<Value = Section> {
 fn sections() -> impl Strategy<Value = BTreeSet<Section>> {
     prop_oneof![
         Just(Section::ALL.into_iter().collect()),
-        btree_set(section(), 0..=10),
+        btree_set(section(), 0..=Section::ALL.len()),
     ]
 }
 
@@ -84,7 +84,7 @@ fn agreement() -> impl Strategy<Value = Agreement> {
         sections(),
         role_set(),
         role_set(),
-        proptest::option::of(btree_set(section(), 0..=10)),
+        proptest::option::of(btree_set(section(), 0..=Section::ALL.len())),
         proptest::option::of(-10i64..60),
     )
         .prop_map(
@@ -470,10 +470,12 @@ proptest! {
         let withheld = naive_withheld(&patient, &prefs, &codes);
         prop_assert!(release.released_items.windows(2).all(|w| w[0] < w[1]));
         let released: BTreeSet<usize> = release.released_items.iter().copied().collect();
-        let mut sections_losing = BTreeSet::new();
+        let mut lists_losing = BTreeSet::new();
+        let lists = crate::fhir::file_items(&patient.items);
+        prop_assert_eq!(&release.item_lists, &lists);
         for (index, item) in patient.items.iter().enumerate() {
-            let section = Section::for_resource_type(&item.resource_type);
-            let in_released = section.is_some_and(|s| release.released_sections.contains(&s));
+            let list = lists[index];
+            let in_released = list.is_some_and(|l| release.released_sections.contains(&l.section()));
             if released.contains(&index) {
                 prop_assert!(in_released, "released item outside released sections");
                 prop_assert!(!confidential(item), "released a practice-confidential item");
@@ -493,12 +495,12 @@ proptest! {
             } else if in_released {
                 // Completeness: only withheld items are left out of released sections.
                 prop_assert!(withheld[index], "left out an item that may be shared");
-                if let Some(section) = section {
-                    sections_losing.insert(section);
+                if let Some(list) = list {
+                    lists_losing.insert(list);
                 }
             }
         }
-        prop_assert_eq!(&release.sections_with_withheld, &sections_losing);
+        prop_assert_eq!(&release.lists_with_withheld, &lists_losing);
     }
 
     #[test]
@@ -528,7 +530,7 @@ fn generators_produce_permits_with_released_and_withheld_items() {
         {
             permits += 1;
             with_released += usize::from(!release.released_items.is_empty());
-            with_withheld += usize::from(!release.sections_with_withheld.is_empty());
+            with_withheld += usize::from(!release.lists_with_withheld.is_empty());
             overrides += usize::from(release.alert);
         }
     }
