@@ -568,10 +568,13 @@ async fn a_1_6_parameter_not_implemented_is_a_warning_not_an_error() {
         .iter()
         .find(|e| e["resource"]["resourceType"] == "OperationOutcome")
         .expect("a warning OperationOutcome in the Bundle");
-    assert!(outcome["fullUrl"]
-        .as_str()
-        .unwrap()
-        .starts_with("urn:uuid:"));
+    assert_eq!(
+        outcome["fullUrl"].as_str().unwrap(),
+        format!(
+            "{BASE}/OperationOutcome/{}",
+            outcome["resource"]["id"].as_str().unwrap()
+        )
+    );
     let issues = outcome["resource"]["issue"].as_array().unwrap();
     assert_eq!(issues.len(), 1);
     assert_eq!(issues[0]["severity"], "warning");

@@ -201,10 +201,11 @@ pub fn structured_record(parts: &RecordParts<'_>) -> Vec<u8> {
         out.push(b'}');
     }
     if !parts.not_implemented.is_empty() {
-        out.extend_from_slice(br#",{"fullUrl":"urn:uuid:"#);
-        push_uuid(&mut out);
-        out.extend_from_slice(br#"","resource":"#);
-        push_value(&mut out, &not_implemented_outcome(parts.not_implemented));
+        let outcome = not_implemented_outcome(parts.not_implemented);
+        let id = outcome["id"].as_str().unwrap_or_default();
+        out.push(b',');
+        full_url(&mut out, "OperationOutcome", id);
+        push_value(&mut out, &outcome);
         out.push(b'}');
     }
     out.extend_from_slice(b"]}");
