@@ -358,12 +358,14 @@ fn upgrading_a_version_2_replica_rederives_every_items_facts() {
             .import_ndjson(&ndjson(&[patient("p1", NHS), lab])[..])
             .unwrap();
     }
-    // Version 2 stored facts without the category codings: bytes that no longer decode.
+    // Version 2 stored facts without the category codings (bytes that no longer decode) and had
+    // no statistics index (version 4).
     {
         let conn = rusqlite::Connection::open(&path).unwrap();
         conn.execute_batch(&format!(
             "PRAGMA key = \"x'{}'\"; PRAGMA cipher_page_size = 16384; PRAGMA cipher_hmac_algorithm = HMAC_SHA256;
-             UPDATE resource SET facts = x'ff'; PRAGMA user_version = 2;",
+             UPDATE resource SET facts = x'ff'; DROP INDEX resource_statistics;
+             PRAGMA user_version = 2;",
             hex::encode(KEY)
         ))
         .unwrap();
