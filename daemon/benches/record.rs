@@ -123,6 +123,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             override_roles: RoleSet::Only(["R8000".to_owned()].into()),
             override_sections: None,
             expires: None,
+            attested_permission: false,
         })),
         certificate_sha256: "ab".repeat(32),
     };

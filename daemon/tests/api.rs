@@ -84,7 +84,7 @@ fn clinical(patient: &str) -> Vec<Value> {
         json!({"resourceType": "MedicationStatement", "id": format!("{patient}-statin"), "subject": subject, "status": "active",
             "medicationReference": {"reference": "Medication/atorvastatin"}, "effectivePeriod": {"start": "2023-05-01"}}),
         json!({"resourceType": "MedicationStatement", "id": format!("{patient}-old-med"), "subject": subject, "status": "completed",
-            "medicationReference": {"reference": "Medication/atorvastatin"}, "effectivePeriod": {"start": "2015-05-01"}}),
+            "medicationReference": {"reference": "Medication/atorvastatin"}, "effectivePeriod": {"start": "2015-05-01", "end": "2015-06-01"}}),
         json!({"resourceType": "Condition", "id": format!("{patient}-asthma"), "subject": subject, "code": sct("195967001")}),
         json!({"resourceType": "Condition", "id": format!("{patient}-chlamydia"), "subject": subject, "code": sct("105629000")}),
         json!({"resourceType": "MedicationRequest", "id": format!("{patient}-azithromycin"), "subject": subject, "status": "completed",
@@ -202,6 +202,7 @@ fn agreement(ods: &str, partner_type: PartnerType) -> Agreement {
         override_roles: RoleSet::Only(["R8000".to_string()].into()),
         override_sections: None,
         expires: None,
+        attested_permission: false,
     }
 }
 
@@ -1015,14 +1016,18 @@ async fn medication_search_date_filters_and_ended_allergies_have_their_own_list(
         json!({"resourceType": "Parameters", "parameter": [
             {"name": "patientNHSNumber", "valueIdentifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": CORE_AND_ADDITIONAL}},
             {"name": "includeAllergies", "part": [{"name": "includeResolvedAllergies", "valueBoolean": resolved}]},
-            {"name": "includeMedication", "part": [{"name": "medicationSearchFromDate", "valueDate": "2020-01-01"}]}]})
+            {"name": "includeMedication", "part": [{"name": "medicationSearchFromDate", "valueDate": "2024-01-01"}]}]})
         .to_string()
     };
     let (status, bundle, _) = send(&h, &ambulance(), post_record(body(true), &token(|_| {}))).await;
     assert_eq!(status, 200);
     let ids = resource_ids(&bundle);
+    // Started before the search date and still running: active on or after it.
     assert!(ids.contains("MedicationStatement/p-full-statin"));
-    assert!(!ids.contains("MedicationStatement/p-full-old-med"));
+    assert!(
+        !ids.contains("MedicationStatement/p-full-old-med"),
+        "ended in 2015"
+    );
     assert_eq!(
         list_items(list(&bundle, "886921000000105")),
         ["AllergyIntolerance/p-full-allergy"]

@@ -219,6 +219,10 @@ pub struct PartnerAddArgs {
     /// Last day of the agreement, YYYY-MM-DD.
     #[arg(long)]
     pub expires: Option<String>,
+    /// The agreement obliges the partner's users to ask the patient at the point of care, so
+    /// its requests may leave the permission_to_view claim out (audited as `attested`).
+    #[arg(long)]
+    pub attested_permission: bool,
 }
 
 #[derive(Debug, Subcommand)]

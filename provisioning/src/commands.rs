@@ -489,6 +489,7 @@ pub fn partner_from_args(args: &PartnerAddArgs) -> Result<Partner> {
                 None => None,
             },
             expires,
+            attested_permission: args.attested_permission,
         },
         identity,
     })
@@ -506,13 +507,18 @@ fn describe_partner(partner: &Partner) -> String {
         CertificateMatch::SpkiSha256(pin) => format!("spki-sha256 {}", hex::encode(pin)),
     };
     format!(
-        "{}\t{}\t{}\tsections={}\troles={}\toverride-roles={}\texpires={}\t{}",
+        "{}\t{}\t{}\tsections={}\troles={}\toverride-roles={}\tpermission={}\texpires={}\t{}",
         a.ods,
         a.name,
         a.partner_type.name(),
         sections.join(","),
         roles(&a.roles),
         roles(&a.override_roles),
+        if a.attested_permission {
+            "attested"
+        } else {
+            "per-request"
+        },
         a.expires
             .map(|d| d.to_string())
             .unwrap_or_else(|| "never".into()),
@@ -1004,6 +1010,41 @@ pub mod extract;
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn partner_add_attested_permission_is_registered_and_listed() {
+        use clap::Parser;
+        let parse = |extra: &[&str]| {
+            let mut argv = vec![
+                "migctl",
+                "partner",
+                "add",
+                "--ods",
+                "RYA",
+                "--name",
+                "Community Trust",
+                "--type",
+                "community-health",
+                "--spki-sha256",
+            ];
+            let pin = "ab".repeat(32);
+            argv.push(&pin);
+            argv.extend(["--sections", "all", "--roles", "*"]);
+            argv.extend(extra);
+            match crate::cli::Cli::try_parse_from(argv).unwrap().command {
+                crate::cli::Command::Partner(crate::cli::PartnerCommand::Add(args)) => {
+                    partner_from_args(&args).unwrap()
+                }
+                other => panic!("{other:?}"),
+            }
+        };
+        let attested = parse(&["--attested-permission"]);
+        assert!(attested.agreement.attested_permission);
+        assert!(describe_partner(&attested).contains("\tpermission=attested\t"));
+        let asked = parse(&[]);
+        assert!(!asked.agreement.attested_permission);
+        assert!(describe_partner(&asked).contains("\tpermission=per-request\t"));
+    }
 
     /// Every partner-supplied field at once, holding a line break, a screen clear, an OSC
     /// title change, a C1 CSI and a bidi override.

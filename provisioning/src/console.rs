@@ -768,6 +768,7 @@ impl<R: BufRead> Wizard<R> {
             override_sections: None,
             sites: None,
             expires: None,
+            attested_permission: false,
         };
         loop {
             let ods = self.ask_valid("Partner ODS code", Some(&previous.ods), |a| {
@@ -828,6 +829,7 @@ impl<R: BufRead> Wizard<R> {
                 override_sections: None,
                 sites: None,
                 expires: None,
+                attested_permission: false,
             };
             let result = commands::partner_from_args(&args)
                 .and_then(|partner| Ok((registry::add_partner(state, &partner)?, partner)));

@@ -345,6 +345,7 @@ fn provision_with_tpm(dir: PathBuf, api_port: u16, tpm_port: u16) -> Result<Appl
             override_sections: None,
             sites: None,
             expires: Some((now + time::Duration::days(365)).date().to_string()),
+            attested_permission: false,
         })?;
         mig::registry::add_partner(&config.state_dir, &partner)?;
         println!("partner {name} ({ods}): {file}.crt / {file}.key");

@@ -23,7 +23,7 @@ impl From<&AccessEvent> for AuditRecord {
         record.partner_cert_sha256 = Some(event.certificate_sha256.clone());
         if let Some(claims) = &event.claims {
             record.sds_user_id = Some(claims.sds_user_id.clone());
-            record.sds_role_profile_id = Some(claims.sds_role_profile_id.clone());
+            record.sds_role_profile_id = claims.sds_role_profile_id.clone();
             record.job_role = Some(claims.job_role.clone());
             record.requesting_org_ods = Some(claims.organisation_ods.clone());
             record.requesting_device = claims.device.clone();

@@ -49,6 +49,9 @@ pub struct RecordParts<'a> {
     pub lists: Vec<SectionList<'a>>,
     /// Shared resources (Medication, Practitioner, …) referenced by released items.
     pub shared: Vec<Entry<'a>>,
+    /// GP Connect 1.6 parameters and parts asked for but not implemented (`name` or
+    /// `name.part`): one NOT_IMPLEMENTED warning each, in one OperationOutcome.
+    pub not_implemented: &'a [String],
     /// RFC 3339 time the record was assembled.
     pub assembled_at: &'a str,
 }
@@ -197,8 +200,44 @@ pub fn structured_record(parts: &RecordParts<'_>) -> Vec<u8> {
         }
         out.push(b'}');
     }
+    if !parts.not_implemented.is_empty() {
+        let outcome = not_implemented_outcome(parts.not_implemented);
+        let id = outcome["id"].as_str().unwrap_or_default();
+        out.push(b',');
+        full_url(&mut out, "OperationOutcome", id);
+        push_value(&mut out, &outcome);
+        out.push(b'}');
+    }
     out.extend_from_slice(b"]}");
     out
+}
+
+/// GP Connect 1.6 version compatibility: one OperationOutcome with a warning per parameter or
+/// part asked for but not implemented, worded as the specification gives it.
+pub fn not_implemented_outcome(names: &[String]) -> Value {
+    let issues: Vec<Value> = names
+        .iter()
+        .map(|name| {
+            serde_json::json!({
+                "severity": "warning",
+                "code": "not-supported",
+                "details": {
+                    "coding": [{
+                        "system": super::outcome::ERROR_CODE_SYSTEM,
+                        "code": "NOT_IMPLEMENTED",
+                        "display": "Not implemented"
+                    }],
+                    "text": format!("{name} is an unrecognised parameter")
+                },
+                "diagnostics": name
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "resourceType": "OperationOutcome",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "issue": issues
+    })
 }
 
 /// Copies a stored resource without the references that leave the Bundle.
@@ -385,6 +424,7 @@ mod tests {
                 },
             ],
             shared: vec![],
+            not_implemented: &["includeDiaryEntries".into()],
             assembled_at: "2026-11-27T10:00:00Z",
         };
         let bundle: Value = serde_json::from_slice(&structured_record(&parts)).unwrap();
@@ -400,7 +440,15 @@ mod tests {
         }
         assert!(text.contains("Condition/c1"));
         let entries = bundle["entry"].as_array().unwrap();
-        assert_eq!(entries.len(), 2 + 4 + 2);
+        assert_eq!(entries.len(), 2 + 4 + 2 + 1);
+        let warning = &entries.last().unwrap()["resource"];
+        assert_eq!(warning["resourceType"], "OperationOutcome");
+        assert_eq!(warning["issue"][0]["severity"], "warning");
+        assert_eq!(
+            warning["issue"][0]["details"]["coding"][0]["code"],
+            "NOT_IMPLEMENTED"
+        );
+        assert_eq!(warning["issue"][0]["diagnostics"], "includeDiaryEntries");
         let lists: Vec<&Value> = entries
             .iter()
             .map(|e| &e["resource"])

@@ -235,6 +235,11 @@ fn basis_notice(basis: &Basis) -> Markup {
                 "Permission to view: the patient's standing consent for organisation " (ods) ", recorded by the practice."
             }
         },
+        Basis::Attested => html! {
+            p class="basis" {
+                "Permission to view: the requesting organisation's agreement obliges it to ask the patient at the point of care; it attests that it did."
+            }
+        },
         Basis::Override {
             reason,
             justification,

@@ -16,6 +16,11 @@ use crate::fhir::{NHS_NUMBER_SYSTEM, ODS_SYSTEM};
 pub const SDS_USER_ID_SYSTEM: &str = "https://fhir.nhs.uk/Id/sds-user-id";
 pub const SDS_ROLE_PROFILE_SYSTEM: &str = "https://fhir.nhs.uk/Id/sds-role-profile-id";
 pub const JOB_ROLE_SYSTEM: &str = "https://fhir.hl7.org.uk/CodeSystem/UKCore-SDSJobRoleName";
+/// The DSTU2-era systems GP Connect asks providers to accept as synonyms.
+pub const DSTU2_ODS_SYSTEM: &str = "http://fhir.nhs.net/Id/ods-organization-code";
+pub const DSTU2_SDS_USER_ID_SYSTEM: &str = "http://fhir.nhs.net/sds-user-id";
+/// The job role of a token without one (an STU3 Practitioner has no `practitionerRole`).
+pub use crate::policy::UNKNOWN_JOB_ROLE;
 /// Longest token accepted, before decoding.
 const MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// Longest lifetime (`exp - iat`).
@@ -32,7 +37,9 @@ const MAX_DEVICE_BYTES: usize = 2048;
 pub struct Claims {
     pub issuer: String,
     pub sds_user_id: String,
-    pub sds_role_profile_id: String,
+    /// Not every consumer sends it (GP Connect 1.6: "not always present").
+    pub sds_role_profile_id: Option<String>,
+    /// The SDS job role code, or `UNK` when the token has none.
     pub job_role: String,
     pub practitioner_name: String,
     pub organisation_ods: String,
@@ -87,20 +94,29 @@ pub fn parse(token: &str, audience: &str, now: i64) -> Result<Claims, JwtError> 
     if text(&claims, "sub", "sub")? != practitioner_id {
         return bad("sub does not equal requesting_practitioner.id");
     }
-    let sds_user_id = identifier(practitioner, SDS_USER_ID_SYSTEM, "requesting_practitioner")?;
-    let sds_role_profile_id = identifier(
+    let sds_user_id = identifier(
         practitioner,
-        SDS_ROLE_PROFILE_SYSTEM,
+        &[SDS_USER_ID_SYSTEM, DSTU2_SDS_USER_ID_SYSTEM],
         "requesting_practitioner",
     )?;
+    let sds_role_profile_id = identifier(
+        practitioner,
+        &[SDS_ROLE_PROFILE_SYSTEM],
+        "requesting_practitioner",
+    )
+    .ok();
     let practitioner_name = practitioner_name(practitioner)?;
-    let job_role = job_role(practitioner)?;
+    let job_role = job_role(practitioner).unwrap_or_else(|| UNKNOWN_JOB_ROLE.to_owned());
 
     let organisation = object(&claims, "requesting_organization")?;
     if organisation.get("resourceType").and_then(Value::as_str) != Some("Organization") {
         return bad("requesting_organization is not an Organization");
     }
-    let organisation_ods = identifier(organisation, ODS_SYSTEM, "requesting_organization")?;
+    let organisation_ods = identifier(
+        organisation,
+        &[ODS_SYSTEM, DSTU2_ODS_SYSTEM],
+        "requesting_organization",
+    )?;
 
     let device = match claims.get("requesting_device") {
         None => None,
@@ -127,7 +143,9 @@ pub fn parse(token: &str, audience: &str, now: i64) -> Result<Claims, JwtError> 
     Ok(Claims {
         issuer: text(&claims, "iss", "iss")?.to_owned(),
         sds_user_id: recorded(sds_user_id, "sds-user-id")?,
-        sds_role_profile_id: recorded(sds_role_profile_id, "sds-role-profile-id")?,
+        sds_role_profile_id: sds_role_profile_id
+            .map(|id| recorded(id, "sds-role-profile-id"))
+            .transpose()?,
         job_role: recorded(job_role, "job role code")?,
         practitioner_name,
         organisation_ods: recorded(organisation_ods, "requesting_organization ODS code")?,
@@ -236,8 +254,28 @@ fn check_standard_claims(
     if text(claims, "reason_for_request", "reason_for_request")? != "directcare" {
         return bad("reason_for_request must be directcare");
     }
-    if text(claims, "requested_scope", "requested_scope")? != "patient/*.read" {
-        return bad("requested_scope must be patient/*.read");
+    requested_scope(text(claims, "requested_scope", "requested_scope")?)
+}
+
+/// `patient/*.read`, with at most one confidentiality scope (`conf/N` or `conf/R`) beside it,
+/// space separated, as GP Connect 1.6 sends it. A confidentiality scope never widens what
+/// policy releases, so it is checked and then not used.
+fn requested_scope(scope: &str) -> Result<(), JwtError> {
+    let mut read = 0;
+    let mut confidentiality = 0;
+    for value in scope.split(' ') {
+        match value {
+            "patient/*.read" => read += 1,
+            "conf/N" | "conf/R" => confidentiality += 1,
+            _ => {
+                return bad(
+                    "requested_scope must be patient/*.read, optionally with conf/N or conf/R",
+                )
+            }
+        }
+    }
+    if read != 1 || confidentiality > 1 {
+        return bad("requested_scope must be patient/*.read, optionally with conf/N or conf/R");
     }
     Ok(())
 }
@@ -286,13 +324,23 @@ fn integer(claims: &Map<String, Value>, name: &str) -> Result<i64, JwtError> {
         .ok_or_else(|| JwtError(format!("{name} is missing or not an integer")))
 }
 
-fn identifier(resource: &Map<String, Value>, system: &str, what: &str) -> Result<String, JwtError> {
+/// The value of the first identifier in one of `systems` (the first is the one named in errors).
+fn identifier(
+    resource: &Map<String, Value>,
+    systems: &[&str],
+    what: &str,
+) -> Result<String, JwtError> {
+    let system = systems.first().copied().unwrap_or_default();
     resource
         .get("identifier")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .find(|i| i.get("system").and_then(Value::as_str) == Some(system))
+        .find(|i| {
+            i.get("system")
+                .and_then(Value::as_str)
+                .is_some_and(|s| systems.contains(&s))
+        })
         .and_then(|i| i.get("value").and_then(Value::as_str))
         .filter(|v| !v.trim().is_empty())
         .map(str::to_owned)
@@ -321,7 +369,9 @@ fn practitioner_name(practitioner: &Map<String, Value>) -> Result<String, JwtErr
     }
 }
 
-fn job_role(practitioner: &Map<String, Value>) -> Result<String, JwtError> {
+/// The SDS job role code from `practitionerRole`, a field an STU3 Practitioner does not have:
+/// most GP Connect consumers send none.
+fn job_role(practitioner: &Map<String, Value>) -> Option<String> {
     practitioner
         .get("practitionerRole")
         .and_then(Value::as_array)
@@ -333,11 +383,6 @@ fn job_role(practitioner: &Map<String, Value>) -> Result<String, JwtError> {
         .and_then(|c| c.get("code").and_then(Value::as_str))
         .filter(|code| !code.is_empty())
         .map(str::to_owned)
-        .ok_or_else(|| {
-            JwtError(format!(
-                "requesting_practitioner has no job role code in {JOB_ROLE_SYSTEM}"
-            ))
-        })
 }
 
 /// Builds a token as partner systems do; used by tests, the demo and the load tool.
@@ -395,6 +440,40 @@ mod tests {
     }
 
     #[test]
+    fn accepts_tokens_as_gp_connect_1_6_consumers_build_them() {
+        // An STU3 Practitioner: no practitionerRole; the role profile id "not always present".
+        let mut c = claims();
+        let practitioner = c["requesting_practitioner"].as_object_mut().unwrap();
+        practitioner.remove("practitionerRole");
+        practitioner["identifier"] = json!([{"system": SDS_USER_ID_SYSTEM, "value": "UNK"}]);
+        let parsed = parse(&encode_unsigned(&c), AUD, NOW).unwrap();
+        assert_eq!(parsed.job_role, UNKNOWN_JOB_ROLE);
+        assert_eq!(parsed.sds_role_profile_id, None);
+        assert_eq!(parsed.sds_user_id, "UNK");
+
+        // The DSTU2-era systems, still sent by older consumers.
+        let mut c = claims();
+        c["requesting_organization"]["identifier"] =
+            json!([{"system": DSTU2_ODS_SYSTEM, "value": "RX8"}]);
+        c["requesting_practitioner"]["identifier"] =
+            json!([{"system": DSTU2_SDS_USER_ID_SYSTEM, "value": "G13579135"}]);
+        let parsed = parse(&encode_unsigned(&c), AUD, NOW).unwrap();
+        assert_eq!(parsed.organisation_ods, "RX8");
+        assert_eq!(parsed.sds_user_id, "G13579135");
+
+        // A confidentiality scope beside the read scope, either way round.
+        for scope in [
+            "patient/*.read conf/N",
+            "patient/*.read conf/R",
+            "conf/N patient/*.read",
+        ] {
+            let mut c = claims();
+            c["requested_scope"] = json!(scope);
+            assert!(parse(&encode_unsigned(&c), AUD, NOW).is_ok(), "{scope}");
+        }
+    }
+
+    #[test]
     fn refuses_each_malformed_claim() {
         type Mutation = Box<dyn Fn(&mut Value)>;
         let cases: Vec<(Mutation, &str)> = vec![
@@ -449,8 +528,20 @@ mod tests {
                 "sds-user-id",
             ),
             (
-                Box::new(|c| c["requesting_practitioner"]["practitionerRole"] = json!([])),
-                "job role",
+                Box::new(|c| c["requested_scope"] = json!("patient/*.read conf/X")),
+                "requested_scope",
+            ),
+            (
+                Box::new(|c| c["requested_scope"] = json!("patient/*.read conf/N conf/R")),
+                "requested_scope",
+            ),
+            (
+                Box::new(|c| c["requested_scope"] = json!("conf/N")),
+                "requested_scope",
+            ),
+            (
+                Box::new(|c| c["requested_scope"] = json!("patient/*.read  conf/N")),
+                "requested_scope",
             ),
             (
                 Box::new(|c| c["requesting_practitioner"]["name"] = json!([])),

@@ -9,6 +9,7 @@ pub mod audit_sink;
 pub mod bundle;
 pub mod capability;
 mod edge;
+pub mod filters;
 pub mod headers;
 pub mod html;
 pub mod jwt;
@@ -17,7 +18,6 @@ pub mod parameters;
 pub mod records;
 pub mod upstream;
 
-use std::collections::BTreeSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -25,7 +25,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 
-use crate::fhir::{ItemFacts, RecordList, Section, NHS_NUMBER_SYSTEM};
+use crate::fhir::{RecordList, Section, NHS_NUMBER_SYSTEM};
 use crate::policy::{
     decide, AccessRequest, Agreement, Basis, Decision, ErrorCode, OverrideReason, Permission,
     SensitiveCodes,
@@ -177,13 +177,17 @@ fn html_response(body: Bytes, trace_id: Option<&str>) -> Response<Bytes> {
     response
 }
 
+/// A refusal whose `diagnostics` is `reason`: it names the header, claim or parameter at fault
+/// (or the rule that refused), and never holds record data.
 fn refusal(code: ErrorCode, reason: impl Into<String>, mut event: AccessEvent) -> Outcome {
+    let reason = reason.into();
     event.permitted = false;
     event.error_code = Some(code);
-    event.refusal_reason = Some(reason.into());
+    let body = outcome::operation_outcome_saying(code, &reason).to_string();
+    event.refusal_reason = Some(reason);
     Outcome {
         status: StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::FORBIDDEN),
-        body: Bytes::from(outcome::operation_outcome(code).to_string()),
+        body: Bytes::from(body),
         event,
     }
 }
@@ -397,7 +401,7 @@ impl Api {
         };
         event.claims = Some(claims.clone());
         let wanted = if interaction == STRUCTURED_RECORD_INTERACTION {
-            parameters::parse(request.body()).map_err(|e| {
+            parameters::parse(request.body(), now).map_err(|e| {
                 let code = match &e {
                     parameters::ParametersError::Malformed(_) => ErrorCode::BadRequest,
                     parameters::ParametersError::IdentifierSystem => {
@@ -480,7 +484,14 @@ impl Api {
             }
         };
         match assembled {
-            Assembled::Refused { code, reason } => refusal(code, reason, event),
+            Assembled::Refused { code, reason } => {
+                let mut outcome = refusal(code, reason, event);
+                if let Some(fixed) = patient_diagnostics(code) {
+                    outcome.body =
+                        Bytes::from(outcome::operation_outcome_saying(code, fixed).to_string());
+                }
+                outcome
+            }
             Assembled::Released {
                 basis,
                 sections,
@@ -542,6 +553,20 @@ fn printable_request_line(request: &Request<()>) -> String {
             }
         })
         .collect()
+}
+
+/// The partner's words for a refusal about the patient: fixed, so that a deceased, ended or
+/// restricted record reads exactly as an unknown one, and a dissent is not told apart from a
+/// missing permission. Other refusals name their header, claim, parameter or agreement rule.
+fn patient_diagnostics(code: ErrorCode) -> Option<&'static str> {
+    match code {
+        ErrorCode::PatientNotFound => Some("No patient with that NHS number is registered here."),
+        ErrorCode::NoPatientConsent => Some(
+            "The patient has not consented to this record being shared with this organisation \
+             (permission_to_view absent and no standing consent, or the patient has dissented).",
+        ),
+        _ => None,
+    }
 }
 
 fn permission(claims: &jwt::Claims) -> Option<Permission> {
@@ -608,12 +633,7 @@ fn patient_search_query(
             "identifier value is not a valid NHS number".into(),
         ));
     }
-    Ok(parameters::RecordRequest {
-        nhs_number: value.to_owned(),
-        sections: BTreeSet::new(),
-        include_resolved_allergies: false,
-        medication_from: None,
-    })
+    Ok(parameters::RecordRequest::patient_only(value.to_owned()))
 }
 
 fn percent_decode(text: &str) -> Option<String> {
@@ -738,7 +758,7 @@ fn assemble(
                     &appliance.fhir_base,
                     assembled_at,
                 )
-                    .into_bytes(),
+                .into_bytes(),
             });
         }
         // Released items with their Lists (every released item has one).
@@ -752,8 +772,8 @@ fn assemble(
                 };
                 Some(((*release.item_lists.get(i)?)?, entry))
             })
-            .filter(|(_, e)| wanted_by_filters(e.facts, wanted))
             .collect();
+        let released = filters::apply(released, |list| Some(list.section()), wanted);
         // Shared resources go out only if a released item references them and policy kept them.
         let referenced = bundle::Included::new(
             released.iter().map(|(_, e)| e.facts.references.len()).sum(),
@@ -802,6 +822,7 @@ fn assemble(
             practice_name: &appliance.name,
             lists,
             shared: shared_out,
+            not_implemented: &wanted.not_implemented,
             assembled_at,
         };
         let body = match format {
@@ -822,18 +843,6 @@ fn assemble(
             body,
         })
     })
-}
-
-/// The request's own filters (not confidentiality): the medication start date. Resolved
-/// allergies are not a filter: they are filed in the Ended allergies List.
-fn wanted_by_filters(facts: &ItemFacts, wanted: &parameters::RecordRequest) -> bool {
-    match facts.resource_type.as_str() {
-        "MedicationStatement" | "MedicationRequest" => match (wanted.medication_from, facts.date) {
-            (Some(from), Some(date)) => date >= from,
-            _ => true,
-        },
-        _ => true,
-    }
 }
 
 /// `patient`: the stored body and the NHS number.

@@ -53,16 +53,19 @@ pub enum PermissionBasis {
     StandingConsent,
     /// `permission_to_view: override`.
     Override,
+    /// The partner's agreement obliges it to ask the patient at the point of care.
+    Attested,
     /// No basis (refused before it mattered, or not a partner request).
     #[default]
     None,
 }
 
 impl PermissionBasis {
-    pub const ALL: [PermissionBasis; 4] = [
+    pub const ALL: [PermissionBasis; 5] = [
         PermissionBasis::Granted,
         PermissionBasis::StandingConsent,
         PermissionBasis::Override,
+        PermissionBasis::Attested,
         PermissionBasis::None,
     ];
 
@@ -71,6 +74,7 @@ impl PermissionBasis {
             PermissionBasis::Granted => "granted",
             PermissionBasis::StandingConsent => "standing-consent",
             PermissionBasis::Override => "override",
+            PermissionBasis::Attested => "attested",
             PermissionBasis::None => "none",
         }
     }

@@ -44,6 +44,9 @@ impl PartnerType {
     }
 }
 
+/// The job role of a request whose token names none.
+pub const UNKNOWN_JOB_ROLE: &str = "UNK";
+
 /// A set of SDS job role codes, or every role (`'*'`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -57,10 +60,12 @@ impl RoleSet {
         RoleSet::Only(BTreeSet::new())
     }
 
+    /// Whether `role` is in the set. `UNK` (no job role in the token) is in `Any` only: a
+    /// listed set names roles, and "unknown" is not one (SPEC §3).
     pub fn contains(&self, role: &str) -> bool {
         match self {
             RoleSet::Any => true,
-            RoleSet::Only(roles) => roles.contains(role),
+            RoleSet::Only(roles) => role != UNKNOWN_JOB_ROLE && roles.contains(role),
         }
     }
 }
@@ -87,6 +92,10 @@ pub struct Agreement {
     /// Last day (inclusive, UK civil date treated as UTC) the agreement is in force.
     #[serde(default)]
     pub expires: Option<time::Date>,
+    /// The agreement obliges the partner's users to ask the patient at the point of care
+    /// (`--attested-permission`): a request may then leave `permission_to_view` out.
+    #[serde(default)]
+    pub attested_permission: bool,
 }
 
 impl Agreement {

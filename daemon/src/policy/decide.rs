@@ -86,6 +86,7 @@ pub fn decide(
                 Some(consent) => Basis::StandingConsent {
                     ods: consent.ods.clone(),
                 },
+                None if agreement.attested_permission => Basis::Attested,
                 None => {
                     return refuse(
                         ErrorCode::NoPatientConsent,

@@ -49,7 +49,7 @@ mod sensitive;
 #[cfg(test)]
 mod tests;
 
-pub use agreement::{Agreement, PartnerType, RoleSet};
+pub use agreement::{Agreement, PartnerType, RoleSet, UNKNOWN_JOB_ROLE};
 pub use decide::{decide, is_practice_confidential, patient_unavailable, withheld_items};
 pub use preferences::{
     check_consent, preferences, type1_opt_out_in_items, Preferences, SharingPreference,

@@ -249,6 +249,9 @@ pub enum Basis {
     Granted,
     /// No `permission_to_view`; a standing consent for this ODS code (upper-cased) is in force.
     StandingConsent { ods: String },
+    /// No `permission_to_view` and no standing consent, from a partner whose agreement obliges
+    /// it to ask the patient at the point of care (`--attested-permission`).
+    Attested,
     /// A permitted override; `justification` is trimmed.
     Override {
         reason: OverrideReason,
@@ -262,6 +265,7 @@ impl Basis {
         match self {
             Basis::Granted => "granted",
             Basis::StandingConsent { .. } => "standing-consent",
+            Basis::Attested => "attested",
             Basis::Override { .. } => "override",
         }
     }

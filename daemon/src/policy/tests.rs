@@ -46,6 +46,7 @@ fn agreement() -> Agreement {
         override_roles: roles(&[PARAMEDIC]),
         override_sections: None,
         expires: Some(date!(2027 - 03 - 31)),
+        attested_permission: false,
     }
 }
 
@@ -269,6 +270,32 @@ fn job_role_outside_agreement_is_access_denied() {
 }
 
 #[test]
+fn no_job_role_is_admitted_only_by_an_any_role_agreement() {
+    let mut request = granted();
+    request.job_role = UNKNOWN_JOB_ROLE.into();
+    let mut listing_unk = agreement();
+    listing_unk.roles = roles(&[PARAMEDIC, UNKNOWN_JOB_ROLE]);
+    assert_eq!(
+        refusal(&decide(
+            Some(&listing_unk),
+            &request,
+            Some(&open_patient(vec![])),
+            &sensitive()
+        )),
+        ErrorCode::AccessDenied,
+        "UNK is not a role a list can name"
+    );
+    let mut any = agreement();
+    any.roles = RoleSet::Any;
+    release(decide(
+        Some(&any),
+        &request,
+        Some(&open_patient(vec![])),
+        &sensitive(),
+    ));
+}
+
+#[test]
 fn any_role_agreement_accepts_every_role() {
     let mut agreement = agreement();
     agreement.roles = RoleSet::Any;
@@ -358,6 +385,35 @@ fn granted_permits_without_alert() {
 fn absent_permission_without_standing_consent_is_no_patient_consent() {
     assert_eq!(
         refusal(&decide_for(&request(None), &open_patient(vec![]))),
+        ErrorCode::NoPatientConsent
+    );
+}
+
+#[test]
+fn attested_agreement_permits_without_permission_claim() {
+    let attested = Agreement {
+        attested_permission: true,
+        ..agreement()
+    };
+    let decide_attested = |request: &AccessRequest, patient: &PatientData| {
+        decide(Some(&attested), request, Some(patient), &sensitive())
+    };
+    let attested_release = release(decide_attested(&request(None), &open_patient(vec![])));
+    assert_eq!(attested_release.basis, Basis::Attested);
+    assert_eq!(attested_release.basis.name(), "attested");
+    assert!(!attested_release.alert);
+    // A claim the partner does send still counts as sent; a standing consent is named first.
+    let granted = release(decide_attested(&granted(), &open_patient(vec![])));
+    assert_eq!(granted.basis, Basis::Granted);
+    let standing = patient(vec![standing(PARTNER, Some(now() - DAY), None)], vec![]);
+    assert!(matches!(
+        release(decide_attested(&request(None), &standing)).basis,
+        Basis::StandingConsent { .. }
+    ));
+    // Dissent still wins.
+    let dissent = patient(vec![tier("dissent", now() - DAY)], vec![]);
+    assert_eq!(
+        refusal(&decide_attested(&request(None), &dissent)),
         ErrorCode::NoPatientConsent
     );
 }

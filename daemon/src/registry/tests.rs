@@ -62,6 +62,7 @@ fn sample_partner(ods: &str, hash: u8) -> Partner {
             override_roles: RoleSet::none(),
             override_sections: None,
             expires: Some(time::macros::date!(2027 - 03 - 31)),
+            attested_permission: false,
         },
         identity: CertificateMatch::SpkiSha256([hash; 32]),
     }

@@ -234,6 +234,7 @@ pub fn agreement(ods: &str) -> Agreement {
         override_roles: RoleSet::none(),
         override_sections: None,
         expires: None,
+        attested_permission: false,
     }
 }
 

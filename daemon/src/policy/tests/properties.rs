@@ -102,6 +102,7 @@ fn agreement() -> impl Strategy<Value = Agreement> {
                         .ok()
                         .map(|t| t.date())
                 }),
+                attested_permission: false,
             },
         )
 }
