@@ -134,6 +134,9 @@ pub struct InitArgs {
     pub fhir_base: Option<String>,
     #[arg(long, default_value = "sha256:7")]
     pub pcrs: String,
+    /// Where migd serves fleet metrics (loopback; default 127.0.0.1:9464), or `off`.
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -609,6 +609,7 @@ impl<R: BufRead> Wizard<R> {
             admin_socket: PathBuf::from(need(&a.admin_socket, "admin socket")?),
             fhir_base: Some(need(&a.fhir_base, "FHIR base URL")?),
             pcrs: need(&a.pcrs, "PCRs")?,
+            metrics_listen: None,
         })
     }
 

@@ -21,6 +21,8 @@ pub(crate) struct RawConfig {
     pub service: RawService,
     #[serde(default)]
     pub sensitive: RawSensitive,
+    #[serde(default)]
+    pub metrics: RawMetrics,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -181,4 +183,22 @@ impl Default for RawService {
 pub(crate) struct RawSensitive {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extra_codes_dir: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawMetrics {
+    pub enabled: bool,
+    pub listen: String,
+    pub allow_non_loopback: bool,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        RawMetrics {
+            enabled: true,
+            listen: super::DEFAULT_METRICS_LISTEN.to_string(),
+            allow_non_loopback: false,
+        }
+    }
 }
