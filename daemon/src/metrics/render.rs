@@ -13,20 +13,22 @@ pub struct Release {
     pub slot: String,
     /// `VERSION_ID` of os-release (`IMAGE_VERSION` when set, as systemd-sysupdate uses it).
     pub version: String,
-    /// `ID` of os-release.
+    /// `IMAGE_ID`, else `ID`, of os-release.
     pub os: String,
     /// migd's own version.
     pub migd: String,
 }
 
 impl Release {
-    /// Reads `/proc/cmdline` and `/etc/os-release` (then `/usr/lib/os-release`). Anything
+    /// Reads `/proc/cmdline` and `/etc/os-release` and `/usr/lib/os-release`. Anything
     /// missing is `unknown`, never an error: metrics must not stop migd.
     pub fn read() -> Release {
         let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-        let os_release = std::fs::read_to_string("/etc/os-release")
-            .or_else(|_| std::fs::read_to_string("/usr/lib/os-release"))
-            .unwrap_or_default();
+        // /etc first (it takes precedence), then /usr/lib, where the image build appends
+        // IMAGE_VERSION; on Debian one is a link to the other.
+        let os_release = ["/etc/os-release", "/usr/lib/os-release"]
+            .map(|path| std::fs::read_to_string(path).unwrap_or_default())
+            .join("\n");
         Release::parse(&cmdline, &os_release)
     }
 
@@ -48,7 +50,9 @@ impl Release {
             version: field("IMAGE_VERSION")
                 .or_else(|| field("VERSION_ID"))
                 .unwrap_or_else(unknown),
-            os: field("ID").unwrap_or_else(unknown),
+            os: field("IMAGE_ID")
+                .or_else(|| field("ID"))
+                .unwrap_or_else(unknown),
             migd: env!("CARGO_PKG_VERSION").to_owned(),
         }
     }
@@ -330,10 +334,10 @@ mod tests {
     fn release_reads_the_rauc_slot_and_image_version() {
         let r = Release::parse(
             "root=/dev/sda2 rauc.slot=B quiet",
-            "ID=mig\nVERSION_ID=\"1.2.0\"\n",
+            "ID=debian\nVERSION_ID=\"12\"\n\nID=debian\nIMAGE_ID=mig-appliance\nIMAGE_VERSION=1.2.0\n",
         );
         assert_eq!((r.slot.as_str(), r.version.as_str()), ("B", "1.2.0"));
-        assert_eq!(r.os, "mig");
+        assert_eq!(r.os, "mig-appliance");
         let none = Release::parse("", "");
         assert_eq!(
             (none.slot.as_str(), none.version.as_str()),
