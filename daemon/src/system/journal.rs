@@ -1,7 +1,7 @@
 //! Logging to journald over its native protocol (SPEC §14): each event is one datagram of
 //! `KEY=value` fields on the journal socket, so every tracing field becomes a journal field
 //! (`remote` → `REMOTE`) and events of one kind carry a stable `MESSAGE_ID`. Used when
-//! systemd connected stderr to the journal (`JOURNAL_STREAM`); stderr text otherwise.
+//! systemd connected stderr to the journal (`JOURNAL_STREAM` names stderr); text otherwise.
 //!
 //! Written here rather than taken from `tracing-journald` so the socket path can be set
 //! (`MIG_JOURNAL_SOCKET`), which lets a test read what migd sends.
@@ -54,12 +54,24 @@ macro_rules! journal_event {
 pub use crate::journal_event as event;
 
 /// Where journal datagrams go when migd should log to the journal: `MIG_JOURNAL_SOCKET`, or
-/// the system socket when stderr is the journal (`JOURNAL_STREAM`); `None` for stderr text.
+/// the system socket when stderr is the journal; `None` for stderr text.
 pub fn socket_from_env() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os(SOCKET_ENV) {
         return Some(PathBuf::from(path));
     }
-    std::env::var_os("JOURNAL_STREAM").map(|_| PathBuf::from(JOURNAL_SOCKET))
+    let stream = std::env::var("JOURNAL_STREAM").ok()?;
+    let stderr = nix::sys::stat::fstat(2).ok()?;
+    stderr_is_journal(&stream, stderr.st_dev, stderr.st_ino).then(|| PathBuf::from(JOURNAL_SOCKET))
+}
+
+/// Whether `JOURNAL_STREAM` (`DEVICE:INODE`, as systemd sets it) names stderr's file. A child
+/// whose stderr was redirected (a shell in a unit starting migd by hand) inherits the variable
+/// but not the stream, and must keep logging where its stderr goes (systemd.exec(5)).
+pub fn stderr_is_journal(stream: &str, device: u64, inode: u64) -> bool {
+    stream
+        .split_once(':')
+        .and_then(|(d, i)| Some((d.parse::<u64>().ok()?, i.parse::<u64>().ok()?)))
+        == Some((device, inode))
 }
 
 /// A tracing layer that sends each event to journald.
@@ -202,6 +214,13 @@ mod tests {
         assert_eq!(field_name("message_id"), "MESSAGE_ID");
         assert_eq!(field_name("_hidden.x"), "HIDDEN_X");
         assert_eq!(field_name("9lives"), "LIVES");
+    }
+
+    #[test]
+    fn journal_stream_must_name_stderr_itself() {
+        assert!(stderr_is_journal("8:12345", 8, 12345));
+        assert!(!stderr_is_journal("8:12345", 8, 999));
+        assert!(!stderr_is_journal("garbage", 8, 12345));
     }
 
     #[test]
