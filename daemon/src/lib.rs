@@ -10,6 +10,7 @@ pub mod fhir;
 pub mod json;
 pub mod keys;
 pub mod listener;
+pub mod metrics;
 pub mod policy;
 pub mod registry;
 pub mod replica;

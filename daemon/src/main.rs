@@ -24,17 +24,18 @@ fn main() -> ExitCode {
     if std::env::var_os("TSS2_LOG").is_none() {
         std::env::set_var("TSS2_LOG", "all+NONE");
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MIG_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging();
     if let Err(error) = huge_pages {
         tracing::warn!(%error, "transparent huge pages stay on; migd will use more memory");
     }
     let args = Args::parse();
+    mig::journal_event!(
+        info,
+        STARTED,
+        version = env!("CARGO_PKG_VERSION"),
+        config = %args.config.display(),
+        "migd starting"
+    );
     match mig::service::run(&args.config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -48,8 +49,31 @@ fn main() -> ExitCode {
                 }
                 source = cause.source();
             }
+            mig::journal_event!(error, START_FAILED, "migd stopped: {message}");
             eprintln!("migd: {message}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Logs to journald's native socket when systemd runs migd (structured fields, MESSAGE_ID),
+/// as text on stderr otherwise.
+fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MIG_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let journal = mig::system::journal::socket_from_env()
+        .and_then(|path| mig::system::journal::JournalLayer::new(path).ok());
+    match journal {
+        Some(journal) => tracing_subscriber::registry()
+            .with(filter)
+            .with(journal)
+            .init(),
+        None => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init(),
     }
 }

@@ -189,6 +189,8 @@ pub fn run(config_path: &Path) -> Result<(), ServiceError> {
         None => crate::extract::ConditionMap::shipped()?,
     };
 
+    // Read before the sandbox hides /proc/cmdline and /etc; it changes only with a reboot.
+    let release = crate::metrics::Release::read();
     // Every thread started from here on (audit writer, runtime workers) inherits the sandbox.
     let report = Sandbox::for_config(&config).restrict_current_thread()?;
     tracing::info!("{}", report.summary());
@@ -234,6 +236,7 @@ pub fn run(config_path: &Path) -> Result<(), ServiceError> {
         reloader,
         tls_signer,
         conditions,
+        release,
     ));
     // The final checkpoint, whether serving ended cleanly or not.
     if let Err(e) = audit.shutdown_blocking() {
@@ -253,6 +256,7 @@ async fn serve(
     reloader: Arc<Reloader>,
     tls_signer: Arc<dyn crate::keys::Signer>,
     conditions: crate::extract::ConditionMap,
+    release: crate::metrics::Release,
 ) -> Result<(), ServiceError> {
     let (shutdown_tx, shutdown) = watch::channel(false);
     let healthy = Arc::new(AtomicBool::new(true));
@@ -288,7 +292,7 @@ async fn serve(
         partner_tcp,
         SnapshotSource::new(reloader.subscribe(), Role::Partner),
         limits.clone(),
-        Arc::new(api),
+        Arc::new(crate::metrics::Metered(api)),
         shutdown.clone(),
     )];
     if let Some(upstream) = &config.upstream {
@@ -401,11 +405,37 @@ async fn serve(
                 }
                 None => loop {
                     tokio::time::sleep(HEALTH_INTERVAL).await;
-                    healthy.store(check().await, Ordering::SeqCst);
+                    let ok = check().await;
+                    match (healthy.swap(ok, Ordering::SeqCst), ok) {
+                        (true, false) => {
+                            system::journal::event!(error, HEALTH_FAILING, "health check failed")
+                        }
+                        (false, true) => system::journal::event!(
+                            info,
+                            HEALTH_RECOVERED,
+                            "health check passes again"
+                        ),
+                        _ => {}
+                    }
                 },
             }
         })
     };
+
+    if let Some(address) = config.metrics.listen {
+        metrics_listener(
+            address,
+            &config,
+            &audit,
+            &readers,
+            &reloader,
+            &ready,
+            &healthy,
+            release,
+            shutdown.clone(),
+        )
+        .await;
+    }
 
     // Handlers before readiness: a SIGHUP or SIGTERM sent the moment READY=1 (or the admin
     // socket's `ready`) is seen would otherwise hit the default action and kill migd.
@@ -413,21 +443,33 @@ async fn serve(
     ready.store(true, Ordering::SeqCst);
     notify::ready().ok();
     notify::status("serving").ok();
-    tracing::info!(listen = %config.partner_api.listen, "migd ready");
+    system::journal::event!(
+        info,
+        READY,
+        listen = %config.partner_api.listen,
+        "migd ready"
+    );
 
     while let SignalEvent::Reload = signals.recv().await {
         notify::reloading().ok();
         let reloader = reloader.clone();
         match tokio::task::spawn_blocking(move || reloader.reload()).await {
-            Ok(Ok(snapshot)) => tracing::info!(generation = snapshot.generation, "reloaded"),
-            Ok(Err(e)) => {
-                tracing::warn!("reload rejected, the previous configuration keeps serving: {e}")
-            }
+            Ok(Ok(snapshot)) => system::journal::event!(
+                info,
+                RELOAD_APPLIED,
+                generation = snapshot.generation,
+                "reloaded"
+            ),
+            Ok(Err(e)) => system::journal::event!(
+                warn,
+                RELOAD_REJECTED,
+                "reload rejected, the previous configuration keeps serving: {e}"
+            ),
             Err(_) => tracing::error!("reload task failed"),
         }
         notify::ready().ok();
     }
-    tracing::info!("stopping: draining in-flight requests");
+    system::journal::event!(info, STOPPING, "stopping: draining in-flight requests");
     notify::stopping().ok();
     let _ = shutdown_tx.send(true);
     for server in servers {
@@ -436,8 +478,93 @@ async fn serve(
     poll.abort();
     health_task.abort();
     let _ = admin_task.await;
-    tracing::info!("stopped");
+    system::journal::event!(info, STOPPED, "stopped");
     Ok(())
+}
+
+/// Starts the fleet metrics listener. A failure to bind is logged, not fatal: a box that cannot
+/// serve metrics still serves records, and the fleet's scraper sees it as down.
+#[allow(clippy::too_many_arguments)]
+async fn metrics_listener(
+    address: std::net::SocketAddr,
+    config: &Config,
+    audit: &Arc<AuditLog>,
+    readers: &Arc<ReaderPool>,
+    reloader: &Arc<Reloader>,
+    ready: &Arc<AtomicBool>,
+    healthy: &Arc<AtomicBool>,
+    release: crate::metrics::Release,
+    shutdown: watch::Receiver<bool>,
+) {
+    let tcp = match tokio::net::TcpListener::bind(address).await {
+        Ok(tcp) => tcp,
+        Err(error) => {
+            system::journal::event!(
+                error,
+                METRICS_UNAVAILABLE,
+                %address,
+                %error,
+                "metrics listener not started; serving continues without it"
+            );
+            return;
+        }
+    };
+    let (audit, readers, reloader) = (audit.clone(), readers.clone(), reloader.clone());
+    let (ready, healthy) = (ready.clone(), healthy.clone());
+    let state_dir = config.state_dir.clone();
+    let counted = Mutex::new(None::<(i64, crate::replica::ReplicaStats)>);
+    let gauges = move || {
+        let snapshot = reloader.current();
+        let mut g = crate::metrics::Gauges {
+            now: time::OffsetDateTime::now_utc().unix_timestamp(),
+            healthy: healthy.load(Ordering::SeqCst) && snapshot.problems.is_empty(),
+            ready: ready.load(Ordering::SeqCst),
+            registry_files_not_applied: snapshot.problems.len() as u64,
+            audit_queue_depth: audit.queue_depth() as u64,
+            audit_alerts_unacknowledged: audit
+                .reader()
+                .and_then(|r| r.list_alerts(false))
+                .ok()
+                .map(|alerts| alerts.len() as u64),
+            appliance_cert_not_after: std::fs::read(state_dir.join(crate::registry::CHAIN_FILE))
+                .ok()
+                .and_then(|pem| {
+                    use rustls_pki_types::pem::PemObject;
+                    rustls_pki_types::CertificateDer::pem_slice_iter(&pem).next()
+                })
+                .and_then(Result::ok)
+                .and_then(|der| crate::registry::cert_not_after(&der)),
+            crls: snapshot
+                .crls
+                .iter()
+                .map(|(path, info)| {
+                    let name = path.file_name().unwrap_or_default().to_string_lossy();
+                    (name.into_owned(), info.next_update)
+                })
+                .collect(),
+            ..Default::default()
+        };
+        // Counting scans the replica: only again once a write has raised its generation.
+        let mut cached = counted.lock().unwrap_or_else(|p| p.into_inner());
+        if let Ok(generation) = readers.with(|r| r.generation()) {
+            if cached.as_ref().is_none_or(|(seen, _)| *seen != generation) {
+                *cached = readers.with(|r| r.stats()).ok().map(|s| (generation, s));
+            }
+        }
+        if let Some((_, stats)) = cached.as_ref() {
+            g.replica_patients = Some(stats.patients);
+            g.replica_resources = Some(stats.resources);
+        }
+        drop(cached);
+        g.replica_files(&state_dir.join(REPLICA_FILE));
+        g
+    };
+    let handler = Arc::new(crate::metrics::MetricsHandler {
+        gauges: Arc::new(gauges),
+        release,
+    });
+    tracing::info!(%address, "serving fleet metrics at /metrics");
+    tokio::spawn(crate::metrics::serve(tcp, handler, shutdown));
 }
 
 /// One line naming every registry file that is not applied (paths relative to the state

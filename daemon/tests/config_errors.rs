@@ -110,6 +110,29 @@ tcti = "swtpm:host=127.0.0.1,port=2321"
 }
 
 #[test]
+fn metrics_listen_on_loopback_by_default_and_elsewhere_only_when_allowed() {
+    assert_eq!(
+        parse(GOOD).unwrap().metrics.listen,
+        Some("127.0.0.1:9464".parse().unwrap())
+    );
+    let off = parse(&format!("{GOOD}\n[metrics]\nenabled = false\n")).unwrap();
+    assert_eq!(off.metrics.listen, None);
+    let open = format!("{GOOD}\n[metrics]\nlisten = \"0.0.0.0:9464\"\n");
+    let msg = error(&open);
+    assert!(
+        msg.contains("metrics.listen") && msg.contains("allow_non_loopback"),
+        "{msg}"
+    );
+    let allowed = parse(&format!("{open}allow_non_loopback = true\n")).unwrap();
+    assert_eq!(
+        allowed.metrics.listen,
+        Some("0.0.0.0:9464".parse().unwrap())
+    );
+    let back = Config::from_toml_str(&allowed.to_toml().unwrap(), Path::new("x")).unwrap();
+    assert_eq!(back.metrics, allowed.metrics);
+}
+
+#[test]
 fn unknown_key_names_key_and_line() {
     let text = GOOD.replace("tls12 = false", "tls12 = false\nlisten_v6 = \"[::]:8443\"");
     let msg = error(&text);
@@ -132,9 +155,9 @@ fn unknown_key_in_nested_table_names_key_and_line() {
 
 #[test]
 fn unknown_table_names_it() {
-    let text = format!("{GOOD}\n[metrics]\nlisten = \"127.0.0.1:9100\"\n");
+    let text = format!("{GOOD}\n[telemetry]\nlisten = \"127.0.0.1:9100\"\n");
     let msg = error(&text);
-    assert!(msg.contains("metrics"), "{msg}");
+    assert!(msg.contains("telemetry"), "{msg}");
     assert!(msg.contains("line 46"), "{msg}");
 }
 

@@ -140,6 +140,9 @@ pub struct InitArgs {
     /// The practice's sub-ICB location code (former CCG code, e.g. 16C), for statistical extracts.
     #[arg(long)]
     pub sub_icb: Option<String>,
+    /// Where migd serves fleet metrics (loopback; default 127.0.0.1:9464), or `off`.
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -245,6 +245,19 @@ pub fn init(config_path: &Path, args: &InitArgs) -> Result<Config> {
         }
         config.extracts.sub_icb = Some(code.clone());
     }
+    match args.metrics_listen.as_deref() {
+        None => {}
+        Some("off") => config.metrics.listen = None,
+        Some(text) => {
+            let address: std::net::SocketAddr = text.parse().map_err(|_| {
+                anyhow!("--metrics-listen: {text:?} is not an address like 127.0.0.1:9464")
+            })?;
+            if !address.ip().is_loopback() {
+                bail!("--metrics-listen: {address} is not loopback; metrics are unauthenticated (set metrics.allow_non_loopback in the config to serve them elsewhere)");
+            }
+            config.metrics.listen = Some(address);
+        }
+    }
 
     create_private_dir(state)?;
     let tpm = Tpm::connect(&mig::service::tpm_settings(&config)?)?;

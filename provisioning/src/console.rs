@@ -612,6 +612,7 @@ impl<R: BufRead> Wizard<R> {
             // Not asked at the console: set extracts.sub_icb when the practice starts sending
             // statistical extracts (docs/operations.md).
             sub_icb: None,
+            metrics_listen: None,
         })
     }
 

@@ -224,6 +224,8 @@ pub struct Appliance {
     /// `partner-ca.pem`, and the CAs' own keys `*-ca.key` (for tests that issue more).
     pub pki: PathBuf,
     pub api_port: u16,
+    /// Where migd serves `GET /metrics` (loopback).
+    pub metrics_port: u16,
     pub upstream_port: u16,
     pub tpm_port: u16,
 }
@@ -267,6 +269,7 @@ fn provision_with_tpm(dir: PathBuf, api_port: u16, tpm_port: u16) -> Result<Appl
         api_port
     };
     let upstream_port = free_port()?;
+    let metrics_port = free_port()?;
     println!("software TPM on 127.0.0.1:{tpm_port}");
 
     let config = commands::init(
@@ -283,6 +286,7 @@ fn provision_with_tpm(dir: PathBuf, api_port: u16, tpm_port: u16) -> Result<Appl
             fhir_base: Some(format!("https://localhost:{api_port}/fhir")),
             pcrs: "sha256:7".into(),
             sub_icb: Some(mig::synthetic::DEFAULT_SUB_ICB.into()),
+            metrics_listen: Some(format!("127.0.0.1:{metrics_port}")),
         },
     )?;
 
@@ -370,6 +374,7 @@ fn provision_with_tpm(dir: PathBuf, api_port: u16, tpm_port: u16) -> Result<Appl
         pki,
         api_port,
         upstream_port,
+        metrics_port,
         tpm_port,
     })
 }

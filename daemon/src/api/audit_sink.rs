@@ -55,10 +55,29 @@ impl AuditSink for AuditLog {
     ) -> Pin<Box<dyn Future<Output = Result<(), AuditUnavailable>> + Send + '_>> {
         Box::pin(async move {
             let record = AuditRecord::from(&event);
-            self.append(record).await.map(|_| ()).map_err(|e| {
-                tracing::error!(error = %e, "audit append failed");
-                AuditUnavailable
-            })
+            match self.append(record).await {
+                Ok(seq) => {
+                    if event.alert {
+                        crate::system::journal::event!(
+                            warn,
+                            OVERRIDE_ALERT,
+                            audit_seq = seq,
+                            partner_ods = event.partner_ods.as_deref().unwrap_or(""),
+                            "override alert raised for the privacy officer (see `migctl alerts`)"
+                        );
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    crate::system::journal::event!(
+                        error,
+                        AUDIT_UNAVAILABLE,
+                        error = %e,
+                        "audit append failed; the request is refused with 503"
+                    );
+                    Err(AuditUnavailable)
+                }
+            }
         })
     }
 }

@@ -300,6 +300,11 @@ impl AuditLog {
         AuditReader::open(&self.path, &self.key)
     }
 
+    /// Appends and acknowledgements queued for the writer thread, not yet taken.
+    pub fn queue_depth(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+
     /// The writer's counters.
     pub fn stats(&self) -> AuditStats {
         let c = &self.counters;
@@ -512,6 +517,7 @@ impl Writer {
                     if self.uncovered_since.is_none() {
                         self.uncovered_since = Some(Instant::now());
                     }
+                    crate::metrics::METRICS.audit_uncovered();
                 }
                 for (job, outcome) in jobs.into_iter().zip(outcomes) {
                     let answer = match outcome {
@@ -544,7 +550,12 @@ impl Writer {
             self.counters
                 .failed_checkpoints
                 .fetch_add(1, Ordering::Relaxed);
-            tracing::error!(error = %e, "audit checkpoint failed; retrying in a second");
+            crate::system::journal::event!(
+                error,
+                CHECKPOINT_FAILED,
+                error = %e,
+                "audit checkpoint failed (late); retrying in a second"
+            );
             // Retry in a second rather than spin on a deadline already passed.
             let retry = Instant::now() + CHECKPOINT_RETRY;
             self.uncovered_since = Some(
@@ -604,6 +615,14 @@ impl Writer {
         self.owed = true;
         self.uncovered_since = None;
         self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::METRICS.audit_checkpoint_written();
+        crate::system::journal::event!(
+            debug,
+            CHECKPOINT_WRITTEN,
+            seq,
+            counter = value,
+            "audit checkpoint written"
+        );
         self.settle_counter()
     }
 

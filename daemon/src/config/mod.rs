@@ -17,7 +17,8 @@ pub use values::{Asid, CrlExpiredPolicy, FhirBase, InvalidValue, OdsCode, PcrSel
 
 use locate::{line_of, Locator};
 use raw::{
-    RawAdmin, RawAppliance, RawAudit, RawConfig, RawExtracts, RawLimits, RawPartnerApi,
+    RawAdmin, RawAppliance, RawAudit, RawConfig, RawExtracts, RawLimits, RawMetrics,
+    RawPartnerApi,
     RawSensitive, RawService, RawTpm, RawUpstream,
 };
 
@@ -29,6 +30,8 @@ pub const DEFAULT_ADMIN_SOCKET: &str = "/run/mig/admin.sock";
 pub const DEFAULT_ADMIN_GROUP: &str = "mig-admin";
 /// Default partner API listen address.
 pub const DEFAULT_PARTNER_LISTEN: &str = "0.0.0.0:8443";
+/// Default metrics listen address (SPEC §14: local, off the partner network).
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
 /// Default PCR selection for sealing the replica key.
 pub const DEFAULT_PCRS: &str = "sha256:7";
 /// Largest allowed `audit.checkpoint_every_records` (SPEC §8: at least every 1,000 records).
@@ -221,6 +224,15 @@ pub struct ExtractsConfig {
     pub condition_types_file: Option<PathBuf>,
 }
 
+/// The fleet metrics listener (SPEC §14).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Where `GET /metrics` is served; `None` when disabled.
+    pub listen: Option<SocketAddr>,
+    /// A non-loopback `listen` was allowed explicitly (plain HTTP, no authentication).
+    pub allow_non_loopback: bool,
+}
+
 /// The validated configuration. Every field has passed its rule; nothing else starts before.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -247,6 +259,8 @@ pub struct Config {
     pub sensitive: SensitiveConfig,
     /// Statistical extracts.
     pub extracts: ExtractsConfig,
+    /// Fleet metrics.
+    pub metrics: MetricsConfig,
 }
 
 impl Config {
@@ -276,6 +290,7 @@ impl Config {
             service: RawService::default(),
             sensitive: RawSensitive::default(),
             extracts: RawExtracts::default(),
+            metrics: RawMetrics::default(),
         };
         let text = toml::to_string(&raw).map_err(|source| ConfigError::Serialize { source })?;
         Config::from_toml_str(&text, Path::new(""))
@@ -391,6 +406,14 @@ impl Config {
                     .condition_types_file
                     .as_ref()
                     .map(|p| p.to_string_lossy().into_owned()),
+            },
+            metrics: RawMetrics {
+                enabled: self.metrics.listen.is_some(),
+                listen: self
+                    .metrics
+                    .listen
+                    .map_or_else(|| DEFAULT_METRICS_LISTEN.to_string(), |a| a.to_string()),
+                allow_non_loopback: self.metrics.allow_non_loopback,
             },
         };
         let body =
@@ -740,6 +763,20 @@ impl Checker<'_> {
                 .map(|p| self.absolute("extracts.condition_types_file", p))
                 .transpose()?,
         };
+        let metrics_listen = self.addr("metrics.listen", &raw.metrics.listen)?;
+        if !metrics_listen.ip().is_loopback() && !raw.metrics.allow_non_loopback {
+            return Err(self.fail(
+                "metrics.listen",
+                InvalidValue(format!(
+                    "{metrics_listen} is not a loopback address; metrics are plain HTTP without \
+                     authentication, so set metrics.allow_non_loopback = true to serve them there"
+                )),
+            ));
+        }
+        let metrics = MetricsConfig {
+            listen: raw.metrics.enabled.then_some(metrics_listen),
+            allow_non_loopback: raw.metrics.allow_non_loopback,
+        };
         Ok(Config {
             source_path: self.path.to_path_buf(),
             state_dir: self.absolute("state_dir", &raw.state_dir)?,
@@ -752,6 +789,7 @@ impl Checker<'_> {
             service,
             sensitive,
             extracts,
+            metrics,
         })
     }
 }

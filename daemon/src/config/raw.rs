@@ -23,6 +23,8 @@ pub(crate) struct RawConfig {
     pub sensitive: RawSensitive,
     #[serde(default, skip_serializing_if = "RawExtracts::is_empty")]
     pub extracts: RawExtracts,
+    #[serde(default)]
+    pub metrics: RawMetrics,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -197,5 +199,23 @@ pub(crate) struct RawExtracts {
 impl RawExtracts {
     pub fn is_empty(&self) -> bool {
         self.sub_icb.is_none() && self.condition_types_file.is_none()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawMetrics {
+    pub enabled: bool,
+    pub listen: String,
+    pub allow_non_loopback: bool,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        RawMetrics {
+            enabled: true,
+            listen: super::DEFAULT_METRICS_LISTEN.to_string(),
+            allow_non_loopback: false,
+        }
     }
 }

@@ -13,6 +13,7 @@
 //!    [`notify::watchdog_loop`] and [`Signals`].
 
 pub mod harden;
+pub mod journal;
 pub mod notify;
 pub mod sandbox;
 pub mod signals;

@@ -75,14 +75,20 @@ where
             .unwrap_or(false);
         if healthy {
             if !was_healthy {
-                tracing::info!("health check passes again; resuming watchdog pings");
+                crate::system::journal::event!(
+                    info,
+                    HEALTH_RECOVERED,
+                    "health check passes again; resuming watchdog pings"
+                );
                 let _ = status("serving");
             }
             if let Err(e) = watchdog() {
                 tracing::warn!("{e}");
             }
         } else if was_healthy {
-            tracing::error!(
+            crate::system::journal::event!(
+                error,
+                HEALTH_FAILING,
                 "health check failed; withholding watchdog pings (systemd will restart migd \
                  if this persists)"
             );

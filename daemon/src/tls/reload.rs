@@ -47,6 +47,9 @@ pub struct Snapshot {
     applied: Applied,
 }
 
+/// An appliance certificate this close to its end is logged at every load (SPEC §14).
+const CERTIFICATE_WARNING_SECONDS: i64 = 30 * 86_400;
+
 /// Builds a snapshot from `state_dir`. `previous` lets configurations whose inputs did not
 /// change be reused, so that a partner-only change keeps TLS session state (resumption) alive.
 pub fn build_snapshot(
@@ -60,7 +63,12 @@ pub fn build_snapshot(
     let mut problems = files.problems;
     let now = SystemTime::now();
     for problem in &problems {
-        tracing::warn!(file = %problem.path.display(), "{problem}");
+        crate::system::journal::event!(
+            warn,
+            REGISTRY_FILE_NOT_APPLIED,
+            file = %problem.path.display(),
+            "{problem}"
+        );
     }
 
     let crls: Vec<(PathBuf, CrlInfo)> = files
@@ -76,7 +84,13 @@ pub fn build_snapshot(
                 }
                 CrlExpiredPolicy::Warn => "still applied (crl_expired = \"warn\")",
             };
-            tracing::warn!(file = %path.display(), issuer = %info.issuer, "CRL has expired: {consequence}");
+            crate::system::journal::event!(
+                warn,
+                CRL_EXPIRED,
+                file = %path.display(),
+                issuer = %info.issuer,
+                "CRL has expired: {consequence}"
+            );
         }
     }
 
@@ -100,6 +114,21 @@ pub fn build_snapshot(
             None => return Err(error),
         },
     };
+    if let Some(not_after) = chain.first().and_then(|c| registry::cert_not_after(c)) {
+        let now_unix = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let left = not_after - now_unix;
+        if left < CERTIFICATE_WARNING_SECONDS {
+            crate::system::journal::event!(
+                warn,
+                CERTIFICATE_EXPIRING,
+                not_after,
+                days_left = left / 86_400,
+                "the appliance certificate expires within 30 days; renew it (`migctl csr`)"
+            );
+        }
+    }
     let same_certs = previous.filter(|p| p.fingerprint.certificates == fingerprint.certificates);
     let (partner_tls, partner_verifier) = match same_certs {
         Some(previous) => (

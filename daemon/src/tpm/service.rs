@@ -121,7 +121,20 @@ impl Service {
 
     /// Serves until every sender is gone; dropping `self` then flushes what is still loaded.
     pub(crate) fn run(mut self, requests: Receiver<Request>) {
+        use crate::metrics::TpmOperation as Op;
         while let Ok(request) = requests.recv() {
+            let operation = match &request {
+                Request::Provision { .. } => Op::Provision,
+                Request::Load { .. } => Op::Load,
+                Request::Unseal { .. } => Op::Unseal,
+                Request::PublicKey { .. } => Op::PublicKey,
+                Request::Sign { .. } => Op::Sign,
+                Request::Random { .. } => Op::Random,
+                Request::HealthCheck { .. } => Op::HealthCheck,
+                Request::CounterRead { .. } => Op::NvRead,
+                Request::CounterIncrement { .. } => Op::NvIncrement,
+            };
+            let start = std::time::Instant::now();
             // A send fails only when the caller gave up waiting; nothing to do about it.
             match request {
                 Request::Provision { state_dir, reply } => {
@@ -156,6 +169,7 @@ impl Service {
                     let _ = reply.send(self.counter_increment());
                 }
             }
+            crate::metrics::METRICS.tpm(operation, start.elapsed());
         }
     }
 
