@@ -17,8 +17,7 @@ pub use values::{Asid, CrlExpiredPolicy, FhirBase, InvalidValue, OdsCode, PcrSel
 
 use locate::{line_of, Locator};
 use raw::{
-    RawAdmin, RawAppliance, RawAudit, RawConfig, RawExtracts, RawLimits, RawMetrics,
-    RawPartnerApi,
+    RawAdmin, RawAppliance, RawAudit, RawConfig, RawExtracts, RawLimits, RawMetrics, RawPartnerApi,
     RawSensitive, RawService, RawTpm, RawUpstream,
 };
 
