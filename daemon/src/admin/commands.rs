@@ -163,6 +163,19 @@ impl AdminService {
                     "alerts-ack needs id and a non-empty note",
                 )),
             },
+            // `migctl update install` records each step of an update (SPEC §14) here.
+            "update-step" => match text("step") {
+                Some(step) if !step.trim().is_empty() && step.len() <= 1024 => {
+                    let done = request.get("ok").and_then(Value::as_bool).unwrap_or(true);
+                    self.audited(&peer, format!("update: {step}"), done)
+                        .await
+                        .map(|()| ok(json!({})))
+                }
+                _ => Err(error_response(
+                    "bad-request",
+                    "update-step needs a step (1 to 1024 characters)",
+                )),
+            },
             "csr" => match text("subject") {
                 Some(subject) => self.csr(&peer, subject).await,
                 None => Err(error_response("bad-request", "csr needs subject")),
@@ -183,6 +196,14 @@ impl AdminService {
             .and_then(Result::ok);
         let snapshot = self.reloader.current();
         let stats = self.audit.stats();
+        // For the console's status screen; unknown (null) rather than an error if unreadable.
+        let (alerts_waiting, last_import) = match self
+            .blocking_audit_read(|r| Ok((r.alerts_waiting()?, r.last_import()?)))
+            .await
+        {
+            Ok((waiting, last)) => (Some(waiting), last),
+            Err(_) => (None, None),
+        };
         ok(json!({
             "version": env!("CARGO_PKG_VERSION"),
             "ready": self.ready.load(Ordering::SeqCst),
@@ -197,6 +218,8 @@ impl AdminService {
             "upstreams": snapshot.upstreams.len(),
             "crls": snapshot.crls.len(),
             "snapshot_generation": snapshot.generation,
+            "alerts_waiting": alerts_waiting,
+            "last_import": last_import,
         }))
     }
 
