@@ -10,6 +10,7 @@ state partition.
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 
@@ -40,16 +41,19 @@ def main():
     # 1. First boot: the state partition is made, the wizard runs, records are imported, served.
     m = Machine("first-boot", disk, tpm)
     provision(m, pki, practice)
-    nhs = first_record(pki, patients, time.monotonic() + 120)
+    nhs = first_record(pki, patients, time.monotonic() + 120, m)
     check_record(pki, nhs)
     m.child.sendline("")
     m.stop()
 
     # 2. Second boot: the TPM unlocks the state partition by itself; time to the first record.
     m = Machine("second-boot", disk, tpm)
-    first_record(pki, [nhs], time.monotonic() + 600)
+    first_record(pki, [nhs], time.monotonic() + 600, m)
     boot_to_record = time.monotonic() - m.started
     check_record(pki, nhs)
+    m.child.sendline("")
+    m.expect(r"Records:      20 patients[\s\S]*?Last import:  \d{4}-\d\d-\d\d", 120)
+    log("status screen after the reboot: 20 patients, the last import's time")
     log(f"boot to record under TCG: {boot_to_record:.1f} s")
     m.stop()
 
@@ -62,7 +66,38 @@ def main():
         fail("a record was served with another TPM")
     m.stop()
 
-    # 4. One changed byte in the root (its erofs superblock, read at mount): no boot.
+    # 4. Another command line (an attacker's `init=/bin/sh`, say) in an otherwise genuine UKI that
+    # keeps the vendor's PCR signature: PCR 11 differs, the TPM refuses, the partition stays locked.
+    other_cmdline = os.path.join(WORK, "disk-other-cmdline.raw")
+    run("cp", "--sparse=always", disk, other_cmdline)
+    with open(os.path.join(OUT, "cmdline-a")) as f:
+        cmdline = f.read().strip() + " mig.debug=1"
+    with open(os.path.join(WORK, "cmdline-other"), "w") as f:
+        f.write(cmdline)
+    keys = os.environ.get("MIG_IMAGE_KEYS", os.path.join(ROOT, "image", "keys"))
+    uki = os.path.join(WORK, "uki-other-cmdline.efi")
+    run("objcopy",
+        "--add-section", f".osrel={OUT}/os-release", "--change-section-vma", ".osrel=0x20000",
+        "--add-section", f".cmdline={WORK}/cmdline-other", "--change-section-vma", ".cmdline=0x30000",
+        "--add-section", f".pcrpkey={keys}/tpm2-pcr-public.pem", "--change-section-vma", ".pcrpkey=0x40000",
+        "--add-section", f".pcrsig={OUT}/pcrsig-a.json", "--change-section-vma", ".pcrsig=0x50000",
+        "--add-section", f".linux={OUT}/vmlinuz", "--change-section-vma", ".linux=0x2000000",
+        "--add-section", f".initrd={OUT}/initrd.img", "--change-section-vma", ".initrd=0x3000000",
+        f"{OUT}/linuxx64.efi.stub", uki)
+    env = dict(os.environ, MTOOLS_SKIP_CHECK="1")
+    esp = f"{other_cmdline}@@1M"
+    listing = subprocess.run(["mdir", "-b", "-i", esp, "::EFI/Linux"], check=True, env=env,
+                             capture_output=True, text=True).stdout.split()
+    for entry in listing:
+        run("mdel", "-i", esp, entry, env=env)
+    run("mcopy", "-i", esp, uki, "::EFI/Linux/mig_0-a.efi", env=env)
+    m = Machine("other-cmdline", other_cmdline, tpm)
+    m.expect("THE STATE PARTITION DID NOT UNLOCK", 600)
+    log("another command line under the vendor's signature: the state partition stayed locked")
+    m.stop()
+    os.unlink(other_cmdline)
+
+    # 5. One changed byte in the root (its erofs superblock, read at mount): no boot.
     tampered = os.path.join(WORK, "tampered.qcow2")
     run("qemu-img", "create", "-q", "-f", "qcow2", "-b", disk, "-F", "raw", tampered)
     offset = (1 + 128) * 1048576 + 1024

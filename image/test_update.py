@@ -85,7 +85,7 @@ def boot_until_record(pki, nhs, disk, tpm, label):
             if i == 2:
                 break
             if i == 1:
-                first_record(pki, [nhs], time.monotonic() + 300)
+                first_record(pki, [nhs], time.monotonic() + 300, m)
                 return m, failed
         m.stop()
     fail(f"{label}: no record after {MAX_BOOTS} boots")
@@ -109,7 +109,7 @@ def main():
     # v1: provisioned and serving.
     m = Machine("update", disk, tpm)
     provision(m, pki, practice)
-    nhs = first_record(pki, patients, time.monotonic() + 120)
+    nhs = first_record(pki, patients, time.monotonic() + 120, m)
     check_record(pki, nhs)
     status = slots(m)
     if f"version {v1}, from slot A" not in status:

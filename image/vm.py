@@ -122,7 +122,7 @@ def openssl_pki(pki):
     os.makedirs(pki, exist_ok=True)
     for ca in ("appliance-ca", "partner-ca"):
         run("openssl", "req", "-x509", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-            "-nodes", "-keyout", f"{pki}/{ca}.key", "-out", f"{pki}/{ca}.pem", "-days", "30",
+            "-nodes", "-keyout", f"{pki}/{ca}.key", "-out", f"{pki}/{ca}.pem", "-days", "365",
             "-subj", f"/CN=MIG image test {ca}", "-addext", "basicConstraints=critical,CA:TRUE",
             "-addext", "keyUsage=critical,keyCertSign,cRLSign", capture_output=True)
     run("openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
@@ -131,7 +131,7 @@ def openssl_pki(pki):
     with open(f"{pki}/partner.ext", "w") as f:
         f.write("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n")
     run("openssl", "x509", "-req", "-in", f"{pki}/partner.csr", "-CA", f"{pki}/partner-ca.pem",
-        "-CAkey", f"{pki}/partner-ca.key", "-CAcreateserial", "-out", f"{pki}/partner.pem", "-days", "30",
+        "-CAkey", f"{pki}/partner-ca.key", "-CAcreateserial", "-out", f"{pki}/partner.pem", "-days", "365",
         "-extfile", f"{pki}/partner.ext", capture_output=True)
 
 
@@ -143,7 +143,7 @@ def sign_appliance_csr(pki, csr_pem):
                 f"extendedKeyUsage=serverAuth\nsubjectAltName=DNS:{HOST}\n")
     run("openssl", "x509", "-req", "-in", f"{pki}/appliance.csr", "-CA", f"{pki}/appliance-ca.pem",
         "-CAkey", f"{pki}/appliance-ca.key", "-CAcreateserial", "-out", f"{pki}/appliance.pem",
-        "-days", "30", "-extfile", f"{pki}/appliance.ext", capture_output=True)
+        "-days", "365", "-extfile", f"{pki}/appliance.ext", capture_output=True)
     with open(f"{pki}/chain.pem", "w") as f:
         for part in ("appliance.pem", "appliance-ca.pem"):
             with open(f"{pki}/{part}") as p:
@@ -177,7 +177,7 @@ def token():
             {"system": "https://fhir.nhs.uk/Id/sds-role-profile-id", "value": "444555666777"}],
             "name": [{"family": "Khan", "given": ["Amira"], "prefix": ["Dr"]}],
             "practitionerRole": [{"role": {"coding": [
-                {"system": "https://fhir.nhs.uk/STU3/CodeSystem/CareConnect-SDSJobRoleName-1",
+                {"system": "https://fhir.hl7.org.uk/CodeSystem/UKCore-SDSJobRoleName",
                  "code": "R8000"}]}}]},
         "permission_to_view": "granted",
     }
@@ -286,7 +286,7 @@ def provision(machine, pki, practice_dir):
     machine.expect("The appliance is serving.", 300)
     log("console: provisioned; migd started")
     machine.expect("MIG appliance status", 120)
-    machine.expect("type import and press Enter", 120)
+    machine.expect("verify   check the audit trail", 120)
     child.sendline("import")
     machine.expect(r"imported (\d+) resources from (\d+) files", 600)
     log(f"console: {child.match.group(0)}")
@@ -294,8 +294,9 @@ def provision(machine, pki, practice_dir):
     child.sendline("")
 
 
-def first_record(pki, patients, deadline):
-    """Polls until a record comes back; returns the NHS number that was served."""
+def first_record(pki, patients, deadline, machine=None):
+    """Polls until a record comes back; returns the NHS number that was served. Reads the
+    machine's console meanwhile, so that it is logged and qemu never waits on a full pty."""
     last = ""
     while time.monotonic() < deadline:
         for nhs in patients[:5]:
@@ -303,7 +304,13 @@ def first_record(pki, patients, deadline):
             if code == 0 and '"resourceType":"Bundle"' in body.replace(" ", ""):
                 return nhs
             last = f"curl exit {code}: {body[:300]}"
-        time.sleep(2)
+        if machine is not None:
+            try:
+                machine.child.expect(pexpect.TIMEOUT, timeout=2)
+            except pexpect.EOF:
+                fail(f"{machine.name}: qemu exited while waiting for a record")
+        else:
+            time.sleep(2)
     fail(f"no record came back: {last}")
 
 
