@@ -15,7 +15,7 @@ rm -rf "$mods"/sound "$mods"/drivers/{gpu,media,infiniband,staging,bluetooth,iio
   "$mods"/drivers/input/{touchscreen,joystick,tablet,misc} \
   "$mods"/net/{bluetooth,wireless,mac80211,netfilter,sched,sunrpc,ceph,9p,can,nfc,rxrpc,tipc,sctp,openvswitch,batman-adv,l2tp,bridge,mpls,dsa,rds,smc,x25,lapb,appletalk,atm,ieee802154,mac802154,6lowpan,ipv4/netfilter,ipv6/netfilter,bridge/netfilter,ax25,netrom,rose,phonet,caif,qrtr,vmw_vsock,wimax,lapb}
 for fs in "$mods"/fs/*; do
-  case ${fs##*/} in erofs|ext4|jbd2|mbcache.ko|fat|nls|squashfs|crypto) ;; *) rm -rf "$fs" ;; esac
+  case ${fs##*/} in erofs|ext4|jbd2|mbcache.ko|fat|exfat|nls|squashfs|autofs|crypto) ;; *) rm -rf "$fs" ;; esac
 done
 chroot "$root" depmod -a "$kver"
 
