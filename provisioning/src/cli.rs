@@ -66,6 +66,9 @@ pub enum Command {
     Status,
     /// Named health checks, each ok/warn/fail with what to do.
     Check,
+    /// Signed A/B updates of the appliance image (RAUC bundles).
+    #[command(subcommand)]
+    Update(UpdateCommand),
     /// The first-boot wizard for the appliance console.
     Console {
         /// Where the wizard keeps its progress, so an interrupted run resumes.
@@ -296,4 +299,17 @@ pub enum ExtractCommand {
         #[arg(long)]
         fingerprint: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UpdateCommand {
+    /// Check a signed update bundle, then write it to the inactive slot (it runs after a restart).
+    Install {
+        file: PathBuf,
+        /// The bundle signers' CA (PEM).
+        #[arg(long, default_value = crate::commands::update::KEYRING)]
+        keyring: PathBuf,
+    },
+    /// The running version and slot, and what boots next.
+    Status,
 }

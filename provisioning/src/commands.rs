@@ -145,6 +145,10 @@ fn run_with_config(config: &Config, command: Command) -> Result<ExitCode> {
         }
         Command::Status => return status(config),
         Command::Check => return Ok(crate::commands::check::run(config)),
+        Command::Update(UpdateCommand::Install { file, keyring }) => {
+            return update::install(config, &file, &keyring)
+        }
+        Command::Update(UpdateCommand::Status) => return update::status(),
         Command::DemoToken {
             ods,
             role,
@@ -957,41 +961,77 @@ fn alerts(config: &Config, command: AlertsCommand) -> Result<ExitCode> {
     }
 }
 
+/// `migctl status`: what the running appliance is doing, in plain words (the console's status
+/// screen shows exactly this).
 fn status(config: &Config) -> Result<ExitCode> {
-    let answer = admin_call(config, &json!({"command": "status"}))?;
     println!(
-        "migd {} for {} ({})",
+        "{} ({}), ASID {}",
+        config.appliance.name, config.appliance.ods, config.appliance.asid
+    );
+    println!("Certificate:  {}", certificate_expiry(config));
+    let answer = match admin_call(config, &json!({"command": "status"})) {
+        Ok(answer) => answer,
+        Err(AdminFailure::NotRunning(why)) => {
+            println!("Health:       NOT RUNNING: the appliance service does not answer ({why}).");
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(AdminFailure::Refused(e)) => return Err(e),
+    };
+    let ready = answer["ready"].as_bool() == Some(true);
+    let healthy = answer["healthy"].as_bool() == Some(true);
+    println!(
+        "Health:       {}",
+        match (ready, healthy) {
+            (true, true) => "good: TPM, replica, audit trail and listeners all working".to_owned(),
+            (true, false) =>
+                "PROBLEM: running, but its health check fails (TPM or replica)".to_owned(),
+            _ => "starting up".to_owned(),
+        }
+    );
+    println!(
+        "Running:      migd {}, up {}",
         answer["version"].as_str().unwrap_or("?"),
-        config.appliance.name,
-        config.appliance.ods
+        duration_words(answer["uptime_seconds"].as_u64().unwrap_or(0))
     );
     println!(
-        "ready: {}  healthy: {}  up {} s",
-        answer["ready"], answer["healthy"], answer["uptime_seconds"]
-    );
-    println!(
-        "replica: {} patients, {} resources",
+        "Records:      {} patients, {} resources",
         answer["replica"]["patients"], answer["replica"]["resources"]
     );
     println!(
-        "audit: {} records this run, {} checkpoints, {} failed commits",
-        answer["audit"]["records"],
-        answer["audit"]["checkpoints"],
-        answer["audit"]["failed_commits"]
+        "Last import:  {}",
+        answer["last_import"].as_str().unwrap_or("none yet")
     );
+    println!(
+        "Alerts:       {}",
+        match answer["alerts_waiting"].as_u64() {
+            Some(0) => "none waiting".to_owned(),
+            Some(n) => format!("{n} waiting for the privacy officer (migctl alerts list)"),
+            None => "unknown (the audit trail could not be read)".to_owned(),
+        }
+    );
+    if answer["audit"]["failed_commits"].as_u64().unwrap_or(0) > 0 {
+        println!(
+            "Audit:        PROBLEM: {} audit writes failed since start",
+            answer["audit"]["failed_commits"]
+        );
+    }
     let partners = answer["partners"].as_array().cloned().unwrap_or_default();
     println!(
-        "partners: {}  upstream systems: {}  CRLs: {}",
+        "Partners:     {} registered, {} partner CRLs, {} clinical systems",
         partners.len(),
-        answer["upstreams"],
-        answer["crls"]
+        answer["crls"],
+        answer["upstreams"]
     );
     for p in partners {
         println!(
-            "  {} {} ({})",
+            "              {} {} ({}){}",
             p["ods"].as_str().unwrap_or(""),
             p["name"].as_str().unwrap_or(""),
-            p["type"].as_str().unwrap_or("")
+            p["type"].as_str().unwrap_or(""),
+            p["expires"]
+                .as_str()
+                .map(|d| format!(", agreement ends {d}"))
+                .unwrap_or_default()
         );
     }
     let problems = answer["registry_problems"]
@@ -1009,14 +1049,49 @@ fn status(config: &Config) -> Result<ExitCode> {
             p["consequence"].as_str().unwrap_or("")
         );
     }
-    Ok(if answer["ready"].as_bool() == Some(true) {
+    Ok(if ready && healthy {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
 }
 
+/// The appliance certificate's expiry in words, read from the state directory.
+fn certificate_expiry(config: &Config) -> String {
+    use rustls_pki_types::pem::PemObject;
+    let Ok(pem) = std::fs::read(config.state_dir.join(registry::CHAIN_FILE)) else {
+        return "NOT INSTALLED".into();
+    };
+    let leaf = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+        .next()
+        .and_then(|c| c.ok())
+        .and_then(|der| registry::cert_identity(&der));
+    let Some(id) = leaf else {
+        return "UNREADABLE (reinstall it with migctl cert install)".into();
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let date = time::OffsetDateTime::from_unix_timestamp(id.not_after)
+        .map(|t| t.date().to_string())
+        .unwrap_or_else(|_| "?".into());
+    let days = (id.not_after - now).div_euclid(86_400);
+    match days {
+        d if d < 0 => format!("EXPIRED on {date}: partners cannot connect"),
+        d if d < 30 => format!("expires on {date}, in {d} days: RENEW IT NOW"),
+        d => format!("valid until {date} ({d} days)"),
+    }
+}
+
+fn duration_words(seconds: u64) -> String {
+    match seconds {
+        s if s < 120 => format!("{s} seconds"),
+        s if s < 7_200 => format!("{} minutes", s / 60),
+        s if s < 172_800 => format!("{} hours", s / 3_600),
+        s => format!("{} days", s / 86_400),
+    }
+}
+
 pub mod check;
+pub mod update;
 pub mod extract;
 
 #[cfg(test)]

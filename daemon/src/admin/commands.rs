@@ -205,6 +205,19 @@ impl AdminService {
                     "this migd was started without statistical extracts",
                 )),
             },
+            // `migctl update install` records each step of an update (SPEC §14) here.
+            "update-step" => match text("step") {
+                Some(step) if !step.trim().is_empty() && step.len() <= 1024 => {
+                    let done = request.get("ok").and_then(Value::as_bool).unwrap_or(true);
+                    self.audited(&peer, format!("update: {step}"), done)
+                        .await
+                        .map(|()| ok(json!({})))
+                }
+                _ => Err(error_response(
+                    "bad-request",
+                    "update-step needs a step (1 to 1024 characters)",
+                )),
+            },
             "csr" => match text("subject") {
                 Some(subject) => self.csr(&peer, subject).await,
                 None => Err(error_response("bad-request", "csr needs subject")),
@@ -225,6 +238,14 @@ impl AdminService {
             .and_then(Result::ok);
         let snapshot = self.reloader.current();
         let stats = self.audit.stats();
+        // For the console's status screen; unknown (null) rather than an error if unreadable.
+        let (alerts_waiting, last_import) = match self
+            .blocking_audit_read(|r| Ok((r.alerts_waiting()?, r.last_import()?)))
+            .await
+        {
+            Ok((waiting, last)) => (Some(waiting), last),
+            Err(_) => (None, None),
+        };
         ok(json!({
             "version": env!("CARGO_PKG_VERSION"),
             "ready": self.ready.load(Ordering::SeqCst),
@@ -242,6 +263,8 @@ impl AdminService {
             "registry_problems": snapshot.problems.iter().map(|p| json!({
                 "file": p.path.display().to_string(), "error": p.error,
                 "consequence": p.consequence})).collect::<Vec<_>>(),
+            "alerts_waiting": alerts_waiting,
+            "last_import": last_import,
         }))
     }
 

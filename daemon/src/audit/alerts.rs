@@ -78,3 +78,17 @@ pub(crate) fn list(conn: &Connection, all: bool) -> Result<Vec<Alert>, AuditErro
     let rows = stmt.query_map(params![all], alert_from_row).map_err(read)?;
     rows.collect::<Result<Vec<_>, _>>().map_err(read)
 }
+
+/// How many alerts wait for the privacy officer (not yet acknowledged).
+pub(crate) fn waiting(conn: &Connection) -> Result<u64, AuditError> {
+    conn.query_row(
+        "SELECT count(*) FROM alerts WHERE ack_seq IS NULL",
+        [],
+        |row| row.get::<_, i64>(0),
+    )
+    .map(|n| n as u64)
+    .map_err(|source| AuditError::Database {
+        operation: "count waiting alerts",
+        source,
+    })
+}

@@ -170,6 +170,28 @@ impl AuditReader {
         alerts::list(&self.conn, all)
     }
 
+    /// How many alerts are not acknowledged yet.
+    pub fn alerts_waiting(&self) -> Result<u64, AuditError> {
+        alerts::waiting(&self.conn)
+    }
+
+    /// The stored time of the last import the admin path committed, if any.
+    pub fn last_import(&self) -> Result<Option<String>, AuditError> {
+        use rusqlite::OptionalExtension;
+        self.conn
+            .query_row(
+                "SELECT time FROM records WHERE kind = ?1 AND decision = 'permit' \
+                 AND action LIKE 'import %' ORDER BY seq DESC LIMIT 1",
+                [RecordKind::AdminAction.name()],
+                |row| row.get::<_, String>(0),
+            )
+            .optional()
+            .map_err(|source| AuditError::Database {
+                operation: "find the last import",
+                source,
+            })
+    }
+
     /// Records with `seq >= from`, in order.
     pub fn records(&self, from: u64) -> Result<Vec<StoredRecord>, AuditError> {
         export::records_from(&self.conn, from)
