@@ -1091,8 +1091,8 @@ fn duration_words(seconds: u64) -> String {
 }
 
 pub mod check;
-pub mod update;
 pub mod extract;
+pub mod update;
 
 #[cfg(test)]
 mod tests {
