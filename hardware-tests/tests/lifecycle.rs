@@ -653,7 +653,7 @@ async fn sighup_skips_a_broken_partner_file_and_keeps_serving() {
     assert_serves(&app, "beside a broken file").await;
     let status = app.migctl(&["status"]);
     let text = String::from_utf8_lossy(&status.stdout);
-    assert!(text.contains("partners: 3"), "{text}");
+    assert!(text.contains("Partners:     3 registered"), "{text}");
     assert!(
         text.contains("registry files not applied: 1") && text.contains("BROKEN.toml"),
         "{text}"
@@ -785,10 +785,11 @@ fn wait_for_partner(app: &TestAppliance, ods: &str, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         let status = app.migctl(&["status"]);
-        // Partner lines only ("  ODS name (type)"), not the files not applied.
+        // Partner lines only ("              ODS name (type)"), not the files not applied
+        // (`  "partners/X.toml": …`).
         let listed = String::from_utf8_lossy(&status.stdout)
             .lines()
-            .any(|l| l.starts_with(&format!("  {ods} ")));
+            .any(|l| l.starts_with("  ") && l.trim_start().starts_with(&format!("{ods} ")));
         if listed {
             return true;
         }
