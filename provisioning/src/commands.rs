@@ -605,6 +605,9 @@ fn ndjson_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
             files.push(path.clone());
         }
     }
+    // Patients first, as for a folder: every other resource names one, and a resource whose
+    // patient is neither stored nor in its own batch is refused.
+    files.sort_by_key(|p| p.file_name().is_none_or(|n| n != "Patient.ndjson"));
     Ok(files)
 }
 
