@@ -112,7 +112,20 @@ fn client_cert(ca: &Ca, common_name: &str) -> Result<(String, String)> {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(free_ports::<1>()?[0])
+}
+
+/// `N` different free ports: all are held until every one is chosen, since the kernel may hand
+/// a port it just released out again at once.
+fn free_ports<const N: usize>() -> Result<[u16; N]> {
+    let held = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let mut ports = [0; N];
+    for (port, listener) in ports.iter_mut().zip(&held) {
+        *port = listener.local_addr()?.port();
+    }
+    Ok(ports)
 }
 
 /// A free port P with P+1 free too (swtpm's control channel).
@@ -263,13 +276,12 @@ pub fn provision(dir: &Path, api_port: u16) -> Result<Appliance> {
 fn provision_with_tpm(dir: PathBuf, api_port: u16, tpm_port: u16) -> Result<Appliance> {
     let config_path = dir.join("migd.toml");
     let pki = dir.join("pki");
+    let [free_api_port, upstream_port, metrics_port] = free_ports::<3>()?;
     let api_port = if api_port == 0 {
-        free_port()?
+        free_api_port
     } else {
         api_port
     };
-    let upstream_port = free_port()?;
-    let metrics_port = free_port()?;
     println!("software TPM on 127.0.0.1:{tpm_port}");
 
     let config = commands::init(
