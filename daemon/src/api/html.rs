@@ -364,12 +364,7 @@ fn row(section: Section, item: &Value) -> Row {
             td data-label=(label) { (text) }
         }
     };
-    let active = matches!(
-        concept_text(&item["clinicalStatus"])
-            .as_deref()
-            .or_else(|| item["status"].as_str()),
-        Some("active")
-    );
+    let active = status(item).as_deref() == Some("active");
     let date = first_date(item, SORT_DATES).unwrap_or_default().to_owned();
     Row {
         section,
