@@ -11,7 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("ndjson");
     let started = Instant::now();
-    let summary = mig::synthetic::write_practice(&data, patients, 1)?;
+    let summary = mig_synthetic::write_practice(&data, patients, 1)?;
     println!(
         "generated {} patients, {} resources in {:.1} s",
         summary.patients,

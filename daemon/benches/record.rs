@@ -13,9 +13,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use mig::api::{jwt, AccessEvent, Api, Appliance, AuditSink, AuditUnavailable, Caller};
-use mig::fhir::Section;
-use mig::policy::{Agreement, PartnerType, RoleSet, SensitiveCodes};
 use mig::replica::{ReaderPool, Replica};
+use mig_policy::fhir::Section;
+use mig_policy::{Agreement, PartnerType, RoleSet, SensitiveCodes};
 
 // As in migd.
 #[global_allocator]
@@ -78,7 +78,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or(3);
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("ndjson");
-    mig::synthetic::write_practice(&data, patients, 1)?;
+    mig_synthetic::write_practice(&data, patients, 1)?;
     let files = mig::replica::ndjson_import_order(&data)?;
     let key = [42u8; 32];
     let path = dir.path().join("replica.db");
@@ -87,7 +87,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         replica.import_ndjson(std::io::BufReader::new(std::fs::File::open(file)?))?;
     }
 
-    let typical_sizes = mig::synthetic::Practice::new(1).typical_patients(patients, 300)?;
+    let typical_sizes = mig_synthetic::Practice::new(1).typical_patients(patients, 300)?;
     if let Some((_, first_size)) = typical_sizes.first() {
         let mean =
             typical_sizes.iter().map(|(_, n)| n).sum::<usize>() as f64 / typical_sizes.len() as f64;

@@ -22,11 +22,11 @@ use crate::audit::{AuditLog, AuditOptions};
 use crate::config::Config;
 use crate::keys::{derive, AUDIT_KEY_PURPOSE, REPLICA_KEY_PURPOSE};
 use crate::listener::{self, Handler, HandlerFuture, ListenerLimits, Peer, Role, SnapshotSource};
-use crate::policy::{parse_concept_list, SensitiveCategory, SensitiveCodes};
 use crate::replica::{ReaderPool, Replica};
 use crate::system::{self, notify, Sandbox, SignalEvent, Signals};
 use crate::tls::{Reloader, TlsSettings};
 use crate::tpm::{KeyRole, Tpm, TpmSettings};
+use mig_policy::{parse_concept_list, SensitiveCategory, SensitiveCodes};
 
 /// The replica and audit database files inside the state directory.
 pub const REPLICA_FILE: &str = "replica.db";
@@ -59,7 +59,7 @@ pub enum ServiceError {
     #[error("certificates and partners: {0}")]
     Tls(#[from] Box<crate::tls::TlsError>),
     #[error("sensitive code list: {0}")]
-    Sensitive(#[from] crate::policy::PolicyError),
+    Sensitive(#[from] mig_policy::PolicyError),
     #[error("sensitive code list {path}: {source}")]
     SensitiveFile {
         path: PathBuf,

@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use http::{Request, Response};
 use mig::api::{jwt, AccessEvent, Api, Appliance, AuditSink, AuditUnavailable, Caller};
-use mig::fhir::Section;
-use mig::policy::{Agreement, PartnerType, RoleSet, SensitiveCodes};
 use mig::replica::{ReaderPool, Replica};
+use mig_policy::fhir::Section;
+use mig_policy::{Agreement, PartnerType, RoleSet, SensitiveCodes};
 use serde_json::{json, Value};
 
 const KEY: [u8; 32] = [9; 32];

@@ -8,8 +8,8 @@ use std::io::BufRead;
 use std::path::Path;
 
 use mig::extract::{self, ConditionMap, CsvContext, Period};
-use mig::fhir::SNOMED;
 use mig::replica::{ReaderPool, Replica};
+use mig_policy::fhir::SNOMED;
 use serde_json::Value;
 use time::macros::date;
 use zeroize::Zeroizing;
@@ -29,7 +29,7 @@ struct Fixture {
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let ndjson = dir.path().join("ndjson");
-    mig::synthetic::write_practice(&ndjson, PATIENTS, 1).unwrap();
+    mig_synthetic::write_practice(&ndjson, PATIENTS, 1).unwrap();
     let path = dir.path().join("replica.db");
     let mut replica = Replica::create(&path, &KEY).unwrap();
     let mut resources = Vec::new();
@@ -386,7 +386,7 @@ fn an_old_replica_gains_the_statistics_index_and_a_bad_condition_list_is_refused
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("replica.db");
     let mut replica = Replica::create(&path, &KEY).unwrap();
-    let practice = mig::synthetic::Practice::new(1);
+    let practice = mig_synthetic::Practice::new(1);
     // The demo patient with fit notes (index 16), stored before the index existed.
     let mut ndjson = Vec::new();
     for r in practice.patient(16).unwrap() {

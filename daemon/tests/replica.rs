@@ -46,7 +46,7 @@ fn every_type(patient_id: &str) -> Vec<Value> {
         json!({"resourceType": "Location", "id": "surgery"}),
         json!({"resourceType": "Medication", "id": "med1"}),
     ];
-    for resource_type in mig::fhir::PATIENT_SCOPED_TYPES {
+    for resource_type in mig_policy::fhir::PATIENT_SCOPED_TYPES {
         all.push(item(
             resource_type,
             &format!("{}-1", resource_type.to_lowercase()),
@@ -85,7 +85,7 @@ fn ingests_every_supported_resource_type() {
     assert_eq!(found.id, "p1");
     assert_eq!(
         item_ids(&reader, "p1").len(),
-        mig::fhir::PATIENT_SCOPED_TYPES.len()
+        mig_policy::fhir::PATIENT_SCOPED_TYPES.len()
     );
     let shared = reader
         .resources(["Medication/med1", "Practitioner/gp1", "Medication/none"])
@@ -376,15 +376,15 @@ fn upgrading_a_version_2_replica_rederives_every_items_facts() {
     assert_eq!(items.len(), 1);
     assert_eq!(
         items[0].facts.category_codes,
-        [mig::fhir::Coding::new(
+        [mig_policy::fhir::Coding::new(
             "http://terminology.hl7.org/CodeSystem/observation-category",
             "laboratory"
         )]
     );
     assert_eq!(
-        mig::fhir::file_item(&items[0].facts, false),
-        Some(mig::fhir::RecordList::Section(
-            mig::fhir::Section::Investigations
+        mig_policy::fhir::file_item(&items[0].facts, false),
+        Some(mig_policy::fhir::RecordList::Section(
+            mig_policy::fhir::Section::Investigations
         ))
     );
     assert!(reader.patient_by_nhs_number(NHS).unwrap().is_some());

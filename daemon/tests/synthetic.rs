@@ -5,11 +5,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use mig::fhir::{
+use mig_policy::fhir::{
     extract_facts, file_items, is_valid_nhs_number, ItemFacts, PatientRef, RecordList, Section,
     CONFIDENTIALITY_SYSTEM, SHARING_PREFERENCE_SYSTEM, SNOMED,
 };
-use mig::synthetic::{demo_patients, vocab, write_practice, DemoKind, Practice, SharingPreference};
+use mig_synthetic::{demo_patients, vocab, write_practice, DemoKind, Practice, SharingPreference};
 use serde_json::Value;
 
 fn read_dir_bytes(dir: &Path) -> BTreeMap<String, Vec<u8>> {
@@ -505,7 +505,7 @@ fn demo_patients_are_what_the_list_says_for_any_seed() {
                         .find(|c| !c.actor_ods_codes.is_empty())
                         .unwrap();
                     assert_eq!(consent.actor_ods_codes, [demo.third_party_ods.unwrap()]);
-                    let reference = mig::fhir::parse_fhir_date_time("2026-11-01").unwrap();
+                    let reference = mig_policy::fhir::parse_fhir_date_time("2026-11-01").unwrap();
                     let in_date = consent.period_end.unwrap() > reference;
                     assert_eq!(in_date, demo.kind == DemoKind::StandingThirdPartyConsent);
                 }
@@ -579,12 +579,12 @@ fn sensitive_concept_lists_match_their_refsets() {
 
 #[test]
 fn every_coded_sensitive_item_the_generator_makes_is_in_the_shipped_lists() {
-    let shipped = mig::policy::SensitiveCodes::shipped().unwrap();
-    for category in mig::synthetic::vocab::SENSITIVE_CATEGORIES {
+    let shipped = mig_policy::SensitiveCodes::shipped().unwrap();
+    for category in mig_synthetic::vocab::SENSITIVE_CATEGORIES {
         let policy_category =
-            mig::policy::SensitiveCategory::from_refset_id(category.refset_id).unwrap();
+            mig_policy::SensitiveCategory::from_refset_id(category.refset_id).unwrap();
         for concept in category.concepts {
-            let coding = mig::fhir::Coding::new(mig::fhir::SNOMED, concept.0);
+            let coding = mig_policy::fhir::Coding::new(mig_policy::fhir::SNOMED, concept.0);
             assert!(
                 shipped.contains(policy_category, &coding),
                 "{} {} is not shipped",

@@ -1,5 +1,5 @@
 //! An oracle for the strict JSON the library parses: whether a JSON text has a repeated key in
-//! any object. Written apart from `mig::json` (keys collected per object into a set), so the
+//! any object. Written apart from `mig_policy::json` (keys collected per object into a set), so the
 //! targets check the library rather than restate it.
 
 use std::collections::HashSet;

@@ -7,7 +7,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mig::fhir::{extract_facts, is_valid_id, ItemFacts, PATIENT_SCOPED_TYPES, SHARED_TYPES};
+use mig_policy::fhir::{extract_facts, is_valid_id, ItemFacts, PATIENT_SCOPED_TYPES, SHARED_TYPES};
 use serde_json::{json, Map, Value};
 
 fuzz_target!(|data: &[u8]| {

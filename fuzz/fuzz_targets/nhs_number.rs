@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     assert_eq!(
-        mig::fhir::is_valid_nhs_number(text),
+        mig_policy::fhir::is_valid_nhs_number(text),
         reference(text),
         "disagreement on {text:?}"
     );

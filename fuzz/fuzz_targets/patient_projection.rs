@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mig::fhir::{patient_demographics, serving_body};
+use mig_policy::fhir::{patient_demographics, serving_body};
 use serde_json::Value;
 
 const ALLOWED: &[&str] = &[

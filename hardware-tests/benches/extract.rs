@@ -58,7 +58,7 @@ fn main() -> Result<(), String> {
         "appliance with {patients} patients ready in {:.0} s (provision, start, import)",
         started.elapsed().as_secs_f64()
     );
-    let typical = mig::synthetic::Practice::new(1)
+    let typical = mig_synthetic::Practice::new(1)
         .typical_patients(patients, 1)
         .map_err(|e| e.to_string())?;
     let (nhs, _) = typical.first().ok_or("no typical patient")?.clone();

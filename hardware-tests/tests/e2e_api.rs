@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 use e2e_common::*;
 use hardware_tests::appliance::{AMBULANCE, OUT_OF_HOURS, SOCIAL_CARE};
-use mig::synthetic::DemoKind;
+use mig_synthetic::DemoKind;
 use serde_json::json;
 
 const AMB: &str = "DEMAMB";
@@ -251,7 +251,7 @@ async fn unknown_parameter_part_is_invalid_parameter() {
 async fn patient_not_in_the_replica_is_not_found_and_an_empty_searchset() {
     let app = appliance_with(&[DemoKind::CoreAndAdditional]).await;
     // Index 40 is beyond this small practice.
-    let absent = mig::synthetic::nhs_number(40).unwrap();
+    let absent = mig_synthetic::nhs_number(40).unwrap();
     let jwt = token(&app, AMB, "R8000", |_| {});
     let response = send(
         &app,

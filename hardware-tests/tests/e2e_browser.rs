@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use e2e_common::*;
 use hardware_tests::appliance::{TestAppliance, AMBULANCE};
-use mig::synthetic::DemoKind;
+use mig_synthetic::DemoKind;
 use serde_json::{json, Value};
 
 const AMB: &str = "DEMAMB";
@@ -90,7 +90,7 @@ fn page(app: &TestAppliance, name: &str, nhs: &str, jwt: &str, expect: Value) ->
         "url": format!("https://localhost:{}/fhir/Patient/$gpc.getstructuredrecord", app.address().port()),
         "headers": headers,
         "body": String::from_utf8(request.body().to_vec()).unwrap(),
-        "sections": mig::fhir::Section::ALL.iter().map(|s| s.list_code().2).collect::<Vec<_>>(),
+        "sections": mig_policy::fhir::Section::ALL.iter().map(|s| s.list_code().2).collect::<Vec<_>>(),
     });
     page.as_object_mut()
         .unwrap()

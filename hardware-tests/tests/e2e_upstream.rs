@@ -7,7 +7,7 @@ mod e2e_common;
 use e2e_common::*;
 use hardware_tests::appliance::{TestAppliance, AMBULANCE};
 use hardware_tests::load::{client_config_with_alpn, send_once, OneShot};
-use mig::synthetic::DemoKind;
+use mig_synthetic::DemoKind;
 use serde_json::{json, Value};
 
 const CLINICAL_SYSTEM: &str = "clinical-system";

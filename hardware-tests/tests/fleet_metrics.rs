@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use e2e_common::*;
 use hardware_tests::appliance::{TestAppliance, AMBULANCE};
-use mig::synthetic::DemoKind;
+use mig_synthetic::DemoKind;
 use prometheus_parse::{Scrape, Value};
 
 const AMB: &str = "DEMAMB";

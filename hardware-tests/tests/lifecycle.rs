@@ -68,9 +68,9 @@ fn wait_log(app: &TestAppliance, text: &str, times: usize, limit: Duration) -> b
 
 /// A patient the ambulance may see with `permission_to_view: granted` (no dissent).
 fn visible_patient() -> String {
-    mig::synthetic::demo_patients()
+    mig_synthetic::demo_patients()
         .into_iter()
-        .find(|p| p.kind == mig::synthetic::DemoKind::NoPreference)
+        .find(|p| p.kind == mig_synthetic::DemoKind::NoPreference)
         .unwrap()
         .nhs_number
 }

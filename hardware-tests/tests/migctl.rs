@@ -469,7 +469,7 @@ fn import_reports_the_bad_line_and_keeps_what_was_stored() {
 
     // Six patients: three already stored, three new; then a broken line 7.
     let bigger = tempfile::tempdir().unwrap();
-    mig::synthetic::write_practice(bigger.path(), 6, 1).unwrap();
+    mig_synthetic::write_practice(bigger.path(), 6, 1).unwrap();
     let lines = std::fs::read_to_string(bigger.path().join("Patient.ndjson")).unwrap();
     let lines: Vec<&str> = lines.lines().collect();
     assert_eq!(lines.len(), 6);
@@ -604,7 +604,7 @@ fn audit_patient_refuses_an_invalid_nhs_number_and_lists_a_valid_one() {
         &["audit", "patient", "1234567890"],
         &["not a valid NHS number"],
     );
-    let nhs = mig::synthetic::demo_patients()[0].nhs_number.clone();
+    let nhs = mig_synthetic::demo_patients()[0].nhs_number.clone();
     let stdout = ok(&app, &["audit", "patient", &nhs]);
     assert!(
         stdout.contains(&format!("no recorded access to {nhs}")),

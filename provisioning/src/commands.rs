@@ -15,12 +15,12 @@ use serde_json::{json, Value};
 use crate::cli::*;
 use mig::admin::transport::{AdminClient, AdminClientError};
 use mig::config::{ApplianceConfig, Asid, Config, FhirBase, OdsCode, PcrSelection, Tcti};
-use mig::fhir::Section;
 use mig::keys::PublicKeyOnly;
-use mig::policy::{Agreement, PartnerType, RoleSet};
 use mig::registry::{self, CertificateMatch, Partner};
 use mig::service::{AUDIT_FILE, REPLICA_FILE};
 use mig::tpm::{KeyRole, Tpm};
+use mig_policy::fhir::Section;
+use mig_policy::{Agreement, PartnerType, RoleSet};
 
 /// Public halves of the appliance keys, written at `init` so certificate checks need no TPM.
 pub const PUBLIC_KEYS_FILE: &str = "public-keys.json";
@@ -36,7 +36,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             seed,
             out,
         } => {
-            let summary = mig::synthetic::write_practice(&out, patients as u64, seed)?;
+            let summary = mig_synthetic::write_practice(&out, patients as u64, seed)?;
             println!("{summary}");
             Ok(ExitCode::SUCCESS)
         }

@@ -18,9 +18,9 @@ use serde::{Deserialize, Serialize};
 use crate::cli::{InitArgs, PartnerAddArgs};
 use crate::commands;
 use mig::config::{Asid, Config, FhirBase, OdsCode, PcrSelection, Tcti};
-use mig::fhir::Section;
-use mig::policy::PartnerType;
 use mig::registry;
+use mig_policy::fhir::Section;
+use mig_policy::PartnerType;
 
 /// The progress file's name, next to the config unless `--progress` says otherwise.
 pub const PROGRESS_FILE: &str = "console-progress.json";

@@ -288,8 +288,8 @@ fn provision_with_tpm(dir: PathBuf, api_port: u16, tpm_port: u16) -> Result<Appl
         &config_path,
         &InitArgs {
             state_dir: dir.join("state"),
-            ods: mig::synthetic::DEFAULT_PRACTICE_ODS.into(),
-            name: mig::synthetic::DEFAULT_PRACTICE_NAME.into(),
+            ods: mig_synthetic::DEFAULT_PRACTICE_ODS.into(),
+            name: mig_synthetic::DEFAULT_PRACTICE_NAME.into(),
             asid: "200000000123".into(),
             tcti: format!("swtpm:host=127.0.0.1,port={tpm_port}"),
             listen: format!("127.0.0.1:{api_port}"),
@@ -297,7 +297,7 @@ fn provision_with_tpm(dir: PathBuf, api_port: u16, tpm_port: u16) -> Result<Appl
             admin_socket: dir.join("admin.sock"),
             fhir_base: Some(format!("https://localhost:{api_port}/fhir")),
             pcrs: "sha256:7".into(),
-            sub_icb: Some(mig::synthetic::DEFAULT_SUB_ICB.into()),
+            sub_icb: Some(mig_synthetic::DEFAULT_SUB_ICB.into()),
             metrics_listen: Some(format!("127.0.0.1:{metrics_port}")),
         },
     )?;
@@ -415,9 +415,9 @@ pub fn start_migd(app: &Appliance, migd: &Path, env: &[(&str, &str)]) -> Result<
 }
 
 /// Writes a synthetic practice (seed 1) and imports it through the admin socket.
-pub fn load_practice(app: &Appliance, patients: usize) -> Result<mig::synthetic::Summary> {
+pub fn load_practice(app: &Appliance, patients: usize) -> Result<mig_synthetic::Summary> {
     let practice = app.dir.join("practice");
-    let summary = mig::synthetic::write_practice(&practice, patients as u64, 1)?;
+    let summary = mig_synthetic::write_practice(&practice, patients as u64, 1)?;
     let files = mig::replica::ndjson_import_order(&practice)?;
     for file in &files {
         commands::import_file(&app.config, file).with_context(|| file.display().to_string())?;
@@ -493,8 +493,8 @@ fn wait_for_interrupt() {
 }
 
 /// A demo patient's NHS number by kind.
-fn demo_patient(kind: mig::synthetic::DemoKind) -> Result<String> {
-    mig::synthetic::demo_patients()
+fn demo_patient(kind: mig_synthetic::DemoKind) -> Result<String> {
+    mig_synthetic::demo_patients()
         .into_iter()
         .find(|p| p.kind == kind)
         .map(|p| p.nhs_number)
@@ -502,7 +502,7 @@ fn demo_patient(kind: mig::synthetic::DemoKind) -> Result<String> {
 }
 
 fn print_guide(dir: &Path, config_path: &Path, port: u16) {
-    use mig::synthetic::DemoKind;
+    use mig_synthetic::DemoKind;
     let pki = dir.join("pki");
     let migctl = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("migctl"));
     let curl = |who: &str| {

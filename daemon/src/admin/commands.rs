@@ -468,7 +468,7 @@ impl AdminService {
             Some(text) => Some(
                 crate::audit::parse_time(text)
                     .or_else(|| {
-                        crate::fhir::parse_fhir_date_time(text)
+                        mig_policy::fhir::parse_fhir_date_time(text)
                             .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
                     })
                     .ok_or_else(|| {
@@ -491,7 +491,7 @@ impl AdminService {
     }
 
     async fn audit_patient(&self, peer: &PeerCred, nhs: String) -> Result<Value, Value> {
-        if !crate::fhir::is_valid_nhs_number(&nhs) {
+        if !mig_policy::fhir::is_valid_nhs_number(&nhs) {
             return Err(error_response("bad-request", "not a valid NHS number"));
         }
         self.audited(peer, format!("audit patient {nhs}"), true)

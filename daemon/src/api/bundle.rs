@@ -10,7 +10,7 @@
 
 use serde_json::Value;
 
-use crate::fhir::{ItemFacts, RecordList, NHS_NUMBER_SYSTEM, ODS_SYSTEM};
+use mig_policy::fhir::{ItemFacts, RecordList, NHS_NUMBER_SYSTEM, ODS_SYSTEM};
 
 pub const WARNING_EXTENSION: &str =
     "https://fhir.nhs.uk/STU3/StructureDefinition/Extension-CareConnect-GPC-ListWarningCode-1";
@@ -344,7 +344,7 @@ pub(crate) fn strip_outside_references(value: &mut Value, included: &Included<'_
         another_patient
             || match v.get("reference").and_then(Value::as_str) {
                 Some(r) if r.starts_with('#') => false,
-                Some(r) => match crate::fhir::split_reference(r) {
+                Some(r) => match mig_policy::fhir::split_reference(r) {
                     Some(member) => !included.has(member),
                     None => true,
                 },
@@ -373,7 +373,7 @@ pub(crate) fn strip_outside_references(value: &mut Value, included: &Included<'_
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fhir::{extract_facts, Section};
+    use mig_policy::fhir::{extract_facts, Section};
     use serde_json::json;
 
     fn stored(value: Value) -> (ItemFacts, String) {

@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::fhir::{RecordList, Section};
+use mig_policy::fhir::{RecordList, Section};
 
 pub const STRUCTURED_RECORD_INTERACTION: &str =
     "urn:nhs:names:services:gpconnect:fhir:operation:gpc.getstructuredrecord-1";

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::bundle::Entry;
 use super::parameters::RecordRequest;
-use crate::fhir::{parse_fhir_date_time, Section};
+use mig_policy::fhir::{parse_fhir_date_time, Section};
 
 /// Keeps the released items (each with its List key `K`, whose section `section_of` gives)
 /// that the request's filters admit.
@@ -267,7 +267,7 @@ fn significance(body: &str) -> Option<String> {
 mod tests {
     use super::*;
     use crate::api::parameters::{Period, ProblemFilter};
-    use crate::fhir::{extract_facts, ItemFacts};
+    use mig_policy::fhir::{extract_facts, ItemFacts};
     use serde_json::json;
 
     fn stored(value: Value) -> (ItemFacts, String) {
@@ -282,7 +282,7 @@ mod tests {
         let released = items
             .iter()
             .map(|(facts, body)| {
-                let section = crate::fhir::file_item(facts, false).map(|l| l.section());
+                let section = mig_policy::fhir::file_item(facts, false).map(|l| l.section());
                 (section, Entry { facts, body })
             })
             .collect();

@@ -2,7 +2,7 @@
 
 use http::HeaderMap;
 
-use crate::policy::ErrorCode;
+use mig_policy::ErrorCode;
 
 /// The checked headers.
 #[derive(Debug, Clone, PartialEq, Eq)]

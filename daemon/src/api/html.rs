@@ -13,8 +13,8 @@ use rustc_hash::FxHashMap;
 use serde_json::Value;
 
 use super::bundle::{RecordParts, SectionList, WITHHELD_NOTE};
-use crate::fhir::{file_items, ItemFacts, RecordList, Section, NHS_NUMBER_SYSTEM};
-use crate::policy::Basis;
+use mig_policy::fhir::{file_items, ItemFacts, RecordList, Section, NHS_NUMBER_SYSTEM};
+use mig_policy::Basis;
 
 pub const CONTENT_TYPE: &str = "text/html; charset=utf-8";
 /// No script, no external resource, no form target, no base; only the inline stylesheet.

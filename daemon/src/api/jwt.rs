@@ -11,7 +11,7 @@
 use base64::Engine;
 use serde_json::{Map, Value};
 
-use crate::fhir::{NHS_NUMBER_SYSTEM, ODS_SYSTEM};
+use mig_policy::fhir::{NHS_NUMBER_SYSTEM, ODS_SYSTEM};
 
 pub const SDS_USER_ID_SYSTEM: &str = "https://fhir.nhs.uk/Id/sds-user-id";
 pub const SDS_ROLE_PROFILE_SYSTEM: &str = "https://fhir.nhs.uk/Id/sds-role-profile-id";
@@ -20,7 +20,7 @@ pub const JOB_ROLE_SYSTEM: &str = "https://fhir.hl7.org.uk/CodeSystem/UKCore-SDS
 pub const DSTU2_ODS_SYSTEM: &str = "http://fhir.nhs.net/Id/ods-organization-code";
 pub const DSTU2_SDS_USER_ID_SYSTEM: &str = "http://fhir.nhs.net/sds-user-id";
 /// The job role of a token without one (an STU3 Practitioner has no `practitionerRole`).
-pub use crate::policy::UNKNOWN_JOB_ROLE;
+pub use mig_policy::UNKNOWN_JOB_ROLE;
 /// Longest token accepted, before decoding.
 const MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// Longest lifetime (`exp - iat`).
@@ -284,7 +284,7 @@ fn decode_object(part: &str, what: &str) -> Result<Map<String, Value>, JwtError>
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(part.trim_end_matches('='))
         .map_err(|_| JwtError(format!("{what} is not base64url")))?;
-    match crate::json::from_slice(&bytes) {
+    match mig_policy::json::from_slice(&bytes) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => bad(format!("{what} is not a JSON object")),
         // Names a repeated key: "payload is not valid JSON: repeated key \"sub\" at ...".

@@ -25,13 +25,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 
-use crate::fhir::{RecordList, Section, NHS_NUMBER_SYSTEM};
-use crate::policy::{
+use crate::replica::{ReaderPool, ReplicaError};
+use capability::{PATIENT_SEARCH_INTERACTION, STRUCTURED_RECORD_INTERACTION};
+use mig_policy::fhir::{RecordList, Section, NHS_NUMBER_SYSTEM};
+use mig_policy::{
     decide, AccessRequest, Agreement, Basis, Decision, ErrorCode, OverrideReason, Permission,
     SensitiveCodes,
 };
-use crate::replica::{ReaderPool, ReplicaError};
-use capability::{PATIENT_SEARCH_INTERACTION, STRUCTURED_RECORD_INTERACTION};
 
 pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
 pub const METADATA_INTERACTION: &str = "urn:nhs:names:services:gpconnect:fhir:rest:read:metadata-1";
@@ -627,7 +627,7 @@ fn patient_search_query(
             format!("identifier system {system:?}"),
         ));
     }
-    if !crate::fhir::is_valid_nhs_number(value) {
+    if !mig_policy::fhir::is_valid_nhs_number(value) {
         return Err((
             ErrorCode::InvalidNhsNumber,
             "identifier value is not a valid NHS number".into(),

@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-use crate::policy::ErrorCode;
+use mig_policy::ErrorCode;
 
 /// The GP Connect error code system.
 pub const ERROR_CODE_SYSTEM: &str =

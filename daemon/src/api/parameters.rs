@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value};
 
-use crate::fhir::{is_valid_nhs_number, parse_fhir_date_time, Section, NHS_NUMBER_SYSTEM};
+use mig_policy::fhir::{is_valid_nhs_number, parse_fhir_date_time, Section, NHS_NUMBER_SYSTEM};
 
 /// Longest accepted body; a structured-record request is a few hundred bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -145,7 +145,7 @@ pub fn parse(body: &[u8], now: i64) -> Result<RecordRequest, ParametersError> {
         return Err(ParametersError::Malformed("too large".into()));
     }
     // Strict: a repeated key (two patientNHSNumber values in one parameter) is refused.
-    let value: Value = crate::json::from_slice(body)
+    let value: Value = mig_policy::json::from_slice(body)
         .map_err(|e| ParametersError::Malformed(format!("not valid JSON: {e}")))?;
     if value.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
         return Err(ParametersError::Malformed(

@@ -9,9 +9,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::fhir::{ItemFacts, SHARED_TYPES};
-use crate::policy::PatientData;
 use crate::replica::{PatientRow, ReplicaError, ReplicaReader};
+use mig_policy::fhir::{ItemFacts, SHARED_TYPES};
+use mig_policy::PatientData;
 
 /// One patient's record as read from one replica snapshot.
 #[derive(Debug)]

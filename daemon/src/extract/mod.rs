@@ -17,10 +17,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde_json::Value;
 use time::Date;
 
-use crate::fhir::{ItemFacts, SNOMED};
 use crate::replica::{ReplicaError, ReplicaReader};
 pub use conditions::{ConditionMap, ConditionType};
 pub use disclosure::{publish, Published};
+use mig_policy::fhir::{ItemFacts, SNOMED};
 
 /// SPEC §12: the fit-note Observation code ("Med3 certificate issued to patient").
 pub const FIT_NOTE_CODE: &str = "1331000000103";
@@ -350,9 +350,9 @@ fn is_fit_note(facts: &ItemFacts) -> bool {
 fn is_opt_out(facts: &ItemFacts, now: i64) -> bool {
     match (&facts.consent, facts.resource_type.as_str()) {
         (Some(consent), "Consent") => {
-            crate::policy::preferences(std::slice::from_ref(consent), now).type1_opt_out
+            mig_policy::preferences(std::slice::from_ref(consent), now).type1_opt_out
         }
-        (None, "Observation") => crate::policy::type1_opt_out_in_items(std::slice::from_ref(facts)),
+        (None, "Observation") => mig_policy::type1_opt_out_in_items(std::slice::from_ref(facts)),
         _ => false,
     }
 }

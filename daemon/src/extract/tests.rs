@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use time::macros::date;
 
 use super::*;
-use crate::fhir::{Coding, ConsentFacts};
+use mig_policy::fhir::{Coding, ConsentFacts};
 
 const TODAY: Date = date!(2026 - 12 - 06);
 const NOW: i64 = 1_796_515_200; // 2026-12-06T00:00:00Z
@@ -87,7 +87,7 @@ fn opt_out_consent(patient: &str, active: bool) -> Candidate {
             consent: Some(ConsentFacts {
                 active,
                 patient_privacy: true,
-                categories: vec![Coding::new(SNOMED, crate::policy::TYPE1_OPT_OUT_CODE)],
+                categories: vec![Coding::new(SNOMED, mig_policy::TYPE1_OPT_OUT_CODE)],
                 date_time: Some(NOW - 86_400 * 400),
                 ..ConsentFacts::default()
             }),
@@ -103,7 +103,7 @@ fn opt_out_observation(patient: &str, status: &str) -> Candidate {
         facts: ItemFacts {
             resource_type: "Observation".into(),
             id: format!("{patient}-optout-obs"),
-            codes: vec![Coding::new(SNOMED, crate::policy::TYPE1_OPT_OUT_CODE)],
+            codes: vec![Coding::new(SNOMED, mig_policy::TYPE1_OPT_OUT_CODE)],
             status: Some(status.into()),
             ..ItemFacts::default()
         },

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
 use serde::{Deserialize, Serialize};
 
-use crate::policy::Agreement;
+use mig_policy::Agreement;
 
 pub use load::{fingerprint, load, problems_for_check, FileStamp, Fingerprint};
 pub(crate) use pki::unix_seconds;

@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 
 use super::*;
 use crate::keys::InMemorySigner;
-use crate::policy::{PartnerType, RoleSet};
+use mig_policy::{PartnerType, RoleSet};
 
 fn ca(name: &str) -> (rcgen::Certificate, KeyPair) {
     let key = KeyPair::generate().unwrap();
@@ -57,7 +57,7 @@ fn sample_partner(ods: &str, hash: u8) -> Partner {
             name: "East Ambulance".into(),
             partner_type: PartnerType::Ambulance,
             sites: Default::default(),
-            sections: [crate::fhir::Section::Allergies].into_iter().collect(),
+            sections: [mig_policy::fhir::Section::Allergies].into_iter().collect(),
             roles: RoleSet::Only(["R8000".to_string()].into_iter().collect()),
             override_roles: RoleSet::none(),
             override_sections: None,

@@ -9,8 +9,8 @@ use rusqlite::{params, OptionalExtension, Transaction};
 use serde_json::Value;
 
 use super::{Replica, ReplicaError};
-use crate::fhir::{extract_facts, split_reference, ItemFacts, PatientRef};
-use crate::policy::check_consent;
+use mig_policy::check_consent;
+use mig_policy::fhir::{extract_facts, split_reference, ItemFacts, PatientRef};
 
 /// The longest NDJSON line accepted (one resource).
 pub const MAX_LINE_BYTES: u64 = 16 * 1024 * 1024;
@@ -87,13 +87,14 @@ impl Replica {
     /// Applies an R4 `transaction` or `batch` Bundle atomically: `PUT Type/id` upserts,
     /// `DELETE Type/id` removes, and `DELETE Patient/id` purges the patient and all of theirs.
     pub fn apply_bundle(&mut self, bundle: &[u8]) -> Result<ImportSummary, IngestError> {
-        let bundle = crate::json::from_slice_locating_entry(bundle).map_err(|(e, entry)| {
-            let reason = format!("not valid JSON: {e}");
-            match entry {
-                Some(entry) => IngestError::Entry { entry, reason },
-                None => IngestError::Bundle(reason),
-            }
-        })?;
+        let bundle =
+            mig_policy::json::from_slice_locating_entry(bundle).map_err(|(e, entry)| {
+                let reason = format!("not valid JSON: {e}");
+                match entry {
+                    Some(entry) => IngestError::Entry { entry, reason },
+                    None => IngestError::Bundle(reason),
+                }
+            })?;
         if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
             return Err(IngestError::Bundle("resourceType is not Bundle".into()));
         }
@@ -232,7 +233,7 @@ fn read_lines(
             match std::str::from_utf8(&buffer).map(str::trim) {
                 Err(_) => Parsed::Bad(line, "not valid UTF-8".into()),
                 Ok("") => continue,
-                Ok(text) => match crate::json::from_str(text) {
+                Ok(text) => match mig_policy::json::from_str(text) {
                     Err(e) => Parsed::Bad(line, format!("not valid JSON: {e}")),
                     Ok(value) => match prepare(&value, text.to_owned()) {
                         Ok(prepared) => Parsed::Ready(line, Box::new(prepared)),
@@ -375,7 +376,7 @@ fn prepare(resource: &Value, body: String) -> Result<Prepared, String> {
     Ok(Prepared {
         facts,
         stored_facts,
-        body: crate::fhir::serving_body(resource, body),
+        body: mig_policy::fhir::serving_body(resource, body),
     })
 }
 

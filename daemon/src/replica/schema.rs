@@ -4,7 +4,7 @@ use rusqlite::{params, Connection, Transaction};
 use serde_json::Value;
 
 use super::ReplicaError;
-use crate::fhir::{extract_facts, serving_body};
+use mig_policy::fhir::{extract_facts, serving_body};
 
 /// One schema upgrade.
 enum Migration {
@@ -132,7 +132,7 @@ fn rederive(tx: &Transaction<'_>) -> Result<(), ReplicaError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fhir::ItemFacts;
+    use mig_policy::fhir::ItemFacts;
 
     /// A replica of version 2 (facts in the old layout, bodies as received) upgrades to facts
     /// over the whole item and bodies as served.

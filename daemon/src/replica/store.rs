@@ -6,7 +6,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use zeroize::Zeroizing;
 
 use super::schema;
-use crate::fhir::ItemFacts;
+use mig_policy::fhir::ItemFacts;
 
 /// Why the replica could not be opened or read.
 #[derive(Debug, thiserror::Error)]

@@ -12,9 +12,9 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use mig::keys::{InMemorySigner, Signer};
 use mig::listener::{self, Handler, HandlerFuture, ListenerLimits, Peer, Role, SnapshotSource};
-use mig::policy::{Agreement, PartnerType, RoleSet};
 use mig::registry::{self, CertificateMatch, Partner};
 use mig::tls::{Reloader, TlsSettings};
+use mig_policy::{Agreement, PartnerType, RoleSet};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
     ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams,

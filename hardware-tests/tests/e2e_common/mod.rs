@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use bytes::Bytes;
 use hardware_tests::appliance::TestAppliance;
 use hardware_tests::load::{client_config_with_alpn, send_once, ClientTls, OneShot};
-use mig::synthetic::DemoKind;
+use mig_synthetic::DemoKind;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose, SerialNumber,
@@ -53,7 +53,7 @@ pub async fn appliance(patients: usize) -> TestAppliance {
 }
 
 pub fn nhs(kind: DemoKind) -> String {
-    mig::synthetic::demo_patients()
+    mig_synthetic::demo_patients()
         .into_iter()
         .find(|p| p.kind == kind)
         .unwrap()
@@ -61,7 +61,7 @@ pub fn nhs(kind: DemoKind) -> String {
 }
 
 pub fn patient_id(kind: DemoKind) -> String {
-    mig::synthetic::demo_patients()
+    mig_synthetic::demo_patients()
         .into_iter()
         .find(|p| p.kind == kind)
         .unwrap()
@@ -283,7 +283,7 @@ pub fn list_code(resource: &Value, fed: &BTreeMap<String, Value>) -> Option<&'st
     };
     let shipped = |file: &str| -> BTreeSet<String> {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../daemon/data/sections")
+            .join("../policy/data/sections")
             .join(file);
         std::fs::read_to_string(path)
             .unwrap()
@@ -414,7 +414,7 @@ pub fn categories(resource: &Value) -> BTreeSet<&'static str> {
             out.insert(name);
         }
     }
-    for category in mig::synthetic::vocab::SENSITIVE_CATEGORIES {
+    for category in mig_synthetic::vocab::SENSITIVE_CATEGORIES {
         if category
             .concepts
             .iter()
@@ -596,7 +596,7 @@ pub fn add_partner(
 
 /// An appliance whose practice is just large enough to hold these demo patients.
 pub async fn appliance_with(kinds: &[DemoKind]) -> TestAppliance {
-    let patients = mig::synthetic::demo_patients()
+    let patients = mig_synthetic::demo_patients()
         .into_iter()
         .filter(|p| kinds.contains(&p.kind))
         .map(|p| p.index as usize + 1)

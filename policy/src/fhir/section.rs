@@ -170,7 +170,7 @@ const OBSERVATION_CATEGORY_SYSTEMS: [&str; 2] = [
     "http://hl7.org/fhir/observation-category",
 ];
 
-/// The concept ids of a shipped list (`daemon/data/sections/`): the first word of each line
+/// The concept ids of a shipped list (`policy/data/sections/`): the first word of each line
 /// that is not blank or a comment. The lists are checked in the tests (valid SNOMED CT concept
 /// ids, the same format as the sensitive lists), so reading them cannot fail at run time.
 fn concept_set(text: &'static str) -> rustc_hash::FxHashSet<&'static str> {
@@ -302,7 +302,7 @@ mod tests {
             ("end-of-life.txt", END_OF_LIFE_LIST),
             ("communication-flags.txt", COMMUNICATION_LIST),
         ] {
-            let checked = crate::policy::parse_concept_list(name, text).unwrap();
+            let checked = crate::parse_concept_list(name, text).unwrap();
             let read: std::collections::BTreeSet<String> =
                 concept_set(text).into_iter().map(str::to_owned).collect();
             assert_eq!(read, checked, "{name}");

@@ -82,7 +82,7 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 use time::Date;
 
-use crate::fhir::{ODS_SYSTEM, PATIENT_SCOPED_TYPES, SHARED_TYPES, SNOMED};
+use mig_policy::fhir::{ODS_SYSTEM, PATIENT_SCOPED_TYPES, SHARED_TYPES, SNOMED};
 
 /// The practice's ODS code unless told otherwise.
 pub const DEFAULT_PRACTICE_ODS: &str = "A81001";
@@ -696,7 +696,7 @@ impl Output {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::fhir::{extract_facts, is_valid_nhs_number};
+    use mig_policy::fhir::{extract_facts, is_valid_nhs_number};
 
     #[test]
     fn nhs_numbers_are_valid_unique_and_in_the_test_range() {

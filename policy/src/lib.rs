@@ -1,3 +1,9 @@
+//! `mig-policy`: who may see what. The access decision (SPEC §5), item filtering (SPEC §6), and
+//! the FHIR vocabulary they are stated in (`fhir`: facts read from items at ingest, sections,
+//! NHS numbers, the served Patient projection) with the strict JSON parser (`json`) that reads
+//! every input. The crate has no I/O, async or storage dependencies, so its purity is enforced by
+//! its Cargo.toml, not only by this comment.
+//!
 //! The access decision (SPEC §5) and item filtering (SPEC §6). Pure: no I/O, no clock, no async,
 //! no logging; the current time is an argument, so every rule can be tested exhaustively.
 //!
@@ -39,6 +45,9 @@
 //!   references (SPEC §4: no dangling references).
 //!
 //! Preference rules (newest wins, ties, periods, Type 1) are in `preferences.rs`'s header.
+
+pub mod fhir;
+pub mod json;
 
 mod agreement;
 mod decide;

@@ -896,24 +896,24 @@ pub const NOT_FOR_RESUSCITATION: Code = ("304253006", "Not for resuscitation");
 /// Communication-preference flags: (system, code, display).
 pub const COMMUNICATION_FLAGS: &[(&str, &str, &str)] = &[
     (
-        crate::fhir::SNOMED,
+        mig_policy::fhir::SNOMED,
         "520471000000105",
         "Requires British Sign Language interpreter",
     ),
     (
-        crate::fhir::SNOMED,
+        mig_policy::fhir::SNOMED,
         "957331000000109",
         "Requires written information in at least 20 point sans serif font",
     ),
-    (crate::fhir::SNOMED, "441092009", "Lip reads"),
-    (crate::fhir::SNOMED, "285055002", "Uses a hearing aid"),
+    (mig_policy::fhir::SNOMED, "441092009", "Lip reads"),
+    (mig_policy::fhir::SNOMED, "285055002", "Uses a hearing aid"),
     (
-        crate::fhir::SNOMED,
+        mig_policy::fhir::SNOMED,
         "1082671000000100",
         "Requires aphasia-friendly communication",
     ),
     (
-        crate::fhir::SNOMED,
+        mig_policy::fhir::SNOMED,
         "520491000000109",
         "Prefers written communication",
     ),

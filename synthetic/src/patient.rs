@@ -9,7 +9,7 @@ use time::{Date, Duration};
 use super::people::{self, Background};
 use super::vocab::{self, Code, SensitiveCategory};
 use super::{DemoKind, Practice, SharingPreference};
-use crate::fhir::{
+use mig_policy::fhir::{
     CONFIDENTIALITY_SYSTEM, NHS_NUMBER_SYSTEM, ODS_SYSTEM, SHARING_PREFERENCE_SYSTEM, SNOMED,
 };
 

@@ -63,18 +63,18 @@ impl SensitiveCategory {
             .find(|c| c.refset_id() == id)
     }
 
-    /// The concept list shipped in `daemon/data/sensitive/`.
+    /// The concept list shipped in `policy/data/sensitive/`.
     fn shipped_list(self) -> &'static str {
         match self {
-            SensitiveCategory::Gender => include_str!("../../data/sensitive/gender.txt"),
+            SensitiveCategory::Gender => include_str!("../data/sensitive/gender.txt"),
             SensitiveCategory::AssistedFertilisation => {
-                include_str!("../../data/sensitive/assisted-fertilisation.txt")
+                include_str!("../data/sensitive/assisted-fertilisation.txt")
             }
             SensitiveCategory::TerminationOfPregnancy => {
-                include_str!("../../data/sensitive/termination-of-pregnancy.txt")
+                include_str!("../data/sensitive/termination-of-pregnancy.txt")
             }
             SensitiveCategory::SexuallyTransmittedDisease => {
-                include_str!("../../data/sensitive/sexually-transmitted-disease.txt")
+                include_str!("../data/sensitive/sexually-transmitted-disease.txt")
             }
         }
     }
@@ -131,7 +131,7 @@ impl SensitiveCodes {
         SensitiveCodes::default()
     }
 
-    /// The starter lists shipped with migd (`daemon/data/sensitive/*.txt`).
+    /// The starter lists shipped with migd (`policy/data/sensitive/*.txt`).
     pub fn shipped() -> Result<SensitiveCodes, PolicyError> {
         let mut codes = SensitiveCodes::empty();
         for category in SensitiveCategory::ALL {
