@@ -28,10 +28,10 @@ pub const PUBLIC_KEYS_FILE: &str = "public-keys.json";
 /// How much NDJSON goes in one admin request (whole lines; the socket takes 16 MiB a line).
 const IMPORT_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 
-pub fn run(cli: Cli) -> Result<ExitCode> {
-    let config_path = cli.config.clone();
-    match cli.command {
-        Command::Init(args) => init(&config_path, &args).map(|_| ExitCode::SUCCESS),
+/// Runs `command` (all but `console` and `demo`, which `main` dispatches to their modules).
+pub fn run(config_path: &Path, command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Init(args) => init(config_path, &args).map(|_| ExitCode::SUCCESS),
         Command::DemoData {
             patients,
             seed,
@@ -41,12 +41,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             println!("{summary}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo {
-            dir,
-            patients,
-            detach,
-        } => crate::demo::run(&dir, patients, detach),
-        Command::Console { progress } => crate::console::run(&config_path, progress.as_deref()),
         // Checking a signature elsewhere needs no appliance config.
         Command::Extract(ExtractCommand::Verify {
             file,
@@ -61,7 +55,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             fingerprint.as_deref(),
         ),
         command => {
-            let config = Config::load(&config_path)?;
+            let config = Config::load(config_path)?;
             run_with_config(&config, command)
         }
     }
@@ -175,12 +169,12 @@ fn run_with_config(config: &Config, command: Command) -> Result<ExitCode> {
             }
             println!("{}", mig::api::jwt::encode_unsigned(&claims));
         }
-        Command::Init(_)
-        | Command::Demo { .. }
-        | Command::DemoData { .. }
-        | Command::Console { .. } => {
+        Command::Init(_) | Command::DemoData { .. } => {
             bail!("internal: command dispatched twice")
         }
+        Command::Console { .. } => bail!("internal: migctl console is dispatched by main"),
+        #[cfg(feature = "demo")]
+        Command::Demo { .. } => bail!("internal: migctl demo is dispatched by main"),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -15,8 +15,6 @@ use serde_json::Value;
 use super::admin_call;
 use mig_admin_proto::UpdateStep;
 
-/// The CA that signs update bundles, as installed in the image.
-pub const KEYRING: &str = "/usr/lib/mig/rauc-keyring.pem";
 const OS_RELEASE: &str = "/etc/os-release";
 
 /// What a verified bundle says about itself.
