@@ -10,8 +10,8 @@ use crate::{decode_request, AdminError, ErrorCode, Request, Response};
 /// Longest request line, newline excluded. Imports send NDJSON in chunks of a few MiB.
 pub const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
 
-/// Longest answer line, newline excluded: an audit export carries the whole trail (about
-/// 1 KiB an AuditEvent), so this is larger; longer exports take `--since`.
+/// Longest answer line, newline excluded: an audit export carries the whole trail in one
+/// answer, so this is larger than the request limit; longer exports take `--since`.
 pub const MAX_ANSWER_BYTES: usize = 256 * 1024 * 1024;
 
 /// Why a line could not be read or written.
