@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use zeroize::Zeroizing;
 
 use crate::admin::commands::AdminService;
-use crate::admin::transport::AdminListener;
+use crate::admin::server::AdminListener;
 use crate::api::upstream::Upstream;
 use crate::api::{Api, Appliance};
 use crate::audit::{AuditLog, AuditOptions};
@@ -70,7 +70,7 @@ pub enum ServiceError {
     #[error("listener {address}: {reason}")]
     Listen { address: String, reason: String },
     #[error("admin socket: {0}")]
-    Admin(#[from] crate::admin::transport::TransportError),
+    Admin(#[from] crate::admin::server::TransportError),
     #[error("runtime: {0}")]
     Runtime(#[source] std::io::Error),
 }

@@ -1,5 +1,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-//! The admin socket over a real Unix socket: peer credentials, mode and group, JSON-line
+//! The admin socket over a real Unix socket: peer credentials, mode and group, typed JSON-line
 //! framing, stale sockets, and the client's errors. Peers with other uids are this test binary
 //! re-executed (role in MIG_ADMIN_CHILD) and switched to uid 65534 while still root.
 
@@ -10,25 +10,52 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use mig::admin::transport::{
-    self, AdminClientError, AdminHandler, AdminListener, HandlerFuture, PeerCred, TransportError,
-    MAX_LINE_BYTES,
+use mig::admin::client::{self, AdminClient, AdminClientError};
+use mig::admin::peer::PeerCred;
+use mig::admin::server::{AdminHandler, AdminListener, HandlerFuture, TransportError};
+use mig_admin_proto::{
+    decode_reply, AuditExport, AuditExportAnswer, Empty, ErrorCode, ImportChunk, Request, Response,
+    Status, MAX_REQUEST_BYTES,
 };
 use nix::unistd::{Gid, Group, Uid};
-use serde_json::{json, Value};
 
 const ROLE: &str = "MIG_ADMIN_CHILD";
 const NOBODY: u32 = 65534;
 
+/// Answers every request with an export answer that describes the caller and the request.
 struct Echo;
 
+fn echo(peer: PeerCred, request: &Request) -> Response {
+    Response::Ok(
+        AuditExportAnswer {
+            count: peer.connection,
+            ndjson: format!(
+                "uid={} gid={} pid={} request={}",
+                peer.uid,
+                peer.gid,
+                peer.pid,
+                serde_json::to_string(request).unwrap()
+            ),
+        }
+        .into(),
+    )
+}
+
 impl AdminHandler for Echo {
-    fn handle(&self, peer: PeerCred, request: Value) -> HandlerFuture<'_> {
-        Box::pin(async move {
-            json!({"ok": true, "uid": peer.uid, "gid": peer.gid, "pid": peer.pid,
-                   "connection": peer.connection, "echo": request})
-        })
+    fn handle(&self, peer: PeerCred, request: Request) -> HandlerFuture<'_> {
+        Box::pin(async move { echo(peer, &request) })
     }
+}
+
+/// One export request on a fresh connection, its answer's text.
+fn ask(socket: &Path, since: &str) -> Result<String, AdminClientError> {
+    let answer = client::call(
+        socket,
+        AuditExport {
+            since: Some(since.into()),
+        },
+    )?;
+    Ok(answer.unwrap().ndjson)
 }
 
 /// Child side: become uid 65534 with the groups in the environment, call the socket, print
@@ -50,7 +77,7 @@ fn child_entry() {
     nix::unistd::setgroups(&groups).unwrap();
     nix::unistd::setgid(Gid::from_raw(gid)).unwrap();
     nix::unistd::setuid(Uid::from_raw(NOBODY)).unwrap();
-    let outcome = match transport::call(&socket, &json!({"cmd": "status"})) {
+    let outcome = match ask(&socket, "status") {
         Ok(v) => format!("ok {v}"),
         Err(AdminClientError::Forbidden { message }) => format!("forbidden {message}"),
         Err(AdminClientError::PermissionDenied { .. }) => "permission-denied".to_string(),
@@ -146,13 +173,20 @@ async fn socket_has_mode_0660_and_admin_group_and_serves_root() {
     assert_eq!(dmeta.gid(), group.gid.as_raw());
 
     let p = path.clone();
-    let answer = blocking(move || transport::call(&p, &json!({"cmd": "status"})))
-        .await
-        .unwrap();
-    assert_eq!(answer["ok"], true);
-    assert_eq!(answer["uid"], nix::unistd::getuid().as_raw());
-    assert_eq!(answer["pid"], std::process::id());
-    assert_eq!(answer["echo"], json!({"cmd": "status"}));
+    let answer = blocking(move || ask(&p, "status")).await.unwrap();
+    assert!(
+        answer.starts_with(&format!(
+            "uid={} gid={} pid={} ",
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+            std::process::id()
+        )),
+        "{answer}"
+    );
+    assert!(
+        answer.ends_with(r#"request={"command":"audit-export","since":"status"}"#),
+        "{answer}"
+    );
 
     server.stop().await;
     assert!(!path.exists(), "socket file left behind after shutdown");
@@ -174,7 +208,7 @@ async fn member_of_admin_group_is_served_and_others_refused() {
     let p = path.clone();
     let out = blocking(move || run_child(&p, NOBODY, &[NOBODY, gid])).await;
     assert!(out.starts_with("ok "), "{out}");
-    assert!(out.contains("\"uid\":65534"), "{out}");
+    assert!(out.contains("uid=65534 "), "{out}");
 
     // Primary group member: allowed.
     let p = path.clone();
@@ -197,38 +231,59 @@ async fn member_of_admin_group_is_served_and_others_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_line_gets_error_response_and_connection_goes_on() {
+async fn malformed_lines_get_typed_error_answers_and_the_connection_goes_on() {
     let dir = open_dir();
     let path = dir.path().join("admin.sock");
     let server = Server::start(&path, &admin_group().name);
     let p = path.clone();
     let answers = blocking(move || {
         let mut s = UnixStream::connect(&p).unwrap();
-        s.write_all(b"{\"cmd\": \"status\"\nnot json at all\n\n[1,2]\n")
-            .unwrap();
+        s.write_all(
+            b"{\"command\": \"status\"\nnot json at all\n\n[1,2]\n\xff\xfe\n\
+              {\"command\":\"format-disk\"}\n{\"command\":\"alerts-ack\",\"id\":\"seven\"}\n\
+              {\"command\":\"status\"}\n",
+        )
+        .unwrap();
         let mut r = BufReader::new(s.try_clone().unwrap());
         let mut out = Vec::new();
-        for _ in 0..4 {
+        for _ in 0..8 {
             let mut line = String::new();
             r.read_line(&mut line).unwrap();
-            out.push(serde_json::from_str::<Value>(&line).unwrap());
+            out.push(decode_reply::<AuditExportAnswer>(&line).unwrap());
         }
         out
     })
     .await;
-    for (i, a) in answers[..3].iter().enumerate() {
-        assert_eq!(a["ok"], false, "{a}");
-        assert_eq!(a["error"]["code"], "malformed_request", "{a}");
-        let msg = a["error"]["message"].as_str().unwrap();
-        assert!(msg.contains(&format!("line {}", i + 1)), "{msg}");
+    let expected = [
+        ErrorCode::MalformedRequest,
+        ErrorCode::MalformedRequest,
+        ErrorCode::MalformedRequest,
+        ErrorCode::MalformedRequest,
+        ErrorCode::MalformedRequest,
+        ErrorCode::UnknownCommand,
+        ErrorCode::BadRequest,
+    ];
+    for (i, (a, code)) in answers.iter().zip(expected).enumerate() {
+        let error = a.as_ref().unwrap_err();
+        assert_eq!(error.code, code, "{error:?}");
+        assert!(
+            error
+                .message
+                .starts_with(&format!("request line {}: ", i + 1)),
+            "{error:?}"
+        );
     }
     // A valid request after the bad ones is served on the same connection.
-    assert_eq!(answers[3]["echo"], json!([1, 2]));
+    let served = answers[7].as_ref().unwrap();
+    assert!(
+        served.ndjson.ends_with(r#"{"command":"status"}"#),
+        "{served:?}"
+    );
     server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn over_long_line_is_refused_without_crashing() {
+async fn over_long_line_is_refused_with_a_clear_error_and_the_connection_closed() {
     let dir = open_dir();
     let path = dir.path().join("admin.sock");
     let server = Server::start(&path, &admin_group().name);
@@ -238,7 +293,7 @@ async fn over_long_line_is_refused_without_crashing() {
         let mut r = BufReader::new(s.try_clone().unwrap());
         let writer = std::thread::spawn(move || {
             let chunk = vec![b'a'; 1 << 20];
-            for _ in 0..=(MAX_LINE_BYTES >> 20) {
+            for _ in 0..=(MAX_REQUEST_BYTES >> 20) {
                 if s.write_all(&chunk).is_err() {
                     break;
                 }
@@ -246,23 +301,31 @@ async fn over_long_line_is_refused_without_crashing() {
         });
         let mut line = String::new();
         r.read_line(&mut line).unwrap();
+        // The connection is closed after the refusal: no second answer, no hang.
+        let mut rest = String::new();
+        let closed = r.read_line(&mut rest).unwrap();
         writer.join().unwrap();
-        serde_json::from_str::<Value>(&line).unwrap()
+        assert_eq!(closed, 0, "{rest}");
+        decode_reply::<Empty>(&line).unwrap().unwrap_err()
     })
     .await;
-    assert_eq!(answer["error"]["code"], "request_too_large", "{answer}");
+    assert_eq!(answer.code, ErrorCode::RequestTooLarge, "{answer:?}");
+    assert!(
+        answer
+            .message
+            .contains(&format!("longer than {MAX_REQUEST_BYTES} bytes")),
+        "{answer:?}"
+    );
     // The server is still there for the next client.
     let p = path.clone();
-    let ok = blocking(move || transport::call(&p, &json!("ping")))
-        .await
-        .unwrap();
-    assert_eq!(ok["echo"], "ping");
+    let ok = blocking(move || ask(&p, "ping")).await.unwrap();
+    assert!(ok.contains("ping"), "{ok}");
     // The client refuses to send an over-long request at all.
     let p = path.clone();
-    let big = json!({"ndjson": "x".repeat(MAX_LINE_BYTES)});
-    let err = blocking(move || transport::call(&p, &big))
-        .await
-        .unwrap_err();
+    let big = ImportChunk {
+        ndjson: "x".repeat(MAX_REQUEST_BYTES),
+    };
+    let err = blocking(move || client::call(&p, big)).await.unwrap_err();
     assert!(matches!(err, AdminClientError::TooLarge { .. }), "{err}");
     server.stop().await;
 }
@@ -272,8 +335,8 @@ async fn requests_on_one_connection_share_its_id_and_closing_is_reported() {
     use std::sync::Mutex;
     struct Track(Mutex<Vec<u64>>);
     impl AdminHandler for Track {
-        fn handle(&self, peer: PeerCred, _r: Value) -> HandlerFuture<'_> {
-            Box::pin(async move { json!({"connection": peer.connection}) })
+        fn handle(&self, peer: PeerCred, request: Request) -> HandlerFuture<'_> {
+            Box::pin(async move { echo(peer, &request) })
         }
         fn connection_closed(&self, peer: PeerCred) {
             self.0.lock().unwrap().push(peer.connection);
@@ -289,23 +352,19 @@ async fn requests_on_one_connection_share_its_id_and_closing_is_reported() {
     }));
     let p = path.clone();
     let ids = blocking(move || {
-        let mut c = transport::AdminClient::connect(&p).unwrap();
-        let a = c.call(&json!(1)).unwrap();
-        let b = c.call(&json!(2)).unwrap();
-        let other = transport::call(&p, &json!(3)).unwrap();
-        (
-            a["connection"].clone(),
-            b["connection"].clone(),
-            other["connection"].clone(),
-        )
+        let mut c = AdminClient::connect(&p).unwrap();
+        let a = c.call(AuditExport::default()).unwrap().unwrap();
+        let b = c.call(AuditExport::default()).unwrap().unwrap();
+        let other = client::call(&p, AuditExport::default()).unwrap().unwrap();
+        (a.count, b.count, other.count)
     })
     .await;
     assert_eq!(ids.0, ids.1);
     assert_ne!(ids.0, ids.2);
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let closed = track.0.lock().unwrap().clone();
-    assert!(closed.contains(&ids.0.as_u64().unwrap()), "{closed:?}");
-    assert!(closed.contains(&ids.2.as_u64().unwrap()), "{closed:?}");
+    assert!(closed.contains(&ids.0), "{closed:?}");
+    assert!(closed.contains(&ids.2), "{closed:?}");
     let _ = stop.send(());
     task.await.unwrap().unwrap();
 }
@@ -320,7 +379,7 @@ async fn stale_socket_is_replaced_live_one_and_files_are_not() {
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
     assert!(path.exists());
     let p = path.clone();
-    let err = blocking(move || transport::call(&p, &json!(1)))
+    let err = blocking(move || client::call(&p, Status {}))
         .await
         .unwrap_err();
     assert!(matches!(err, AdminClientError::NotRunning { .. }), "{err}");
@@ -331,12 +390,10 @@ async fn stale_socket_is_replaced_live_one_and_files_are_not() {
     let err = AdminListener::bind(&path, &group).unwrap_err();
     assert!(matches!(err, TransportError::InUse { .. }), "{err}");
     let p = path.clone();
-    assert_eq!(
-        blocking(move || transport::call(&p, &json!(7)))
-            .await
-            .unwrap()["echo"],
-        7
-    );
+    assert!(blocking(move || ask(&p, "7"))
+        .await
+        .unwrap()
+        .contains("\"7\""));
     server.stop().await;
 
     // Not a socket: left alone.
@@ -348,7 +405,7 @@ async fn stale_socket_is_replaced_live_one_and_files_are_not() {
 
     // Missing socket: migd is not running.
     let missing = dir.path().join("missing.sock");
-    let err = transport::call(&missing, &json!(1)).unwrap_err();
+    let err = client::call(&missing, Status {}).unwrap_err();
     assert!(matches!(err, AdminClientError::NotRunning { .. }), "{err}");
     assert!(
         err.to_string().contains(&missing.display().to_string()),
@@ -371,12 +428,10 @@ async fn unknown_group_still_serves_root_with_a_warning() {
         let _ = stopped.await;
     }));
     let p = path.clone();
-    assert_eq!(
-        blocking(move || transport::call(&p, &json!("x")))
-            .await
-            .unwrap()["echo"],
-        "x"
-    );
+    assert!(blocking(move || ask(&p, "x"))
+        .await
+        .unwrap()
+        .contains("\"x\""));
     let _ = stop.send(());
     task.await.unwrap().unwrap();
 }
@@ -386,7 +441,7 @@ async fn unknown_group_still_serves_root_with_a_warning() {
 async fn client_timeout_ends_a_hung_call() {
     struct Hang;
     impl AdminHandler for Hang {
-        fn handle(&self, _p: PeerCred, _r: Value) -> HandlerFuture<'_> {
+        fn handle(&self, _p: PeerCred, _r: Request) -> HandlerFuture<'_> {
             Box::pin(std::future::pending())
         }
     }
@@ -399,11 +454,11 @@ async fn client_timeout_ends_a_hung_call() {
     }));
     let p = path.clone();
     let err = blocking(move || {
-        let mut c = transport::AdminClient::connect(&p).unwrap();
+        let mut c = AdminClient::connect(&p).unwrap();
         c.set_timeout(Some(std::time::Duration::from_millis(200)))
             .unwrap();
         let started = std::time::Instant::now();
-        let err = c.call(&json!("x")).unwrap_err();
+        let err = c.call(Status {}).unwrap_err();
         assert!(started.elapsed() < std::time::Duration::from_secs(5));
         err
     })

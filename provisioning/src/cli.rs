@@ -7,6 +7,9 @@ use clap::{Args, Parser, Subcommand};
 /// The default config path; used only when `--config` is not given.
 pub const DEFAULT_CONFIG: &str = "/etc/mig/migd.toml";
 
+/// The CA that signs update bundles, as installed in the image (default of `--keyring`).
+pub const DEFAULT_UPDATE_KEYRING: &str = "/usr/lib/mig/rauc-keyring.pem";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "migctl",
@@ -75,7 +78,8 @@ pub enum Command {
         #[arg(long)]
         progress: Option<PathBuf>,
     },
-    /// A complete development appliance on this machine.
+    /// A complete development appliance on this machine (built with the `demo` feature only).
+    #[cfg(feature = "demo")]
     Demo {
         /// Where the demo keeps everything (swtpm state, keys, certificates, replica).
         #[arg(long, default_value = "demo-state")]
@@ -307,7 +311,7 @@ pub enum UpdateCommand {
     Install {
         file: PathBuf,
         /// The bundle signers' CA (PEM).
-        #[arg(long, default_value = crate::commands::update::KEYRING)]
+        #[arg(long, default_value = DEFAULT_UPDATE_KEYRING)]
         keyring: PathBuf,
     },
     /// The running version and slot, and what boots next.

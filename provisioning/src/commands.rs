@@ -13,12 +13,13 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
 use crate::cli::*;
-use mig::admin::transport::{AdminClient, AdminClientError};
+use mig::admin::client::{AdminClient, AdminClientError};
 use mig::config::{ApplianceConfig, Asid, Config, FhirBase, OdsCode, PcrSelection, Tcti};
 use mig::keys::PublicKeyOnly;
 use mig::registry::{self, CertificateMatch, Partner};
 use mig::service::{AUDIT_FILE, REPLICA_FILE};
 use mig::tpm::{KeyRole, Tpm};
+use mig_admin_proto::{self as proto, Command as AdminCommand};
 use mig_policy::fhir::Section;
 use mig_policy::{Agreement, PartnerType, RoleSet};
 
@@ -27,10 +28,10 @@ pub const PUBLIC_KEYS_FILE: &str = "public-keys.json";
 /// How much NDJSON goes in one admin request (whole lines; the socket takes 16 MiB a line).
 const IMPORT_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 
-pub fn run(cli: Cli) -> Result<ExitCode> {
-    let config_path = cli.config.clone();
-    match cli.command {
-        Command::Init(args) => init(&config_path, &args).map(|_| ExitCode::SUCCESS),
+/// Runs `command` (all but `console` and `demo`, which `main` dispatches to their modules).
+pub fn run(config_path: &Path, command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Init(args) => init(config_path, &args).map(|_| ExitCode::SUCCESS),
         Command::DemoData {
             patients,
             seed,
@@ -40,12 +41,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             println!("{summary}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo {
-            dir,
-            patients,
-            detach,
-        } => crate::demo::run(&dir, patients, detach),
-        Command::Console { progress } => crate::console::run(&config_path, progress.as_deref()),
         // Checking a signature elsewhere needs no appliance config.
         Command::Extract(ExtractCommand::Verify {
             file,
@@ -60,7 +55,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             fingerprint.as_deref(),
         ),
         command => {
-            let config = Config::load(&config_path)?;
+            let config = Config::load(config_path)?;
             run_with_config(&config, command)
         }
     }
@@ -174,12 +169,12 @@ fn run_with_config(config: &Config, command: Command) -> Result<ExitCode> {
             }
             println!("{}", mig::api::jwt::encode_unsigned(&claims));
         }
-        Command::Init(_)
-        | Command::Demo { .. }
-        | Command::DemoData { .. }
-        | Command::Console { .. } => {
+        Command::Init(_) | Command::DemoData { .. } => {
             bail!("internal: command dispatched twice")
         }
+        Command::Console { .. } => bail!("internal: migctl console is dispatched by main"),
+        #[cfg(feature = "demo")]
+        Command::Demo { .. } => bail!("internal: migctl demo is dispatched by main"),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -350,11 +345,13 @@ pub fn public_keys(config: &Config) -> Result<(Vec<u8>, Vec<u8>)> {
 
 /// `migctl csr`: through migd when it runs (it holds the TPM), else from the TPM directly.
 pub fn csr(config: &Config, subject: &str) -> Result<String> {
-    match admin_call(config, &json!({"command": "csr", "subject": subject})) {
-        Ok(answer) => answer["pem"]
-            .as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| anyhow!("migd sent no CSR")),
+    match admin_call(
+        config,
+        proto::Csr {
+            subject: subject.to_owned(),
+        },
+    ) {
+        Ok(answer) => Ok(answer.pem),
         Err(AdminFailure::NotRunning(_)) => {
             let tpm = Tpm::connect(&mig::service::tpm_settings(config)?)?;
             tpm.load(&config.state_dir)?;
@@ -562,15 +559,12 @@ impl From<AdminFailure> for anyhow::Error {
     }
 }
 
-fn answer(response: Value) -> Result<Value, AdminFailure> {
-    if response["ok"].as_bool() == Some(true) {
-        Ok(response)
-    } else {
-        let message = response["error"]["message"]
-            .as_str()
-            .unwrap_or("migd refused the request")
-            .to_owned();
-        Err(AdminFailure::Refused(anyhow!(message)))
+/// One request on `client`; migd's error answer becomes its message.
+fn call<C: AdminCommand>(client: &mut AdminClient, request: C) -> Result<C::Answer, AdminFailure> {
+    match client.call(request) {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(error)) => Err(AdminFailure::Refused(anyhow!(error.message))),
+        Err(e) => Err(AdminFailure::Refused(e.into())),
     }
 }
 
@@ -582,12 +576,8 @@ fn connect(config: &Config) -> Result<AdminClient, AdminFailure> {
 }
 
 /// One request to migd.
-pub fn admin_call(config: &Config, request: &Value) -> Result<Value, AdminFailure> {
-    let mut client = connect(config)?;
-    let response = client
-        .call(request)
-        .map_err(|e| AdminFailure::Refused(e.into()))?;
-    answer(response)
+pub fn admin_call<C: AdminCommand>(config: &Config, request: C) -> Result<C::Answer, AdminFailure> {
+    call(&mut connect(config)?, request)
 }
 
 /// The NDJSON files named: files as given, directories' `*.ndjson` with Patient first.
@@ -632,8 +622,7 @@ pub fn import_file(config: &Config, file: &Path) -> Result<u64> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut call = |request: Value| -> Result<Value> { Ok(answer(client.call(&request)?)?) };
-    call(json!({"command": "import-begin", "name": name}))?;
+    call(&mut client, proto::ImportBegin { name })?;
     let mut chunk = String::new();
     let mut line = Vec::new();
     loop {
@@ -648,43 +637,44 @@ pub fn import_file(config: &Config, file: &Path) -> Result<u64> {
             }
         }
         if (read == 0 && !chunk.is_empty()) || chunk.len() >= IMPORT_CHUNK_BYTES {
-            call(json!({"command": "import-chunk", "ndjson": std::mem::take(&mut chunk)}))?;
+            call(
+                &mut client,
+                proto::ImportChunk {
+                    ndjson: std::mem::take(&mut chunk),
+                },
+            )?;
         }
         if read == 0 {
             break;
         }
     }
-    let done = call(json!({"command": "import-commit"}))?;
-    Ok(done["summary"]["upserted"].as_u64().unwrap_or(0))
+    let done = call(&mut client, proto::ImportCommit {})?;
+    Ok(done.summary.upserted)
 }
 
 fn audit(config: &Config, command: AuditCommand) -> Result<ExitCode> {
     match command {
         AuditCommand::Verify => {
-            let answer = match admin_call(config, &json!({"command": "audit-verify"})) {
+            let answer = match admin_call(config, proto::AuditVerify {}) {
                 Ok(answer) => answer,
                 // migd refuses to start on a trail that does not verify: say why without it.
                 Err(AdminFailure::NotRunning(_)) => verify_offline(config)?,
                 Err(AdminFailure::Refused(e)) => return Err(e),
             };
             print!("{}", verify_text(&answer));
-            Ok(if answer["problem"].is_null() {
+            Ok(if answer.problem.is_none() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
             })
         }
         AuditCommand::Export { since, out } => {
-            let answer = admin_call(config, &json!({"command": "audit-export", "since": since}))?;
-            let ndjson = answer["ndjson"].as_str().unwrap_or_default();
+            let answer = admin_call(config, proto::AuditExport { since })?;
+            let ndjson = answer.ndjson;
             match out {
                 Some(path) => {
                     registry::write_atomic(&path, ndjson.as_bytes())?;
-                    eprintln!(
-                        "wrote {} AuditEvents to {}",
-                        answer["count"],
-                        path.display()
-                    );
+                    eprintln!("wrote {} AuditEvents to {}", answer.count, path.display());
                 }
                 None => std::io::stdout().write_all(ndjson.as_bytes())?,
             }
@@ -693,13 +683,14 @@ fn audit(config: &Config, command: AuditCommand) -> Result<ExitCode> {
         AuditCommand::Patient { nhs_number } => {
             let answer = admin_call(
                 config,
-                &json!({"command": "audit-patient", "nhs_number": nhs_number}),
+                proto::AuditPatient {
+                    nhs_number: nhs_number.clone(),
+                },
             )?;
-            let accesses = answer["accesses"].as_array().cloned().unwrap_or_default();
-            if accesses.is_empty() {
+            if answer.accesses.is_empty() {
                 println!("no recorded access to {}", shown(&nhs_number));
             }
-            for a in accesses {
+            for a in answer.accesses {
                 println!("{}", access_line(&a));
             }
             Ok(ExitCode::SUCCESS)
@@ -713,87 +704,87 @@ fn shown(text: &str) -> String {
     mig::audit::escape_text(text)
 }
 
-/// A string field of an admin answer, escaped, or `absent`.
-fn field(value: &Value, name: &str, absent: &str) -> String {
-    value[name]
-        .as_str()
+/// An optional text of an admin answer, escaped, or `absent`.
+fn field(value: &Option<String>, absent: &str) -> String {
+    value
+        .as_deref()
         .map(shown)
         .unwrap_or_else(|| absent.to_owned())
 }
 
 /// One line of `audit patient`.
-fn access_line(a: &Value) -> String {
+fn access_line(a: &proto::AccessSummary) -> String {
+    let decision = match a.decision {
+        proto::Decision::Permit => "permit",
+        proto::Decision::Refuse => "refuse",
+    };
+    let basis = match a.basis {
+        proto::PermissionBasis::Granted => "granted",
+        proto::PermissionBasis::StandingConsent => "standing-consent",
+        proto::PermissionBasis::Override => "override",
+        proto::PermissionBasis::Attested => "attested",
+        proto::PermissionBasis::None => "none",
+    };
     format!(
-        "{}\t{}\tpartner {}\tasid {}\torg {}\tuser {}\trole {}\t{}\tbasis {}{}\tsections {}",
-        field(a, "time", ""),
-        field(a, "decision", ""),
-        field(a, "partner_ods", "-"),
-        field(a, "from_asid", "-"),
-        field(a, "requesting_org_ods", "-"),
-        field(a, "sds_user_id", "-"),
-        field(a, "job_role", "-"),
-        field(a, "error_code", "released"),
-        field(a, "basis", "-"),
-        a["override_reason"]
-            .as_str()
+        "{}\t{decision}\tpartner {}\tasid {}\torg {}\tuser {}\trole {}\t{}\tbasis {basis}{}\tsections {}",
+        shown(&a.time),
+        field(&a.partner_ods, "-"),
+        field(&a.from_asid, "-"),
+        field(&a.requesting_org_ods, "-"),
+        field(&a.sds_user_id, "-"),
+        field(&a.job_role, "-"),
+        field(&a.error_code, "released"),
+        a.override_reason
+            .as_deref()
             .map(|r| format!(" ({})", shown(r)))
             .unwrap_or_default(),
-        a["sections"]
-            .as_array()
-            .map(|s| s
-                .iter()
-                .filter_map(Value::as_str)
-                .map(shown)
-                .collect::<Vec<_>>()
-                .join(","))
-            .unwrap_or_default(),
+        a.sections
+            .iter()
+            .map(|s| shown(s))
+            .collect::<Vec<_>>()
+            .join(","),
     )
 }
 
 /// One line of `alerts list`.
-fn alert_line(a: &Value) -> String {
-    let ack = &a["acknowledged"];
+fn alert_line(a: &proto::Alert) -> String {
     format!(
         "#{}\t{}\tpartner {}\tuser {} ({})\torg {}\tpatient {}\t{}: \"{}\"{}",
-        a["id"],
-        field(a, "time", ""),
-        field(a, "partner_ods", "-"),
-        field(a, "sds_user_id", "-"),
-        field(a, "job_role", "-"),
-        field(a, "requesting_org_ods", "-"),
-        field(a, "nhs_number", "-"),
-        field(a, "reason", "-"),
-        field(a, "justification", ""),
-        if ack.is_null() {
-            String::new()
-        } else {
-            format!(
+        a.id,
+        shown(&a.time),
+        field(&a.partner_ods, "-"),
+        field(&a.sds_user_id, "-"),
+        field(&a.job_role, "-"),
+        field(&a.requesting_org_ods, "-"),
+        field(&a.nhs_number, "-"),
+        field(&a.reason, "-"),
+        field(&a.justification, ""),
+        match &a.acknowledged {
+            None => String::new(),
+            Some(ack) => format!(
                 "\tacknowledged by {} ({})",
-                field(ack, "operator", "?"),
-                field(ack, "note", "")
-            )
+                shown(&ack.operator),
+                shown(&ack.note)
+            ),
         },
     )
 }
 
 /// What `audit verify` prints for an answer (migd's, or `verify_offline`'s of the same shape).
-fn verify_text(answer: &Value) -> String {
-    let report = &answer["report"];
+fn verify_text(answer: &proto::AuditVerifyAnswer) -> String {
+    let report = &answer.report;
     let mut out = format!(
         "{} records, {} checkpoints verified, chain head {}\n",
-        report["records"],
-        report["checkpoints_verified"],
-        report["chain_head"].as_str().unwrap_or("-")
+        report.records,
+        report.checkpoints_verified,
+        report.chain_head.as_deref().unwrap_or("-")
     );
-    if let Some(range) = report["uncovered"].as_array() {
+    if let Some((first, last)) = report.uncovered {
         out.push_str(&format!(
-            "warning: records {} to {} are not yet covered by a signed checkpoint\n",
-            range[0], range[1]
+            "warning: records {first} to {last} are not yet covered by a signed checkpoint\n"
         ));
     }
-    let counter = &report["counter"];
-    if let (Some(checkpoint), Some(tpm)) = (counter["checkpoint"].as_u64(), counter["tpm"].as_u64())
-    {
+    if let Some(proto::CounterCheck { checkpoint, tpm }) = report.counter {
         let note = if checkpoint == tpm {
             " (in step)"
         } else if checkpoint == tpm + 1 {
@@ -805,12 +796,12 @@ fn verify_text(answer: &Value) -> String {
             "TPM audit counter: last checkpoint {checkpoint}, TPM {tpm}{note}\n"
         ));
     }
-    match answer["problem"].as_str() {
+    match &answer.problem {
         None => out.push_str("audit trail verified\n"),
         Some(problem) => out.push_str(&format!(
             "AUDIT TRAIL FAILED VERIFICATION at record {}: {problem}\n\
              see docs/operations.md, 'Audit trail recovery'\n",
-            answer["first_bad_record"]
+            answer.first_bad_record.unwrap_or(0)
         )),
     }
     out
@@ -826,7 +817,7 @@ fn open_audit_offline(config: &Config) -> Result<(Tpm, mig::service::DatabaseKey
 }
 
 /// `audit verify` with migd stopped: the same checks, straight from the TPM and the file.
-fn verify_offline(config: &Config) -> Result<Value> {
+fn verify_offline(config: &Config) -> Result<proto::AuditVerifyAnswer> {
     let (tpm, key, spki) = open_audit_offline(config)?;
     let path = config.state_dir.join(AUDIT_FILE);
     if !path.exists() {
@@ -837,11 +828,7 @@ fn verify_offline(config: &Config) -> Result<Value> {
     }
     let report = mig::audit::AuditReader::open(&path, &key)?
         .verify_with_counter(&spki, tpm.audit_counter().as_ref())?;
-    Ok(json!({
-        "problem": report.problem.as_ref().map(|p| p.to_string()),
-        "first_bad_record": report.problem.as_ref().map(|p| p.first_bad_record()),
-        "report": report,
-    }))
+    Ok(mig::admin::answers::verify_answer(&report))
 }
 
 /// `audit new-trail`: with migd stopped, archive a trail that does not verify and start a new
@@ -851,7 +838,7 @@ fn new_trail(config: &Config, reason: &str) -> Result<ExitCode> {
     if reason.is_empty() {
         bail!("--reason: say why a new trail is started (it is recorded)");
     }
-    match admin_call(config, &json!({"command": "status"})) {
+    match admin_call(config, proto::Status {}) {
         Err(AdminFailure::NotRunning(_)) => {}
         _ => bail!(
             "migd is running; stop it first (systemctl stop migd): a new trail is started only \
@@ -943,21 +930,17 @@ fn archive_trail(state: &Path, path: &Path) -> Result<PathBuf> {
 fn alerts(config: &Config, command: AlertsCommand) -> Result<ExitCode> {
     match command {
         AlertsCommand::List { all } => {
-            let answer = admin_call(config, &json!({"command": "alerts-list", "all": all}))?;
-            let alerts = answer["alerts"].as_array().cloned().unwrap_or_default();
-            if alerts.is_empty() {
+            let answer = admin_call(config, proto::AlertsList { all })?;
+            if answer.alerts.is_empty() {
                 println!("no {}alerts", if all { "" } else { "unacknowledged " });
             }
-            for a in alerts {
+            for a in answer.alerts {
                 println!("{}", alert_line(&a));
             }
             Ok(ExitCode::SUCCESS)
         }
         AlertsCommand::Ack { id, note } => {
-            admin_call(
-                config,
-                &json!({"command": "alerts-ack", "id": id, "note": note}),
-            )?;
+            admin_call(config, proto::AlertsAck { id, note })?;
             println!("alert #{id} acknowledged");
             Ok(ExitCode::SUCCESS)
         }
@@ -972,7 +955,7 @@ fn status(config: &Config) -> Result<ExitCode> {
         config.appliance.name, config.appliance.ods, config.appliance.asid
     );
     println!("Certificate:  {}", certificate_expiry(config));
-    let answer = match admin_call(config, &json!({"command": "status"})) {
+    let answer = match admin_call(config, proto::Status {}) {
         Ok(answer) => answer,
         Err(AdminFailure::NotRunning(why)) => {
             println!("Health:       NOT RUNNING: the appliance service does not answer ({why}).");
@@ -980,8 +963,7 @@ fn status(config: &Config) -> Result<ExitCode> {
         }
         Err(AdminFailure::Refused(e)) => return Err(e),
     };
-    let ready = answer["ready"].as_bool() == Some(true);
-    let healthy = answer["healthy"].as_bool() == Some(true);
+    let (ready, healthy) = (answer.ready, answer.healthy);
     println!(
         "Health:       {}",
         match (ready, healthy) {
@@ -993,64 +975,59 @@ fn status(config: &Config) -> Result<ExitCode> {
     );
     println!(
         "Running:      migd {}, up {}",
-        answer["version"].as_str().unwrap_or("?"),
-        duration_words(answer["uptime_seconds"].as_u64().unwrap_or(0))
+        answer.version,
+        duration_words(answer.uptime_seconds)
     );
-    println!(
-        "Records:      {} patients, {} resources",
-        answer["replica"]["patients"], answer["replica"]["resources"]
-    );
+    match answer.replica {
+        Some(r) => println!(
+            "Records:      {} patients, {} resources",
+            r.patients, r.resources
+        ),
+        None => println!("Records:      unknown (the replica could not be read)"),
+    }
     println!(
         "Last import:  {}",
-        answer["last_import"].as_str().unwrap_or("none yet")
+        answer.last_import.as_deref().unwrap_or("none yet")
     );
     println!(
         "Alerts:       {}",
-        match answer["alerts_waiting"].as_u64() {
+        match answer.alerts_waiting {
             Some(0) => "none waiting".to_owned(),
             Some(n) => format!("{n} waiting for the privacy officer (migctl alerts list)"),
             None => "unknown (the audit trail could not be read)".to_owned(),
         }
     );
-    if answer["audit"]["failed_commits"].as_u64().unwrap_or(0) > 0 {
+    if answer.audit.failed_commits > 0 {
         println!(
             "Audit:        PROBLEM: {} audit writes failed since start",
-            answer["audit"]["failed_commits"]
+            answer.audit.failed_commits
         );
     }
-    let partners = answer["partners"].as_array().cloned().unwrap_or_default();
     println!(
         "Partners:     {} registered, {} partner CRLs, {} clinical systems",
-        partners.len(),
-        answer["crls"],
-        answer["upstreams"]
+        answer.partners.len(),
+        answer.crls,
+        answer.upstreams
     );
-    for p in partners {
+    for p in &answer.partners {
         println!(
             "              {} {} ({}){}",
-            p["ods"].as_str().unwrap_or(""),
-            p["name"].as_str().unwrap_or(""),
-            p["type"].as_str().unwrap_or(""),
-            p["expires"]
-                .as_str()
+            p.ods,
+            p.name,
+            p.partner_type,
+            p.expires
+                .as_deref()
                 .map(|d| format!(", agreement ends {d}"))
                 .unwrap_or_default()
         );
     }
-    let problems = answer["registry_problems"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let problems = &answer.registry_problems;
     if !problems.is_empty() {
         println!("registry files not applied: {}", problems.len());
     }
     for p in problems {
         // Quoted with escapes: the text comes from file names and contents.
-        println!(
-            "  {:?}: {:?}",
-            p["file"].as_str().unwrap_or(""),
-            p["consequence"].as_str().unwrap_or("")
-        );
+        println!("  {:?}: {:?}", p.file, p.consequence);
     }
     Ok(if ready && healthy {
         ExitCode::SUCCESS
@@ -1159,12 +1136,23 @@ mod tests {
     #[test]
     fn audit_patient_escapes_partner_values() {
         let n = nasty();
-        let access = json!({
-            "time": "2026-12-06T09:00:00.000000Z", "decision": "permit",
-            "partner_ods": n, "from_asid": n, "requesting_org_ods": n, "sds_user_id": n,
-            "job_role": n, "error_code": null, "basis": "override", "override_reason": n,
-            "sections": [n],
-        });
+        let some = Some(n.clone());
+        let access = proto::AccessSummary {
+            seq: 1,
+            time: "2026-12-06T09:00:00.000000Z".into(),
+            partner_ods: some.clone(),
+            requesting_org_ods: some.clone(),
+            sds_user_id: some.clone(),
+            sds_role_profile_id: some.clone(),
+            job_role: some.clone(),
+            interaction_id: some.clone(),
+            from_asid: some.clone(),
+            basis: proto::PermissionBasis::Override,
+            override_reason: some,
+            decision: proto::Decision::Permit,
+            error_code: None,
+            sections: vec![n],
+        };
         let line = access_line(&access);
         // Only the separators migctl itself puts between fields remain as tabs.
         assert_eq!(line.matches('\t').count(), 9, "{line:?}");
@@ -1174,12 +1162,26 @@ mod tests {
     #[test]
     fn alerts_list_escapes_partner_values() {
         let n = nasty();
-        let alert = json!({
-            "id": 3, "time": "2026-12-06T09:00:00.000000Z", "partner_ods": n,
-            "sds_user_id": n, "job_role": n, "requesting_org_ods": n, "nhs_number": n,
-            "reason": n, "justification": n,
-            "acknowledged": {"operator": n, "note": n},
-        });
+        let some = Some(n.clone());
+        let alert = proto::Alert {
+            id: 3,
+            seq: 4,
+            time: "2026-12-06T09:00:00.000000Z".into(),
+            partner_ods: some.clone(),
+            sds_user_id: some.clone(),
+            sds_role_profile_id: some.clone(),
+            job_role: some.clone(),
+            requesting_org_ods: some.clone(),
+            nhs_number: some.clone(),
+            reason: some.clone(),
+            justification: some,
+            acknowledged: Some(proto::Acknowledgement {
+                seq: 5,
+                time: "t".into(),
+                operator: n.clone(),
+                note: n,
+            }),
+        };
         let line = alert_line(&alert);
         assert_eq!(line.matches('\t').count(), 7, "{line:?}");
         assert_one_clean_line(&line);

@@ -14,7 +14,6 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
     ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
-use serde_json::json;
 
 use crate::cli::{InitArgs, PartnerAddArgs};
 use crate::commands;
@@ -217,8 +216,8 @@ fn wait_ready(config: &mig::config::Config, migd: &mut Child) -> Result<()> {
         if let Some(status) = migd.try_wait()? {
             bail!("migd exited ({status}) before it was ready; see its log");
         }
-        if let Ok(answer) = commands::admin_call(config, &json!({"command": "status"})) {
-            if answer["ready"].as_bool() == Some(true) {
+        if let Ok(answer) = commands::admin_call(config, mig_admin_proto::Status {}) {
+            if answer.ready {
                 return Ok(());
             }
         }

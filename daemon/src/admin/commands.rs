@@ -1,8 +1,7 @@
 //! The commands migd answers on the admin socket. Every command that changes something or
 //! reads the audit trail is itself audited, naming the operator by uid.
 //!
-//! Requests are `{"command": NAME, ...}`; answers are `{"ok": true, ...}` or the transport's
-//! error shape. A large NDJSON import arrives as `import-begin`, any number of `import-chunk`
+//! Requests and answers are the typed ones of `mig-admin-proto`. A large NDJSON import arrives as `import-begin`, any number of `import-chunk`
 //! (whole lines), and `import-commit` on one connection: one transaction on a dedicated
 //! thread, rolled back if the connection goes away first.
 
@@ -12,10 +11,11 @@ use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use serde_json::{json, Value};
+use mig_admin_proto::{self as proto, AdminError, Command, ErrorCode, Request, Response};
 use tokio::sync::oneshot;
 
-use super::transport::{error_response, AdminHandler, HandlerFuture, PeerCred};
+use super::peer::PeerCred;
+use super::server::{AdminHandler, HandlerFuture};
 use crate::audit::{AuditLog, AuditRecord, Counter, Decision};
 use crate::keys::Signer;
 use crate::replica::{ImportSummary, IngestError, ReaderPool, Replica};
@@ -57,11 +57,14 @@ struct ImportSession {
     steps: SyncSender<ImportStep>,
 }
 
-fn ok(mut body: Value) -> Value {
-    if let Some(map) = body.as_object_mut() {
-        map.insert("ok".into(), Value::Bool(true));
-    }
-    body
+fn error(code: ErrorCode, message: impl Into<String>) -> AdminError {
+    AdminError::new(code, message)
+}
+
+/// The response to a `C`: the answer type is `C`'s own, so a command cannot be answered with
+/// another command's answer.
+fn respond<C: Command>(result: Result<C::Answer, AdminError>) -> Response {
+    Response::from(result)
 }
 
 fn operator(peer: &PeerCred) -> String {
@@ -111,7 +114,11 @@ impl AdminService {
     }
 
     /// Records a permitted admin action and returns its sequence number.
-    pub(super) async fn audited_seq(&self, peer: &PeerCred, action: String) -> Result<u64, Value> {
+    pub(super) async fn audited_seq(
+        &self,
+        peer: &PeerCred,
+        action: String,
+    ) -> Result<u64, AdminError> {
         self.audit
             .append(AuditRecord::admin_action(
                 &operator(peer),
@@ -120,9 +127,9 @@ impl AdminService {
             ))
             .await
             .map_err(|e| {
-                error_response(
-                    "audit-unavailable",
-                    &format!("the audit trail cannot be written: {e}"),
+                error(
+                    ErrorCode::AuditUnavailable,
+                    format!("the audit trail cannot be written: {e}"),
                 )
             })
     }
@@ -133,7 +140,7 @@ impl AdminService {
         peer: &PeerCred,
         action: String,
         permitted: bool,
-    ) -> Result<(), Value> {
+    ) -> Result<(), AdminError> {
         let decision = if permitted {
             Decision::Permit
         } else {
@@ -148,89 +155,73 @@ impl AdminService {
             .await
             .map(|_| ())
             .map_err(|e| {
-                error_response(
-                    "audit-unavailable",
-                    &format!("the audit trail cannot be written: {e}"),
+                error(
+                    ErrorCode::AuditUnavailable,
+                    format!("the audit trail cannot be written: {e}"),
                 )
             })
     }
 
-    async fn dispatch(&self, peer: PeerCred, request: Value) -> Value {
-        let command = request
-            .get("command")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let text = |name: &str| request.get(name).and_then(Value::as_str).map(str::to_owned);
-        let result = match command {
-            "status" => Ok(self.status().await),
-            "reload" => self.reload(&peer).await,
-            "import-begin" => {
-                self.import_begin(&peer, text("name").unwrap_or_default())
-                    .await
+    async fn dispatch(&self, peer: PeerCred, request: Request) -> Response {
+        match request {
+            Request::Status(_) => respond::<proto::Status>(Ok(self.status().await)),
+            Request::Reload(_) => respond::<proto::Reload>(self.reload(&peer).await),
+            Request::ImportBegin(r) => {
+                respond::<proto::ImportBegin>(self.import_begin(&peer, r.name).await)
             }
-            "import-chunk" => match text("ndjson") {
-                Some(ndjson) => self.import_chunk(&peer, ndjson).await,
-                None => Err(error_response("bad-request", "import-chunk needs ndjson")),
-            },
-            "import-commit" => self.import_commit(&peer).await,
-            "audit-verify" => self.audit_verify(&peer).await,
-            "audit-export" => self.audit_export(&peer, text("since")).await,
-            "audit-patient" => match text("nhs_number") {
-                Some(nhs) => self.audit_patient(&peer, nhs).await,
-                None => Err(error_response(
-                    "bad-request",
-                    "audit-patient needs nhs_number",
-                )),
-            },
-            "alerts-list" => {
-                self.alerts_list(
-                    &peer,
-                    request.get("all").and_then(Value::as_bool).unwrap_or(false),
-                )
-                .await
+            Request::ImportChunk(r) => {
+                respond::<proto::ImportChunk>(self.import_chunk(&peer, r.ndjson).await)
             }
-            "alerts-ack" => match (request.get("id").and_then(Value::as_u64), text("note")) {
-                (Some(id), Some(note)) if !note.trim().is_empty() => {
-                    self.alerts_ack(&peer, id, note).await
-                }
-                _ => Err(error_response(
-                    "bad-request",
+            Request::ImportCommit(_) => {
+                respond::<proto::ImportCommit>(self.import_commit(&peer).await)
+            }
+            Request::AuditVerify(_) => {
+                respond::<proto::AuditVerify>(self.audit_verify(&peer).await)
+            }
+            Request::AuditExport(r) => {
+                respond::<proto::AuditExport>(self.audit_export(&peer, r.since).await)
+            }
+            Request::AuditPatient(r) => {
+                respond::<proto::AuditPatient>(self.audit_patient(&peer, r.nhs_number).await)
+            }
+            Request::AlertsList(r) => {
+                respond::<proto::AlertsList>(self.alerts_list(&peer, r.all).await)
+            }
+            Request::AlertsAck(r) => respond::<proto::AlertsAck>(if r.note.trim().is_empty() {
+                Err(error(
+                    ErrorCode::BadRequest,
                     "alerts-ack needs id and a non-empty note",
-                )),
-            },
-            "extract-fit-notes" => match self.extracts.clone() {
-                Some(settings) => super::extract::fit_notes(self, settings, &peer, &request).await,
-                None => Err(error_response(
-                    "extract-unavailable",
-                    "this migd was started without statistical extracts",
-                )),
-            },
+                ))
+            } else {
+                self.alerts_ack(&peer, r.id, r.note).await
+            }),
+            Request::ExtractFitNotes(r) => {
+                respond::<proto::ExtractFitNotes>(match self.extracts.clone() {
+                    Some(settings) => super::extract::fit_notes(self, settings, &peer, r).await,
+                    None => Err(error(
+                        ErrorCode::ExtractUnavailable,
+                        "this migd was started without statistical extracts",
+                    )),
+                })
+            }
             // `migctl update install` records each step of an update (SPEC §14) here.
-            "update-step" => match text("step") {
-                Some(step) if !step.trim().is_empty() && step.len() <= 1024 => {
-                    let done = request.get("ok").and_then(Value::as_bool).unwrap_or(true);
-                    self.audited(&peer, format!("update: {step}"), done)
+            Request::UpdateStep(r) => {
+                respond::<proto::UpdateStep>(if !r.step.trim().is_empty() && r.step.len() <= 1024 {
+                    self.audited(&peer, format!("update: {}", r.step), r.ok)
                         .await
-                        .map(|()| ok(json!({})))
-                }
-                _ => Err(error_response(
-                    "bad-request",
-                    "update-step needs a step (1 to 1024 characters)",
-                )),
-            },
-            "csr" => match text("subject") {
-                Some(subject) => self.csr(&peer, subject).await,
-                None => Err(error_response("bad-request", "csr needs subject")),
-            },
-            other => Err(error_response(
-                "unknown-command",
-                &format!("unknown command {other:?}"),
-            )),
-        };
-        result.unwrap_or_else(|error| error)
+                        .map(|()| proto::Empty {})
+                } else {
+                    Err(error(
+                        ErrorCode::BadRequest,
+                        "update-step needs a step (1 to 1024 characters)",
+                    ))
+                })
+            }
+            Request::Csr(r) => respond::<proto::Csr>(self.csr(&peer, r.subject).await),
+        }
     }
 
-    async fn status(&self) -> Value {
+    async fn status(&self) -> proto::StatusAnswer {
         let readers = self.readers.clone();
         let replica = tokio::task::spawn_blocking(move || readers.with(|r| r.stats()))
             .await
@@ -246,33 +237,55 @@ impl AdminService {
             Ok((waiting, last)) => (Some(waiting), last),
             Err(_) => (None, None),
         };
-        ok(json!({
-            "version": env!("CARGO_PKG_VERSION"),
-            "ready": self.ready.load(Ordering::SeqCst),
-            "healthy": self.healthy.load(Ordering::SeqCst),
-            "uptime_seconds": self.started.elapsed().as_secs(),
-            "replica": replica,
-            "audit": {"records": stats.records, "commits": stats.commits, "checkpoints": stats.checkpoints,
-                      "failed_commits": stats.failed_commits, "failed_checkpoints": stats.failed_checkpoints},
-            "partners": snapshot.partners.partners().iter().map(|p| json!({
-                "ods": p.agreement.ods, "name": p.agreement.name, "type": p.agreement.partner_type.name(),
-                "expires": p.agreement.expires.map(|d| d.to_string())})).collect::<Vec<_>>(),
-            "upstreams": snapshot.upstreams.len(),
-            "crls": snapshot.crls.len(),
-            "snapshot_generation": snapshot.generation,
-            "registry_problems": snapshot.problems.iter().map(|p| json!({
-                "file": p.path.display().to_string(), "error": p.error,
-                "consequence": p.consequence})).collect::<Vec<_>>(),
-            "alerts_waiting": alerts_waiting,
-            "last_import": last_import,
-        }))
+        proto::StatusAnswer {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            ready: self.ready.load(Ordering::SeqCst),
+            healthy: self.healthy.load(Ordering::SeqCst),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            replica: replica.map(|r| proto::ReplicaStats {
+                patients: r.patients,
+                resources: r.resources,
+            }),
+            audit: proto::AuditStats {
+                records: stats.records,
+                commits: stats.commits,
+                checkpoints: stats.checkpoints,
+                failed_commits: stats.failed_commits,
+                failed_checkpoints: stats.failed_checkpoints,
+            },
+            partners: snapshot
+                .partners
+                .partners()
+                .iter()
+                .map(|p| proto::PartnerSummary {
+                    ods: p.agreement.ods.clone(),
+                    name: p.agreement.name.clone(),
+                    partner_type: p.agreement.partner_type.name().to_owned(),
+                    expires: p.agreement.expires.map(|d| d.to_string()),
+                })
+                .collect(),
+            upstreams: snapshot.upstreams.len() as u64,
+            crls: snapshot.crls.len() as u64,
+            snapshot_generation: snapshot.generation,
+            registry_problems: snapshot
+                .problems
+                .iter()
+                .map(|p| proto::RegistryProblem {
+                    file: p.path.display().to_string(),
+                    error: p.error.clone(),
+                    consequence: p.consequence.clone(),
+                })
+                .collect(),
+            alerts_waiting,
+            last_import,
+        }
     }
 
-    async fn reload(&self, peer: &PeerCred) -> Result<Value, Value> {
+    async fn reload(&self, peer: &PeerCred) -> Result<proto::ReloadAnswer, AdminError> {
         let reloader = self.reloader.clone();
         let result = tokio::task::spawn_blocking(move || reloader.reload())
             .await
-            .map_err(|_| error_response("internal", "reload task failed"))?;
+            .map_err(|_| error(ErrorCode::Internal, "reload task failed"))?;
         self.audited(
             peer,
             format!(
@@ -287,24 +300,30 @@ impl AdminService {
         )
         .await?;
         match result {
-            Ok(snapshot) => Ok(ok(json!({"generation": snapshot.generation}))),
-            Err(e) => Err(error_response(
-                "reload-rejected",
-                &format!("{e}; the previous configuration keeps serving"),
+            Ok(snapshot) => Ok(proto::ReloadAnswer {
+                generation: snapshot.generation,
+            }),
+            Err(e) => Err(error(
+                ErrorCode::ReloadRejected,
+                format!("{e}; the previous configuration keeps serving"),
             )),
         }
     }
 
-    async fn import_begin(&self, peer: &PeerCred, name: String) -> Result<Value, Value> {
+    async fn import_begin(
+        &self,
+        peer: &PeerCred,
+        name: String,
+    ) -> Result<proto::Empty, AdminError> {
         let (steps, receiver) = sync_channel::<ImportStep>(1);
         {
             let mut imports = self
                 .imports
                 .lock()
-                .map_err(|_| error_response("internal", "import table poisoned"))?;
+                .map_err(|_| error(ErrorCode::Internal, "import table poisoned"))?;
             if imports.contains_key(&peer.connection) {
-                return Err(error_response(
-                    "bad-request",
+                return Err(error(
+                    ErrorCode::BadRequest,
                     "an import is already in progress on this connection",
                 ));
             }
@@ -349,20 +368,23 @@ impl AdminService {
             }
         });
         tracing::info!(operator = %operator(peer), %name, "import started");
-        Ok(ok(json!({})))
+        Ok(proto::Empty {})
     }
 
-    fn session_sender(&self, peer: &PeerCred) -> Result<(String, SyncSender<ImportStep>), Value> {
+    fn session_sender(
+        &self,
+        peer: &PeerCred,
+    ) -> Result<(String, SyncSender<ImportStep>), AdminError> {
         let imports = self
             .imports
             .lock()
-            .map_err(|_| error_response("internal", "import table poisoned"))?;
+            .map_err(|_| error(ErrorCode::Internal, "import table poisoned"))?;
         imports
             .get(&peer.connection)
             .map(|s| (s.name.clone(), s.steps.clone()))
             .ok_or_else(|| {
-                error_response(
-                    "bad-request",
+                error(
+                    ErrorCode::BadRequest,
                     "no import in progress on this connection (send import-begin)",
                 )
             })
@@ -374,7 +396,11 @@ impl AdminService {
         }
     }
 
-    async fn import_chunk(&self, peer: &PeerCred, ndjson: String) -> Result<Value, Value> {
+    async fn import_chunk(
+        &self,
+        peer: &PeerCred,
+        ndjson: String,
+    ) -> Result<proto::ImportChunkAnswer, AdminError> {
         let (name, steps) = self.session_sender(peer)?;
         let (reply, answer) = oneshot::channel();
         let sent = tokio::task::spawn_blocking(move || {
@@ -384,24 +410,27 @@ impl AdminService {
         .unwrap_or(false);
         let result = if sent { answer.await.ok() } else { None };
         match result {
-            Some(Ok(lines)) => Ok(ok(json!({"lines": lines}))),
+            Some(Ok(lines)) => Ok(proto::ImportChunkAnswer { lines }),
             Some(Err(e)) => {
                 self.end_session(peer);
                 self.audited(peer, format!("import {name}: rejected: {e}"), false)
                     .await?;
-                Err(error_response(
-                    "import-rejected",
-                    &format!("{name}: {e}; nothing of this file was imported"),
+                Err(error(
+                    ErrorCode::ImportRejected,
+                    format!("{name}: {e}; nothing of this file was imported"),
                 ))
             }
             None => {
                 self.end_session(peer);
-                Err(error_response("internal", "the import stopped"))
+                Err(error(ErrorCode::Internal, "the import stopped"))
             }
         }
     }
 
-    async fn import_commit(&self, peer: &PeerCred) -> Result<Value, Value> {
+    async fn import_commit(
+        &self,
+        peer: &PeerCred,
+    ) -> Result<proto::ImportCommitAnswer, AdminError> {
         let (name, steps) = self.session_sender(peer)?;
         self.end_session(peer);
         let (reply, answer) = oneshot::channel();
@@ -417,17 +446,19 @@ impl AdminService {
                     true,
                 )
                 .await?;
-                Ok(ok(json!({"summary": summary})))
+                Ok(proto::ImportCommitAnswer {
+                    summary: summary.into(),
+                })
             }
             Some(Err(e)) => {
                 self.audited(peer, format!("import {name}: failed: {e}"), false)
                     .await?;
-                Err(error_response(
-                    "import-rejected",
-                    &format!("{name}: {e}; nothing of this file was imported"),
+                Err(error(
+                    ErrorCode::ImportRejected,
+                    format!("{name}: {e}; nothing of this file was imported"),
                 ))
             }
-            None => Err(error_response("internal", "the import stopped")),
+            None => Err(error(ErrorCode::Internal, "the import stopped")),
         }
     }
 
@@ -436,33 +467,32 @@ impl AdminService {
         read: impl FnOnce(&crate::audit::AuditReader) -> Result<T, crate::audit::AuditError>
             + Send
             + 'static,
-    ) -> Result<T, Value> {
+    ) -> Result<T, AdminError> {
         let reader = self
             .audit
             .reader()
-            .map_err(|e| error_response("audit-unavailable", &e.to_string()))?;
+            .map_err(|e| error(ErrorCode::AuditUnavailable, e.to_string()))?;
         tokio::task::spawn_blocking(move || read(&reader))
             .await
-            .map_err(|_| error_response("internal", "audit read task failed"))?
-            .map_err(|e| error_response("audit-error", &e.to_string()))
+            .map_err(|_| error(ErrorCode::Internal, "audit read task failed"))?
+            .map_err(|e| error(ErrorCode::AuditError, e.to_string()))
     }
 
-    async fn audit_verify(&self, peer: &PeerCred) -> Result<Value, Value> {
+    async fn audit_verify(&self, peer: &PeerCred) -> Result<proto::AuditVerifyAnswer, AdminError> {
         self.audited(peer, "audit verify".into(), true).await?;
         let key = self.audit_public_key.clone();
         let counter = self.audit_counter.clone();
         let report = self
             .blocking_audit_read(move |r| r.verify_with_counter(&key, counter.as_ref()))
             .await?;
-        Ok(ok(json!({
-            "verified": report.is_ok(),
-            "problem": report.problem.as_ref().map(|p| p.to_string()),
-            "first_bad_record": report.problem.as_ref().map(|p| p.first_bad_record()),
-            "report": report,
-        })))
+        Ok(super::answers::verify_answer(&report))
     }
 
-    async fn audit_export(&self, peer: &PeerCred, since: Option<String>) -> Result<Value, Value> {
+    async fn audit_export(
+        &self,
+        peer: &PeerCred,
+        since: Option<String>,
+    ) -> Result<proto::AuditExportAnswer, AdminError> {
         let since = match since.as_deref() {
             None => None,
             Some(text) => Some(
@@ -472,7 +502,10 @@ impl AdminService {
                             .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
                     })
                     .ok_or_else(|| {
-                        error_response("bad-request", "since must be RFC 3339 or YYYY-MM-DD")
+                        error(
+                            ErrorCode::BadRequest,
+                            "since must be RFC 3339 or YYYY-MM-DD",
+                        )
                     })?,
             ),
         };
@@ -485,24 +518,35 @@ impl AdminService {
                 Ok((count, out))
             })
             .await?;
-        Ok(ok(
-            json!({"count": count, "ndjson": String::from_utf8_lossy(&ndjson)}),
-        ))
+        Ok(proto::AuditExportAnswer {
+            count,
+            ndjson: String::from_utf8_lossy(&ndjson).into_owned(),
+        })
     }
 
-    async fn audit_patient(&self, peer: &PeerCred, nhs: String) -> Result<Value, Value> {
+    async fn audit_patient(
+        &self,
+        peer: &PeerCred,
+        nhs: String,
+    ) -> Result<proto::AuditPatientAnswer, AdminError> {
         if !mig_policy::fhir::is_valid_nhs_number(&nhs) {
-            return Err(error_response("bad-request", "not a valid NHS number"));
+            return Err(error(ErrorCode::BadRequest, "not a valid NHS number"));
         }
         self.audited(peer, format!("audit patient {nhs}"), true)
             .await?;
         let accesses = self
             .blocking_audit_read(move |r| r.patient_accesses(&nhs))
             .await?;
-        Ok(ok(json!({"accesses": accesses})))
+        Ok(proto::AuditPatientAnswer {
+            accesses: accesses.into_iter().map(Into::into).collect(),
+        })
     }
 
-    async fn alerts_list(&self, peer: &PeerCred, all: bool) -> Result<Value, Value> {
+    async fn alerts_list(
+        &self,
+        peer: &PeerCred,
+        all: bool,
+    ) -> Result<proto::AlertsListAnswer, AdminError> {
         self.audited(
             peer,
             format!("alerts list{}", if all { " --all" } else { "" }),
@@ -512,17 +556,24 @@ impl AdminService {
         let alerts = self
             .blocking_audit_read(move |r| r.list_alerts(all))
             .await?;
-        Ok(ok(json!({"alerts": alerts})))
+        Ok(proto::AlertsListAnswer {
+            alerts: alerts.into_iter().map(Into::into).collect(),
+        })
     }
 
-    async fn alerts_ack(&self, peer: &PeerCred, id: u64, note: String) -> Result<Value, Value> {
+    async fn alerts_ack(
+        &self,
+        peer: &PeerCred,
+        id: u64,
+        note: String,
+    ) -> Result<proto::AlertsAckAnswer, AdminError> {
         match self.audit.ack_alert(id, &note, &operator(peer)).await {
-            Ok(seq) => Ok(ok(json!({"audit_seq": seq}))),
-            Err(e) => Err(error_response("alert-ack-refused", &e.to_string())),
+            Ok(seq) => Ok(proto::AlertsAckAnswer { audit_seq: seq }),
+            Err(e) => Err(error(ErrorCode::AlertAckRefused, e.to_string())),
         }
     }
 
-    async fn csr(&self, peer: &PeerCred, subject: String) -> Result<Value, Value> {
+    async fn csr(&self, peer: &PeerCred, subject: String) -> Result<proto::CsrAnswer, AdminError> {
         self.audited(peer, format!("csr {subject}"), true).await?;
         let signer = self.tls_signer.clone();
         let extra = vec![self.fhir_host.clone()];
@@ -530,14 +581,14 @@ impl AdminService {
             crate::tls::csr::appliance_csr(signer, &subject, &extra)
         })
         .await
-        .map_err(|_| error_response("internal", "csr task failed"))?
-        .map(|pem| ok(json!({"pem": pem})))
-        .map_err(|e| error_response("bad-request", &e.to_string()))
+        .map_err(|_| error(ErrorCode::Internal, "csr task failed"))?
+        .map(|pem| proto::CsrAnswer { pem })
+        .map_err(|e| error(ErrorCode::BadRequest, e.to_string()))
     }
 }
 
 impl AdminHandler for AdminService {
-    fn handle(&self, peer: PeerCred, request: Value) -> HandlerFuture<'_> {
+    fn handle(&self, peer: PeerCred, request: Request) -> HandlerFuture<'_> {
         Box::pin(self.dispatch(peer, request))
     }
 

@@ -2,67 +2,20 @@
 //! controlled CSV, audits the run (who, period, rows, SHA-256) before anything leaves, and signs
 //! it with the TPM audit key. migctl writes the files; nothing is written here.
 //!
-//! Request: [`FitNotesRequest`] (`{"command":"extract-fit-notes","from":"YYYY-MM-DD",
-//! "to":"YYYY-MM-DD","file":"NAME.csv"}`). Answer: [`FitNotesAnswer`] with `"ok":true`, or an
-//! error with code `bad-request`, `extract-refused` (bad period, no sub-ICB code, nothing to
-//! publish) or `extract-failed`.
+//! Request: `mig_admin_proto::ExtractFitNotes`. Answer: `FitNotesAnswer`, or an error with
+//! code `bad-request`, `extract-refused` (bad period, no sub-ICB code, nothing to publish) or
+//! `extract-failed`.
 
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use mig_admin_proto::{AdminError, ErrorCode, ExtractFitNotes, FitNotesAnswer};
 use sha2::{Digest, Sha256};
 
 use super::commands::AdminService;
-use super::transport::{error_response, PeerCred};
+use super::peer::PeerCred;
 use crate::extract::signature::Statement;
 use crate::extract::{self, ConditionMap, CsvContext, ExtractError, Period};
 use crate::keys::Signer;
-
-/// The request migctl sends.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FitNotesRequest {
-    /// First day, `YYYY-MM-DD`.
-    pub from: String,
-    /// Last day, `YYYY-MM-DD`.
-    pub to: String,
-    /// The CSV's file name (no directory), named in the signature.
-    pub file: String,
-}
-
-impl FitNotesRequest {
-    pub const COMMAND: &'static str = "extract-fit-notes";
-
-    /// The request line.
-    pub fn to_json(&self) -> Value {
-        let mut value = serde_json::to_value(self).unwrap_or(Value::Null);
-        if let Some(map) = value.as_object_mut() {
-            map.insert("command".into(), Value::String(Self::COMMAND.into()));
-        }
-        value
-    }
-}
-
-/// migd's answer to a successful extract.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FitNotesAnswer {
-    /// The CSV to write.
-    pub csv: String,
-    /// Its detached signature (`FILE.csv.sig`).
-    pub sig: String,
-    /// Data rows.
-    pub rows: u64,
-    /// SHA-256 of the CSV, hex.
-    pub sha256: String,
-    /// Fit notes counted, before disclosure control (for the operator, never published).
-    pub notes: u64,
-    /// Notes in the period of patients with a Type 1 opt-out, left out.
-    pub notes_left_out: u64,
-    /// Fit notes that could not be read (`Observation/id: why`), not counted.
-    pub unreadable: Vec<String>,
-    /// The audit record of the run.
-    pub audit_seq: u64,
-}
 
 /// What the extract needs besides the replica: loaded once at start.
 #[derive(Debug)]
@@ -87,12 +40,12 @@ fn peer_description(peer: &PeerCred) -> String {
     format!("uid={}({name}) gid={} pid={}", peer.uid, peer.gid, peer.pid)
 }
 
-fn refused(e: &ExtractError) -> Value {
+fn refused(e: &ExtractError) -> AdminError {
     let code = match e {
-        ExtractError::Replica(_) | ExtractError::Sign(_) => "extract-failed",
-        _ => "extract-refused",
+        ExtractError::Replica(_) | ExtractError::Sign(_) => ErrorCode::ExtractFailed,
+        _ => ErrorCode::ExtractRefused,
     };
-    error_response(code, &e.to_string())
+    AdminError::new(code, e.to_string())
 }
 
 /// Handles `extract-fit-notes`.
@@ -100,18 +53,13 @@ pub async fn fit_notes(
     service: &AdminService,
     settings: Arc<ExtractSettings>,
     peer: &PeerCred,
-    request: &Value,
-) -> Result<Value, Value> {
-    let Ok(FitNotesRequest { from, to, file }) = FitNotesRequest::deserialize(request) else {
-        return Err(error_response(
-            "bad-request",
-            "extract-fit-notes needs from and to (YYYY-MM-DD) and file",
-        ));
-    };
+    request: ExtractFitNotes,
+) -> Result<FitNotesAnswer, AdminError> {
+    let ExtractFitNotes { from, to, file } = request;
     if file.is_empty() || file.len() > 255 || file.contains('/') || file.contains(char::is_control)
     {
-        return Err(error_response(
-            "bad-request",
+        return Err(AdminError::new(
+            ErrorCode::BadRequest,
             "file must be a plain file name (no directory, no control characters)",
         ));
     }
@@ -157,7 +105,7 @@ pub async fn fit_notes(
                 })
         })
         .await
-        .map_err(|_| error_response("internal", "extract task failed"))?
+        .map_err(|_| AdminError::new(ErrorCode::Internal, "extract task failed"))?
     };
     let built = match built {
         Ok(built) => built,
@@ -202,7 +150,7 @@ pub async fn fit_notes(
     let signer = settings.audit_signer.clone();
     let sig = tokio::task::spawn_blocking(move || statement.sign(signer.as_ref()))
         .await
-        .map_err(|_| error_response("internal", "signing task failed"))?
+        .map_err(|_| AdminError::new(ErrorCode::Internal, "signing task failed"))?
         .map_err(|e| refused(&e))?;
     let answer = FitNotesAnswer {
         csv: built.csv,
@@ -214,10 +162,5 @@ pub async fn fit_notes(
         unreadable: built.unreadable,
         audit_seq,
     };
-    let mut answer = serde_json::to_value(answer)
-        .map_err(|_| error_response("internal", "cannot encode the answer"))?;
-    if let Some(map) = answer.as_object_mut() {
-        map.insert("ok".into(), Value::Bool(true));
-    }
     Ok(answer)
 }

@@ -1,6 +1,10 @@
-//! The admin service that `migctl` talks to over a local Unix socket (SPEC §9). `transport`
-//! carries JSON lines and checks who is calling; the command set sits on top of it.
+//! The admin service that `migctl` talks to over a local Unix socket (SPEC §9), speaking the
+//! typed protocol of `mig-admin-proto`. `server` accepts and frames, `peer` decides who may
+//! connect, `client` is migctl's end; the command set (`commands`, `extract`) sits on top.
 
+pub mod answers;
+pub mod client;
 pub mod commands;
 pub mod extract;
-pub mod transport;
+pub mod peer;
+pub mod server;

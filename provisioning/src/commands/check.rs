@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use mig::config::Config;
-use serde_json::json;
+use mig_admin_proto::Status;
 
 use super::{admin_call, public_keys, AdminFailure};
 
@@ -74,25 +74,14 @@ pub fn run(config: &Config) -> ExitCode {
 pub fn checks(config: &Config) -> Vec<Finding> {
     let mut out = Vec::new();
     let mut migd_problems = Vec::new();
-    let running = match admin_call(config, &json!({"command": "status"})) {
+    let running = match admin_call(config, Status {}) {
         Ok(status) => {
-            if let Some(list) = status["registry_problems"].as_array() {
-                migd_problems = list
-                    .iter()
-                    .map(|p| {
-                        (
-                            p["file"].as_str().unwrap_or("?").to_owned(),
-                            format!(
-                                "{} ({})",
-                                p["error"].as_str().unwrap_or(""),
-                                p["consequence"].as_str().unwrap_or("")
-                            ),
-                        )
-                    })
-                    .collect();
-            }
-            let ready = status["ready"].as_bool() == Some(true);
-            let healthy = status["healthy"].as_bool() == Some(true);
+            migd_problems = status
+                .registry_problems
+                .iter()
+                .map(|p| (p.file.clone(), format!("{} ({})", p.error, p.consequence)))
+                .collect();
+            let (ready, healthy) = (status.ready, status.healthy);
             out.push(match (ready, healthy) {
                 (true, true) => finding("migd running", Level::Ok, "ready and healthy"),
                 (true, false) => finding(

@@ -5,13 +5,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context, Result};
-use serde::Deserialize;
 
 use super::{admin_call, public_keys};
-use mig::admin::extract::{FitNotesAnswer, FitNotesRequest};
 use mig::config::Config;
 use mig::extract::signature::{self, TrustedKey};
 use mig::registry;
+use mig_admin_proto::ExtractFitNotes;
 
 /// `FILE.csv` → `FILE.csv.sig`.
 pub fn signature_path(file: &Path) -> PathBuf {
@@ -29,14 +28,12 @@ pub fn fit_notes(config: &Config, from: &str, to: &str, out: &Path) -> Result<Ex
         .filter(|_| !out.is_dir())
         .ok_or_else(|| anyhow!("--out: {} is not a file name", out.display()))?
         .to_owned();
-    let request = FitNotesRequest {
+    let request = ExtractFitNotes {
         from: from.to_owned(),
         to: to.to_owned(),
         file,
     };
-    let answer = admin_call(config, &request.to_json())?;
-    let answer = FitNotesAnswer::deserialize(&answer)
-        .map_err(|e| anyhow!("migd's answer is not an extract: {e}"))?;
+    let answer = admin_call(config, request)?;
     let sig_path = signature_path(out);
     registry::write_atomic(out, answer.csv.as_bytes())
         .with_context(|| out.display().to_string())?;

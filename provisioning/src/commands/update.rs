@@ -10,12 +10,11 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{anyhow, bail, Context, Result};
 use mig::config::Config;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::admin_call;
+use mig_admin_proto::UpdateStep;
 
-/// The CA that signs update bundles, as installed in the image.
-pub const KEYRING: &str = "/usr/lib/mig/rauc-keyring.pem";
 const OS_RELEASE: &str = "/etc/os-release";
 
 /// What a verified bundle says about itself.
@@ -29,7 +28,10 @@ pub struct BundleInfo {
 fn audit_step(config: &Config, step: &str, ok: bool) -> Result<()> {
     admin_call(
         config,
-        &json!({"command": "update-step", "step": step, "ok": ok}),
+        UpdateStep {
+            step: step.to_owned(),
+            ok,
+        },
     )
     .map(|_| ())
     .map_err(|e| {

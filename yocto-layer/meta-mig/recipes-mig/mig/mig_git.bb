@@ -27,7 +27,8 @@ require mig-crates.inc
 
 inherit pkgconfig cargo systemd useradd
 
-# One build of the workspace for both binaries: the migctl crate links the mig library.
+# One build of the workspace for both binaries: the migctl crate links the mig library. No
+# --features: migctl's development `demo` stays out of the appliance.
 CARGO_BUILD_FLAGS += "--package mig --bin migd --package migctl --bin migctl"
 
 do_install:append() {
