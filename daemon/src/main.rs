@@ -1,5 +1,7 @@
 //! migd: the MIG appliance daemon. All the work is in `mig::service`.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
