@@ -21,6 +21,7 @@ use mig::config::{Asid, Config, FhirBase, OdsCode, PcrSelection, Tcti};
 use mig::fhir::Section;
 use mig::policy::PartnerType;
 use mig::registry;
+use mig::system::atomic_file::{self, Existing};
 
 /// The progress file's name, next to the config unless `--progress` says otherwise.
 pub const PROGRESS_FILE: &str = "console-progress.json";
@@ -58,6 +59,9 @@ pub enum ConsoleError {
     /// The progress file cannot be read, understood or written.
     #[error("progress file {}: {reason}", path.display())]
     Progress { path: PathBuf, reason: String },
+    /// The progress file cannot be saved.
+    #[error("cannot save the wizard's progress")]
+    SaveProgress(#[source] atomic_file::WriteError),
 }
 
 /// What the wizard remembers between runs. No secrets: answers, step names, file paths.
@@ -158,9 +162,8 @@ fn load_progress(path: &Path) -> Result<Progress, ConsoleError> {
     }
 }
 
-/// Writes the progress atomically (temporary file, fsync, rename), readable by its owner only.
+/// Writes the progress atomically, readable by its owner only.
 fn save_progress(path: &Path, progress: &Progress) -> Result<(), ConsoleError> {
-    use std::os::unix::fs::OpenOptionsExt;
     let bad = |reason: String| ConsoleError::Progress {
         path: path.to_owned(),
         reason,
@@ -171,24 +174,9 @@ fn save_progress(path: &Path, progress: &Progress) -> Result<(), ConsoleError> {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| bad(format!("creating {}: {e}", dir.display())))?;
-    let tmp = dir.join(format!(".{PROGRESS_FILE}.tmp.{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let result = (|| -> std::io::Result<()> {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(text.as_bytes())?;
-        file.write_all(b"\n")?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(bad(format!("cannot write it: {e}")));
-    }
-    Ok(())
+    let text = text + "\n";
+    atomic_file::write(path, text.as_bytes(), 0o600, Existing::Replace, |_| Ok(()))
+        .map_err(ConsoleError::SaveProgress)
 }
 
 struct Wizard<R: BufRead> {

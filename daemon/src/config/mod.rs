@@ -15,6 +15,7 @@ use std::time::Duration;
 
 pub use values::{Asid, CrlExpiredPolicy, FhirBase, InvalidValue, OdsCode, PcrSelection, Tcti};
 
+use crate::system::atomic_file::{self, Existing};
 use locate::{line_of, Locator};
 use raw::{
     RawAdmin, RawAppliance, RawAudit, RawConfig, RawExtracts, RawLimits, RawMetrics, RawPartnerApi,
@@ -427,9 +428,6 @@ impl Config {
     /// exists, so an initialised box is never overwritten. The text is validated by reading it
     /// back first. The parent directory must exist.
     pub fn write_new(&self, path: &Path) -> Result<(), ConfigError> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-
         let text = self.to_toml()?;
         Config::from_toml_str(&text, path)?;
         if path.symlink_metadata().is_ok() {
@@ -437,52 +435,21 @@ impl Config {
                 path: path.to_path_buf(),
             });
         }
-        let werr = |operation: &'static str| {
-            move |source| ConfigError::Write {
-                path: path.to_path_buf(),
-                operation,
-                source,
-            }
-        };
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let file_name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "migd.toml".into());
-        let tmp = dir.join(format!(".{file_name}.tmp.{}", std::process::id()));
-        let result = (|| {
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o644)
-                .open(&tmp)
-                .map_err(werr("create temporary file"))?;
-            file.write_all(text.as_bytes())
-                .map_err(werr("write temporary file"))?;
-            file.sync_all().map_err(werr("sync temporary file"))?;
-            std::fs::hard_link(&tmp, path).map_err(|source| {
-                if source.kind() == std::io::ErrorKind::AlreadyExists {
+        atomic_file::write(path, text.as_bytes(), 0o644, Existing::Refuse, |_| Ok(())).map_err(
+            |e| {
+                if e.already_exists() {
                     ConfigError::Exists {
                         path: path.to_path_buf(),
                     }
                 } else {
                     ConfigError::Write {
                         path: path.to_path_buf(),
-                        operation: "link into place",
-                        source,
+                        operation: e.operation,
+                        source: e.source,
                     }
                 }
-            })?;
-            std::fs::File::open(&dir)
-                .and_then(|d| d.sync_all())
-                .map_err(werr("sync directory"))
-        })();
-        // The temporary name is ours alone (pid); removing it is cleanup, not a decision.
-        let _ = std::fs::remove_file(&tmp);
-        result
+            },
+        )
     }
 }
 

@@ -12,6 +12,7 @@
 //!    runtime, bind listeners and the admin socket, [`notify::ready`], run
 //!    [`notify::watchdog_loop`] and [`Signals`].
 
+pub mod atomic_file;
 pub mod harden;
 pub mod journal;
 pub mod notify;
