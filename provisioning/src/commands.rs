@@ -8,6 +8,7 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::str::FromStr;
+use strum::IntoEnumIterator;
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
@@ -431,7 +432,7 @@ pub fn partner_from_args(args: &PartnerAddArgs) -> Result<Partner> {
         .map_err(|e| anyhow!("--ods: {}", e.0))?
         .to_string();
     let partner_type = PartnerType::from_name(&args.partner_type).ok_or_else(|| {
-        let known: Vec<_> = PartnerType::ALL.iter().map(|t| t.name()).collect();
+        let known: Vec<_> = PartnerType::iter().map(PartnerType::name).collect();
         anyhow!(
             "--type: unknown partner type {:?} (known: {})",
             args.partner_type,

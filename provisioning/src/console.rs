@@ -11,6 +11,7 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::str::FromStr;
+use strum::IntoEnumIterator;
 
 use anyhow::{anyhow, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -743,7 +744,7 @@ impl<R: BufRead> Wizard<R> {
 
     /// Asks for one partner until `partner_from_args` and the registry accept it.
     fn one_partner(&mut self, state: &Path) -> Result<()> {
-        let types: Vec<_> = PartnerType::ALL.iter().map(|t| t.name()).collect();
+        let types: Vec<_> = PartnerType::iter().map(PartnerType::name).collect();
         let sections: Vec<_> = Section::ALL.iter().map(|s| s.name()).collect();
         let mut previous = PartnerAddArgs {
             ods: String::new(),
