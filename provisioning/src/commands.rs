@@ -577,7 +577,9 @@ fn answer(response: Value) -> Result<Value, AdminFailure> {
 
 fn connect(config: &Config) -> Result<AdminClient, AdminFailure> {
     AdminClient::connect(&config.admin.socket).map_err(|e| match e {
-        AdminClientError::NotRunning { .. } => AdminFailure::NotRunning(e.to_string()),
+        AdminClientError::NotRunning { .. } => {
+            AdminFailure::NotRunning(mig::error::Chain(&e).to_string())
+        }
         other => AdminFailure::Refused(other.into()),
     })
 }
@@ -874,7 +876,7 @@ fn new_trail(config: &Config, reason: &str) -> Result<ExitCode> {
                 ),
                 Some(problem) => format!("it did not verify: {problem}"),
             },
-            Err(e) => format!("it could not be read: {e}"),
+            Err(e) => format!("it could not be read: {}", mig::error::Chain(&e)),
         }
     } else {
         "it was missing".to_owned()

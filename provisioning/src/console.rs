@@ -52,7 +52,7 @@ pub enum ConsoleError {
     #[error("input closed at a prompt")]
     Stopped,
     /// Reading from or writing to the terminal failed.
-    #[error("terminal {operation}: {source}")]
+    #[error("terminal {operation}")]
     Terminal {
         operation: &'static str,
         source: std::io::Error,
@@ -637,7 +637,7 @@ impl<R: BufRead> Wizard<R> {
                 }
                 registry::write_atomic(&path, pem.as_bytes())
                     .map(|_| Some(path.display().to_string()))
-                    .map_err(|e| format!("cannot write it: {e}"))
+                    .map_err(|e| format!("cannot write it: {}", mig::error::Chain(&e)))
             },
         )?;
         let show = match &file {

@@ -122,7 +122,10 @@ impl AdminService {
             .map_err(|e| {
                 error_response(
                     "audit-unavailable",
-                    &format!("the audit trail cannot be written: {e}"),
+                    &format!(
+                        "the audit trail cannot be written: {}",
+                        crate::error::Chain(&e)
+                    ),
                 )
             })
     }
@@ -150,7 +153,10 @@ impl AdminService {
             .map_err(|e| {
                 error_response(
                     "audit-unavailable",
-                    &format!("the audit trail cannot be written: {e}"),
+                    &format!(
+                        "the audit trail cannot be written: {}",
+                        crate::error::Chain(&e)
+                    ),
                 )
             })
     }
@@ -290,7 +296,10 @@ impl AdminService {
             Ok(snapshot) => Ok(ok(json!({"generation": snapshot.generation}))),
             Err(e) => Err(error_response(
                 "reload-rejected",
-                &format!("{e}; the previous configuration keeps serving"),
+                &format!(
+                    "{}; the previous configuration keeps serving",
+                    crate::error::Chain(&e)
+                ),
             )),
         }
     }
@@ -387,11 +396,18 @@ impl AdminService {
             Some(Ok(lines)) => Ok(ok(json!({"lines": lines}))),
             Some(Err(e)) => {
                 self.end_session(peer);
-                self.audited(peer, format!("import {name}: rejected: {e}"), false)
-                    .await?;
+                self.audited(
+                    peer,
+                    format!("import {name}: rejected: {}", crate::error::Chain(&e)),
+                    false,
+                )
+                .await?;
                 Err(error_response(
                     "import-rejected",
-                    &format!("{name}: {e}; nothing of this file was imported"),
+                    &format!(
+                        "{name}: {}; nothing of this file was imported",
+                        crate::error::Chain(&e)
+                    ),
                 ))
             }
             None => {
@@ -420,11 +436,18 @@ impl AdminService {
                 Ok(ok(json!({"summary": summary})))
             }
             Some(Err(e)) => {
-                self.audited(peer, format!("import {name}: failed: {e}"), false)
-                    .await?;
+                self.audited(
+                    peer,
+                    format!("import {name}: failed: {}", crate::error::Chain(&e)),
+                    false,
+                )
+                .await?;
                 Err(error_response(
                     "import-rejected",
-                    &format!("{name}: {e}; nothing of this file was imported"),
+                    &format!(
+                        "{name}: {}; nothing of this file was imported",
+                        crate::error::Chain(&e)
+                    ),
                 ))
             }
             None => Err(error_response("internal", "the import stopped")),
@@ -437,14 +460,13 @@ impl AdminService {
             + Send
             + 'static,
     ) -> Result<T, Value> {
-        let reader = self
-            .audit
-            .reader()
-            .map_err(|e| error_response("audit-unavailable", &e.to_string()))?;
+        let reader = self.audit.reader().map_err(|e| {
+            error_response("audit-unavailable", &crate::error::Chain(&e).to_string())
+        })?;
         tokio::task::spawn_blocking(move || read(&reader))
             .await
             .map_err(|_| error_response("internal", "audit read task failed"))?
-            .map_err(|e| error_response("audit-error", &e.to_string()))
+            .map_err(|e| error_response("audit-error", &crate::error::Chain(&e).to_string()))
     }
 
     async fn audit_verify(&self, peer: &PeerCred) -> Result<Value, Value> {
@@ -518,7 +540,10 @@ impl AdminService {
     async fn alerts_ack(&self, peer: &PeerCred, id: u64, note: String) -> Result<Value, Value> {
         match self.audit.ack_alert(id, &note, &operator(peer)).await {
             Ok(seq) => Ok(ok(json!({"audit_seq": seq}))),
-            Err(e) => Err(error_response("alert-ack-refused", &e.to_string())),
+            Err(e) => Err(error_response(
+                "alert-ack-refused",
+                &crate::error::Chain(&e).to_string(),
+            )),
         }
     }
 
@@ -532,7 +557,7 @@ impl AdminService {
         .await
         .map_err(|_| error_response("internal", "csr task failed"))?
         .map(|pem| ok(json!({"pem": pem})))
-        .map_err(|e| error_response("bad-request", &e.to_string()))
+        .map_err(|e| error_response("bad-request", &crate::error::Chain(&e).to_string()))
     }
 }
 

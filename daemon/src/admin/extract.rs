@@ -92,7 +92,7 @@ fn refused(e: &ExtractError) -> Value {
         ExtractError::Replica(_) | ExtractError::Sign(_) => "extract-failed",
         _ => "extract-refused",
     };
-    error_response(code, &e.to_string())
+    error_response(code, &crate::error::Chain(e).to_string())
 }
 
 /// Handles `extract-fit-notes`.
@@ -133,7 +133,11 @@ pub async fn fit_notes(
         Ok(ok) => ok,
         Err(e) => {
             service
-                .audited(peer, format!("{attempt}: refused: {e}"), false)
+                .audited(
+                    peer,
+                    format!("{attempt}: refused: {}", crate::error::Chain(&e)),
+                    false,
+                )
                 .await?;
             return Err(refused(&e));
         }
@@ -163,7 +167,11 @@ pub async fn fit_notes(
         Ok(built) => built,
         Err(e) => {
             service
-                .audited(peer, format!("{attempt}: refused: {e}"), false)
+                .audited(
+                    peer,
+                    format!("{attempt}: refused: {}", crate::error::Chain(&e)),
+                    false,
+                )
                 .await?;
             return Err(refused(&e));
         }

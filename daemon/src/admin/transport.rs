@@ -40,7 +40,7 @@ const SOCKET_MODE: u32 = 0o660;
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     /// The socket's directory could not be created.
-    #[error("cannot create admin socket directory {}: {source}", path.display())]
+    #[error("cannot create admin socket directory {}", path.display())]
     CreateDir {
         /// The directory.
         path: PathBuf,
@@ -60,7 +60,7 @@ pub enum TransportError {
         path: PathBuf,
     },
     /// A socket-file operation failed.
-    #[error("admin socket {}: {operation}: {source}", path.display())]
+    #[error("admin socket {}: {operation}", path.display())]
     Socket {
         /// The socket path.
         path: PathBuf,
@@ -525,7 +525,7 @@ async fn read_line_limited<R: AsyncBufRead + Unpin>(
 #[derive(Debug, thiserror::Error)]
 pub enum AdminClientError {
     /// No socket, or nobody listening: migd is not running (or uses another socket).
-    #[error("migd is not running (no admin socket answering at {}): {source}", path.display())]
+    #[error("migd is not running (no admin socket answering at {})", path.display())]
     NotRunning {
         /// The socket path.
         path: PathBuf,
@@ -541,7 +541,7 @@ pub enum AdminClientError {
         source: std::io::Error,
     },
     /// Any other connect failure.
-    #[error("cannot connect to the admin socket {}: {source}", path.display())]
+    #[error("cannot connect to the admin socket {}", path.display())]
     Connect {
         /// The socket path.
         path: PathBuf,
@@ -549,7 +549,7 @@ pub enum AdminClientError {
         source: std::io::Error,
     },
     /// Sending or receiving failed.
-    #[error("admin socket {operation} failed: {source}")]
+    #[error("admin socket {operation} failed")]
     Io {
         /// "send" or "receive".
         operation: &'static str,
@@ -566,7 +566,7 @@ pub enum AdminClientError {
     #[error("migd closed the admin connection without answering")]
     Closed,
     /// The answer is not JSON.
-    #[error("migd's answer is not JSON: {source}")]
+    #[error("migd's answer is not JSON")]
     BadResponse {
         /// The parse error.
         source: serde_json::Error,

@@ -462,7 +462,7 @@ impl Api {
         let assembled = match work {
             Ok(Ok(assembled)) => assembled,
             Ok(Err(e)) => {
-                tracing::error!(error = %e, "replica read failed");
+                tracing::error!(error = %crate::error::Chain(&e), "replica read failed");
                 event.refusal_reason = Some("replica unavailable".into());
                 return Outcome {
                     status: StatusCode::INTERNAL_SERVER_ERROR,

@@ -43,7 +43,7 @@ pub const MAX_CHECKPOINT_SECONDS: u64 = 60;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read (missing, unreadable).
-    #[error("cannot read config file {}: {source}", path.display())]
+    #[error("cannot read config file {}", path.display())]
     Read {
         /// The config file.
         path: PathBuf,
@@ -63,7 +63,7 @@ pub enum ConfigError {
         message: String,
     },
     /// A value has the right TOML type but breaks a rule (syntax of a code, range).
-    #[error("{}: {}key `{key}`: {source}", path.display(), fmt_line(*line))]
+    #[error("{}: {}key `{key}`", path.display(), fmt_line(*line))]
     Invalid {
         /// The config file.
         path: PathBuf,
@@ -75,7 +75,7 @@ pub enum ConfigError {
         source: InvalidValue,
     },
     /// The config could not be turned into TOML.
-    #[error("cannot serialise the config: {source}")]
+    #[error("cannot serialise the config")]
     Serialize {
         /// toml's error.
         source: toml::ser::Error,
@@ -87,7 +87,7 @@ pub enum ConfigError {
         path: PathBuf,
     },
     /// Writing the new config file failed.
-    #[error("cannot write config file {}: {operation}: {source}", path.display())]
+    #[error("cannot write config file {}: {operation}", path.display())]
     Write {
         /// The config file.
         path: PathBuf,

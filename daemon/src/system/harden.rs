@@ -168,7 +168,10 @@ pub fn harden_process(service_user: Option<&str>) -> Result<HardeningReport, Sys
     let memory_locked = match lock_memory() {
         Ok(()) => true,
         Err(e) => {
-            tracing::warn!("memory not locked, key pages could be swapped out: {e}");
+            tracing::warn!(
+                "memory not locked, key pages could be swapped out: {}",
+                crate::error::Chain(&e)
+            );
             false
         }
     };

@@ -71,7 +71,7 @@ pub enum TpmError {
         reason: String,
     },
     /// Reading or writing a key file failed at the operating-system level.
-    #[error("cannot {operation} {}: {source}; check the state directory's permissions and free space", path.display())]
+    #[error("cannot {operation} {}; check the state directory's permissions and free space", path.display())]
     Io {
         /// What was being done ("write", "read", "create directory", ...).
         operation: &'static str,
@@ -125,7 +125,7 @@ pub enum TpmError {
         source: tss_esapi::Error,
     },
     /// The TPM service thread could not be started.
-    #[error("cannot start the TPM service thread: {0}; the system is short of memory or threads, restart migd")]
+    #[error("cannot start the TPM service thread; the system is short of memory or threads, restart migd")]
     Thread(#[source] std::io::Error),
     /// The TPM service thread is gone, so no request can be served.
     #[error("the TPM service thread has stopped; restart migd")]
