@@ -63,7 +63,7 @@ pub enum ConfigError {
         message: String,
     },
     /// A value has the right TOML type but breaks a rule (syntax of a code, range).
-    #[error("{}: {}key `{key}`", path.display(), fmt_line(*line))]
+    #[error("{}: {}key `{key}`: {rule}", path.display(), fmt_line(*line))]
     Invalid {
         /// The config file.
         path: PathBuf,
@@ -71,8 +71,8 @@ pub enum ConfigError {
         key: String,
         /// 1-based line number, where the key is written (absent for a defaulted key).
         line: Option<usize>,
-        /// The rule it breaks.
-        source: InvalidValue,
+        /// The rule it breaks: part of this message, not a cause.
+        rule: InvalidValue,
     },
     /// The config could not be turned into TOML.
     #[error("cannot serialise the config")]
@@ -464,12 +464,12 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
-    fn fail(&self, key: &str, source: InvalidValue) -> ConfigError {
+    fn fail(&self, key: &str, rule: InvalidValue) -> ConfigError {
         ConfigError::Invalid {
             path: self.path.to_path_buf(),
             key: key.to_string(),
             line: self.locator.line_of_key(key),
-            source,
+            rule,
         }
     }
 
