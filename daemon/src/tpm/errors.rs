@@ -185,10 +185,11 @@ pub(crate) fn is_auth_failure(error: &tss_esapi::Error) -> bool {
     )
 }
 
-/// A short description of a tss-esapi error with its raw code, for one-line messages.
+/// The raw code of a tss-esapi error and the layer it came from; the error's own text follows
+/// as the source.
 fn describe(error: &tss_esapi::Error) -> String {
     match (response_code(error), kind(error)) {
-        (Some(code), Some(_)) => format!("TPM response {code:#x}: {error}"),
+        (Some(code), Some(_)) => format!("TPM response {code:#x}"),
         (Some(code), None) => {
             let layer = match code >> 16 {
                 6 | 7 => "TSS ESAPI",
@@ -199,7 +200,7 @@ fn describe(error: &tss_esapi::Error) -> String {
             };
             format!("{layer} error {code:#x}")
         }
-        (None, _) => format!("tss-esapi: {error}"),
+        (None, _) => "tss-esapi".to_owned(),
     }
 }
 
