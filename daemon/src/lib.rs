@@ -5,6 +5,7 @@ pub mod admin;
 pub mod api;
 pub mod audit;
 pub mod config;
+pub mod error;
 pub mod extract;
 pub mod keys;
 pub mod listener;

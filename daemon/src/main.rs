@@ -1,5 +1,7 @@
 //! migd: the MIG appliance daemon. All the work is in `mig::service`.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -26,7 +28,7 @@ fn main() -> ExitCode {
     }
     init_logging();
     if let Err(error) = huge_pages {
-        tracing::warn!(%error, "transparent huge pages stay on; migd will use more memory");
+        tracing::warn!(error = %mig::error::Chain(&error), "transparent huge pages stay on; migd will use more memory");
     }
     let args = Args::parse();
     mig::journal_event!(
@@ -39,16 +41,7 @@ fn main() -> ExitCode {
     match mig::service::run(&args.config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            let mut message = error.to_string();
-            let mut source = std::error::Error::source(&error);
-            while let Some(cause) = source {
-                let text = cause.to_string();
-                if !message.contains(&text) {
-                    message.push_str(": ");
-                    message.push_str(&text);
-                }
-                source = cause.source();
-            }
+            let message = mig::error::Chain(&error).to_string();
             mig::journal_event!(error, START_FAILED, "migd stopped: {message}");
             eprintln!("migd: {message}");
             ExitCode::FAILURE

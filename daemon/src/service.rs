@@ -43,35 +43,35 @@ const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 pub enum ServiceError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-    #[error("process hardening: {0}")]
+    #[error("process hardening")]
     System(#[from] crate::system::SystemError),
-    #[error("TPM: {0}")]
+    #[error("TPM")]
     Tpm(#[from] crate::tpm::TpmError),
-    #[error("TPM owner auth file {path}: {source}")]
+    #[error("TPM owner auth file {path}")]
     OwnerAuth {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("replica: {0}")]
+    #[error("replica")]
     Replica(#[from] crate::replica::ReplicaError),
-    #[error("audit: {0}")]
+    #[error("audit")]
     Audit(#[from] crate::audit::AuditError),
-    #[error("certificates and partners: {0}")]
+    #[error("certificates and partners")]
     Tls(#[from] Box<crate::tls::TlsError>),
-    #[error("sensitive code list: {0}")]
+    #[error("sensitive code list")]
     Sensitive(#[from] mig_policy::PolicyError),
-    #[error("sensitive code list {path}: {source}")]
+    #[error("sensitive code list {path}")]
     SensitiveFile {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("statistical extracts: {0}")]
+    #[error("statistical extracts")]
     Extract(#[from] crate::extract::ExtractError),
-    #[error("listener {address}: {reason}")]
-    Listen { address: String, reason: String },
-    #[error("admin socket: {0}")]
+    #[error(transparent)]
+    Listen(#[from] crate::listener::ListenerError),
+    #[error("admin socket")]
     Admin(#[from] crate::admin::server::TransportError),
-    #[error("runtime: {0}")]
+    #[error("runtime")]
     Runtime(#[source] std::io::Error),
 }
 
@@ -240,7 +240,7 @@ pub fn run(config_path: &Path) -> Result<(), ServiceError> {
     ));
     // The final checkpoint, whether serving ended cleanly or not.
     if let Err(e) = audit.shutdown_blocking() {
-        tracing::error!("final audit checkpoint: {e}");
+        tracing::error!("final audit checkpoint: {}", crate::error::Chain(&e));
     }
     result
 }
@@ -463,7 +463,8 @@ async fn serve(
             Ok(Err(e)) => system::journal::event!(
                 warn,
                 RELOAD_REJECTED,
-                "reload rejected, the previous configuration keeps serving: {e}"
+                "reload rejected, the previous configuration keeps serving: {}",
+                crate::error::Chain(&e)
             ),
             Err(_) => tracing::error!("reload task failed"),
         }
@@ -593,10 +594,5 @@ pub fn registry_health(snapshot: &crate::tls::Snapshot, state_dir: &Path) -> Opt
 }
 
 async fn bind(address: std::net::SocketAddr) -> Result<tokio::net::TcpListener, ServiceError> {
-    listener::bind(address)
-        .await
-        .map_err(|e| ServiceError::Listen {
-            address: address.to_string(),
-            reason: e.to_string(),
-        })
+    Ok(listener::bind(address).await?)
 }

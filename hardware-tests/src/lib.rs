@@ -13,6 +13,8 @@
 //! that would change a real TPM's state (owner password, lockout, reset) always use swtpm;
 //! against a real TPM the PCR test extends only PCR 16 (the debug PCR).
 
+#![forbid(unsafe_code)]
+
 use std::fs::File;
 use std::io;
 use std::net::{TcpListener, TcpStream};

@@ -7,8 +7,21 @@ use serde::{Deserialize, Serialize};
 use crate::fhir::Section;
 
 /// The kind of service a partner is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::EnumIter,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum PartnerType {
     Ambulance,
     OutOfHours,
@@ -19,28 +32,12 @@ pub enum PartnerType {
 }
 
 impl PartnerType {
-    pub const ALL: [PartnerType; 6] = [
-        PartnerType::Ambulance,
-        PartnerType::OutOfHours,
-        PartnerType::CommunityHealth,
-        PartnerType::SocialCare,
-        PartnerType::Acute,
-        PartnerType::MentalHealth,
-    ];
-
     pub fn name(self) -> &'static str {
-        match self {
-            PartnerType::Ambulance => "ambulance",
-            PartnerType::OutOfHours => "out-of-hours",
-            PartnerType::CommunityHealth => "community-health",
-            PartnerType::SocialCare => "social-care",
-            PartnerType::Acute => "acute",
-            PartnerType::MentalHealth => "mental-health",
-        }
+        self.into()
     }
 
     pub fn from_name(name: &str) -> Option<PartnerType> {
-        PartnerType::ALL.into_iter().find(|t| t.name() == name)
+        name.parse().ok()
     }
 }
 

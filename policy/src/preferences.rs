@@ -39,8 +39,22 @@ pub const SNOMED_DISSENT_SYNONYM: &str = "416409005";
 pub const SNOMED_CORE_SYNONYM: &str = "417528008";
 
 /// The patient's sharing tier. Ordered from most to least restrictive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::EnumString,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum SharingPreference {
     Dissent,
     Core,
@@ -49,21 +63,11 @@ pub enum SharingPreference {
 
 impl SharingPreference {
     pub fn name(self) -> &'static str {
-        match self {
-            SharingPreference::Dissent => "dissent",
-            SharingPreference::Core => "core",
-            SharingPreference::CoreAndAdditional => "core-and-additional",
-        }
+        self.into()
     }
 
     pub fn from_name(name: &str) -> Option<SharingPreference> {
-        [
-            SharingPreference::Dissent,
-            SharingPreference::Core,
-            SharingPreference::CoreAndAdditional,
-        ]
-        .into_iter()
-        .find(|p| p.name() == name)
+        name.parse().ok()
     }
 }
 

@@ -8,8 +8,21 @@ use serde::{Deserialize, Serialize};
 use crate::fhir::{ConsentFacts, ItemFacts, RecordList, Section};
 
 /// Why a clinician overrides the patient's permission (`override_reason` JWT claim).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::EnumIter,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum OverrideReason {
     Emergency,
     Safeguarding,
@@ -17,22 +30,12 @@ pub enum OverrideReason {
 }
 
 impl OverrideReason {
-    pub const ALL: [OverrideReason; 3] = [
-        OverrideReason::Emergency,
-        OverrideReason::Safeguarding,
-        OverrideReason::UnableToConsent,
-    ];
-
     pub fn name(self) -> &'static str {
-        match self {
-            OverrideReason::Emergency => "emergency",
-            OverrideReason::Safeguarding => "safeguarding",
-            OverrideReason::UnableToConsent => "unable-to-consent",
-        }
+        self.into()
     }
 
     pub fn from_name(name: &str) -> Option<OverrideReason> {
-        OverrideReason::ALL.into_iter().find(|r| r.name() == name)
+        name.parse().ok()
     }
 }
 
@@ -128,8 +131,21 @@ impl PatientData {
 }
 
 /// The error codes partners see (SPEC §5), GP Connect style.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::EnumIter,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 pub enum ErrorCode {
     AccessDenied,
     BadRequest,
@@ -141,31 +157,13 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 7] = [
-        ErrorCode::AccessDenied,
-        ErrorCode::BadRequest,
-        ErrorCode::InvalidIdentifierSystem,
-        ErrorCode::InvalidNhsNumber,
-        ErrorCode::InvalidParameter,
-        ErrorCode::PatientNotFound,
-        ErrorCode::NoPatientConsent,
-    ];
-
     /// The code in the OperationOutcome (`Spine-ErrorOrWarningCode`) and the audit.
     pub fn code(self) -> &'static str {
-        match self {
-            ErrorCode::AccessDenied => "ACCESS_DENIED",
-            ErrorCode::BadRequest => "BAD_REQUEST",
-            ErrorCode::InvalidIdentifierSystem => "INVALID_IDENTIFIER_SYSTEM",
-            ErrorCode::InvalidNhsNumber => "INVALID_NHS_NUMBER",
-            ErrorCode::InvalidParameter => "INVALID_PARAMETER",
-            ErrorCode::PatientNotFound => "PATIENT_NOT_FOUND",
-            ErrorCode::NoPatientConsent => "NO_PATIENT_CONSENT",
-        }
+        self.into()
     }
 
     pub fn from_code(code: &str) -> Option<ErrorCode> {
-        ErrorCode::ALL.into_iter().find(|c| c.code() == code)
+        code.parse().ok()
     }
 
     pub fn http_status(self) -> u16 {

@@ -14,8 +14,22 @@ use super::PolicyError;
 use crate::fhir::{Coding, ItemFacts, SNOMED};
 
 /// One of the four NHS exclusion refsets (SPEC §6).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::EnumString,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum SensitiveCategory {
     Gender,
     AssistedFertilisation,
@@ -33,18 +47,11 @@ impl SensitiveCategory {
 
     /// The name used in config, file names and the audit trail.
     pub fn name(self) -> &'static str {
-        match self {
-            SensitiveCategory::Gender => "gender",
-            SensitiveCategory::AssistedFertilisation => "assisted-fertilisation",
-            SensitiveCategory::TerminationOfPregnancy => "termination-of-pregnancy",
-            SensitiveCategory::SexuallyTransmittedDisease => "sexually-transmitted-disease",
-        }
+        self.into()
     }
 
     pub fn from_name(name: &str) -> Option<SensitiveCategory> {
-        SensitiveCategory::ALL
-            .into_iter()
-            .find(|c| c.name() == name)
+        name.parse().ok()
     }
 
     /// The SNOMED CT id of the NHS refset for this category.

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeSet;
+use strum::IntoEnumIterator;
 
 use time::macros::{date, datetime};
 
@@ -581,7 +582,7 @@ fn override_justification_must_be_10_to_500_characters() {
 
 #[test]
 fn every_override_reason_is_accepted() {
-    for reason in OverrideReason::ALL {
+    for reason in OverrideReason::iter() {
         assert_eq!(OverrideReason::from_name(reason.name()), Some(reason));
         let request = override_request(Some(reason), Some("patient cannot consent"));
         assert!(release(decide_for(&request, &open_patient(vec![]))).alert);
@@ -1362,4 +1363,47 @@ fn withheld_flags_and_observations_warn_on_the_list_they_are_filed_in() {
         release.lists_with_withheld,
         lists(&[Section::UncategorisedData, Section::RisksAndWarnings])
     );
+}
+
+/// The names are a published contract (SPEC): strum's spelling must be serde's, byte for byte.
+#[test]
+fn every_enum_name_is_its_serde_name() {
+    fn same<T: serde::Serialize + Copy + PartialEq + std::fmt::Debug>(
+        all: impl IntoIterator<Item = T>,
+        name: fn(T) -> &'static str,
+        parse: fn(&str) -> Option<T>,
+    ) {
+        for value in all {
+            let serde = serde_json::to_string(&value).unwrap();
+            assert_eq!(format!("\"{}\"", name(value)), serde);
+            assert_eq!(parse(name(value)), Some(value));
+        }
+    }
+    same(
+        [
+            SharingPreference::Dissent,
+            SharingPreference::Core,
+            SharingPreference::CoreAndAdditional,
+        ],
+        SharingPreference::name,
+        SharingPreference::from_name,
+    );
+    same(
+        SensitiveCategory::ALL,
+        SensitiveCategory::name,
+        SensitiveCategory::from_name,
+    );
+    same(
+        OverrideReason::iter(),
+        OverrideReason::name,
+        OverrideReason::from_name,
+    );
+    same(ErrorCode::iter(), ErrorCode::code, ErrorCode::from_code);
+    same(
+        PartnerType::iter(),
+        PartnerType::name,
+        PartnerType::from_name,
+    );
+    same(Section::ALL, Section::name, Section::from_name);
+    assert_eq!(Section::from_name("Allergies"), None, "case matters");
 }

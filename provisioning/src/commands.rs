@@ -8,6 +8,7 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::str::FromStr;
+use strum::IntoEnumIterator;
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
@@ -428,7 +429,7 @@ pub fn partner_from_args(args: &PartnerAddArgs) -> Result<Partner> {
         .map_err(|e| anyhow!("--ods: {}", e.0))?
         .to_string();
     let partner_type = PartnerType::from_name(&args.partner_type).ok_or_else(|| {
-        let known: Vec<_> = PartnerType::ALL.iter().map(|t| t.name()).collect();
+        let known: Vec<_> = PartnerType::iter().map(PartnerType::name).collect();
         anyhow!(
             "--type: unknown partner type {:?} (known: {})",
             args.partner_type,
@@ -570,7 +571,9 @@ fn call<C: AdminCommand>(client: &mut AdminClient, request: C) -> Result<C::Answ
 
 fn connect(config: &Config) -> Result<AdminClient, AdminFailure> {
     AdminClient::connect(&config.admin.socket).map_err(|e| match e {
-        AdminClientError::NotRunning { .. } => AdminFailure::NotRunning(e.to_string()),
+        AdminClientError::NotRunning { .. } => {
+            AdminFailure::NotRunning(mig::error::Chain(&e).to_string())
+        }
         other => AdminFailure::Refused(other.into()),
     })
 }
@@ -860,7 +863,7 @@ fn new_trail(config: &Config, reason: &str) -> Result<ExitCode> {
                 ),
                 Some(problem) => format!("it did not verify: {problem}"),
             },
-            Err(e) => format!("it could not be read: {e}"),
+            Err(e) => format!("it could not be read: {}", mig::error::Chain(&e)),
         }
     } else {
         "it was missing".to_owned()

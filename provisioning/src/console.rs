@@ -11,6 +11,7 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::str::FromStr;
+use strum::IntoEnumIterator;
 
 use anyhow::{anyhow, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -19,6 +20,7 @@ use crate::cli::{InitArgs, PartnerAddArgs};
 use crate::commands;
 use mig::config::{Asid, Config, FhirBase, OdsCode, PcrSelection, Tcti};
 use mig::registry;
+use mig::system::atomic_file::{self, Existing};
 use mig_policy::fhir::Section;
 use mig_policy::PartnerType;
 
@@ -50,7 +52,7 @@ pub enum ConsoleError {
     #[error("input closed at a prompt")]
     Stopped,
     /// Reading from or writing to the terminal failed.
-    #[error("terminal {operation}: {source}")]
+    #[error("terminal {operation}")]
     Terminal {
         operation: &'static str,
         source: std::io::Error,
@@ -58,6 +60,9 @@ pub enum ConsoleError {
     /// The progress file cannot be read, understood or written.
     #[error("progress file {}: {reason}", path.display())]
     Progress { path: PathBuf, reason: String },
+    /// The progress file cannot be saved.
+    #[error("cannot save the wizard's progress")]
+    SaveProgress(#[source] atomic_file::WriteError),
 }
 
 /// What the wizard remembers between runs. No secrets: answers, step names, file paths.
@@ -158,9 +163,8 @@ fn load_progress(path: &Path) -> Result<Progress, ConsoleError> {
     }
 }
 
-/// Writes the progress atomically (temporary file, fsync, rename), readable by its owner only.
+/// Writes the progress atomically, readable by its owner only.
 fn save_progress(path: &Path, progress: &Progress) -> Result<(), ConsoleError> {
-    use std::os::unix::fs::OpenOptionsExt;
     let bad = |reason: String| ConsoleError::Progress {
         path: path.to_owned(),
         reason,
@@ -171,24 +175,9 @@ fn save_progress(path: &Path, progress: &Progress) -> Result<(), ConsoleError> {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| bad(format!("creating {}: {e}", dir.display())))?;
-    let tmp = dir.join(format!(".{PROGRESS_FILE}.tmp.{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let result = (|| -> std::io::Result<()> {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(text.as_bytes())?;
-        file.write_all(b"\n")?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(bad(format!("cannot write it: {e}")));
-    }
-    Ok(())
+    let text = text + "\n";
+    atomic_file::write(path, text.as_bytes(), 0o600, Existing::Replace, |_| Ok(()))
+        .map_err(ConsoleError::SaveProgress)
 }
 
 struct Wizard<R: BufRead> {
@@ -648,7 +637,7 @@ impl<R: BufRead> Wizard<R> {
                 }
                 registry::write_atomic(&path, pem.as_bytes())
                     .map(|_| Some(path.display().to_string()))
-                    .map_err(|e| format!("cannot write it: {e}"))
+                    .map_err(|e| format!("cannot write it: {}", mig::error::Chain(&e)))
             },
         )?;
         let show = match &file {
@@ -755,7 +744,7 @@ impl<R: BufRead> Wizard<R> {
 
     /// Asks for one partner until `partner_from_args` and the registry accept it.
     fn one_partner(&mut self, state: &Path) -> Result<()> {
-        let types: Vec<_> = PartnerType::ALL.iter().map(|t| t.name()).collect();
+        let types: Vec<_> = PartnerType::iter().map(PartnerType::name).collect();
         let sections: Vec<_> = Section::ALL.iter().map(|s| s.name()).collect();
         let mut previous = PartnerAddArgs {
             ods: String::new(),

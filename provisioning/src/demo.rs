@@ -408,7 +408,7 @@ pub fn start_migd(app: &Appliance, migd: &Path, env: &[(&str, &str)]) -> Result<
         let log = std::fs::read_to_string(app.dir.join("migd.log")).unwrap_or_default();
         let _ = child.kill();
         let _ = child.wait();
-        bail!("{e}\n--- migd.log ---\n{log}");
+        bail!("{e:#}\n--- migd.log ---\n{log}");
     }
     Ok(child)
 }

@@ -1,5 +1,7 @@
 //! migctl: provision and administer the MIG appliance.
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use clap::Parser;

@@ -240,7 +240,7 @@ mod tests {
                 serde_json::to_value(&problem).unwrap()
             );
         }
-        for basis in PermissionBasis::ALL {
+        for basis in <PermissionBasis as strum::IntoEnumIterator>::iter() {
             let access = audit::AccessSummary {
                 seq: 1,
                 time: "t".into(),

@@ -13,7 +13,7 @@ use tokio_util::codec::{Decoder, Encoder};
 #[derive(Debug, thiserror::Error)]
 pub enum AdminClientError {
     /// No socket, or nobody listening: migd is not running (or uses another socket).
-    #[error("migd is not running (no admin socket answering at {}): {source}", path.display())]
+    #[error("migd is not running (no admin socket answering at {})", path.display())]
     NotRunning {
         /// The socket path.
         path: PathBuf,
@@ -29,7 +29,7 @@ pub enum AdminClientError {
         source: std::io::Error,
     },
     /// Any other connect failure.
-    #[error("cannot connect to the admin socket {}: {source}", path.display())]
+    #[error("cannot connect to the admin socket {}", path.display())]
     Connect {
         /// The socket path.
         path: PathBuf,
@@ -37,7 +37,7 @@ pub enum AdminClientError {
         source: std::io::Error,
     },
     /// Sending or receiving failed.
-    #[error("admin socket {operation} failed: {source}")]
+    #[error("admin socket {operation} failed")]
     Io {
         /// "send" or "receive".
         operation: &'static str,
@@ -62,7 +62,7 @@ pub enum AdminClientError {
     #[error("migd closed the admin connection without answering")]
     Closed,
     /// The answer is not the request's answer type (migd and migctl of different versions?).
-    #[error("migd's answer is not understood: {source}")]
+    #[error("migd's answer is not understood")]
     BadResponse {
         /// The decoding error.
         source: serde_json::Error,

@@ -129,7 +129,10 @@ impl AdminService {
             .map_err(|e| {
                 error(
                     ErrorCode::AuditUnavailable,
-                    format!("the audit trail cannot be written: {e}"),
+                    format!(
+                        "the audit trail cannot be written: {}",
+                        crate::error::Chain(&e)
+                    ),
                 )
             })
     }
@@ -157,7 +160,10 @@ impl AdminService {
             .map_err(|e| {
                 error(
                     ErrorCode::AuditUnavailable,
-                    format!("the audit trail cannot be written: {e}"),
+                    format!(
+                        "the audit trail cannot be written: {}",
+                        crate::error::Chain(&e)
+                    ),
                 )
             })
     }
@@ -305,7 +311,10 @@ impl AdminService {
             }),
             Err(e) => Err(error(
                 ErrorCode::ReloadRejected,
-                format!("{e}; the previous configuration keeps serving"),
+                format!(
+                    "{}; the previous configuration keeps serving",
+                    crate::error::Chain(&e)
+                ),
             )),
         }
     }
@@ -413,11 +422,18 @@ impl AdminService {
             Some(Ok(lines)) => Ok(proto::ImportChunkAnswer { lines }),
             Some(Err(e)) => {
                 self.end_session(peer);
-                self.audited(peer, format!("import {name}: rejected: {e}"), false)
-                    .await?;
+                self.audited(
+                    peer,
+                    format!("import {name}: rejected: {}", crate::error::Chain(&e)),
+                    false,
+                )
+                .await?;
                 Err(error(
                     ErrorCode::ImportRejected,
-                    format!("{name}: {e}; nothing of this file was imported"),
+                    format!(
+                        "{name}: {}; nothing of this file was imported",
+                        crate::error::Chain(&e)
+                    ),
                 ))
             }
             None => {
@@ -451,11 +467,18 @@ impl AdminService {
                 })
             }
             Some(Err(e)) => {
-                self.audited(peer, format!("import {name}: failed: {e}"), false)
-                    .await?;
+                self.audited(
+                    peer,
+                    format!("import {name}: failed: {}", crate::error::Chain(&e)),
+                    false,
+                )
+                .await?;
                 Err(error(
                     ErrorCode::ImportRejected,
-                    format!("{name}: {e}; nothing of this file was imported"),
+                    format!(
+                        "{name}: {}; nothing of this file was imported",
+                        crate::error::Chain(&e)
+                    ),
                 ))
             }
             None => Err(error(ErrorCode::Internal, "the import stopped")),
@@ -468,14 +491,16 @@ impl AdminService {
             + Send
             + 'static,
     ) -> Result<T, AdminError> {
-        let reader = self
-            .audit
-            .reader()
-            .map_err(|e| error(ErrorCode::AuditUnavailable, e.to_string()))?;
+        let reader = self.audit.reader().map_err(|e| {
+            error(
+                ErrorCode::AuditUnavailable,
+                crate::error::Chain(&e).to_string(),
+            )
+        })?;
         tokio::task::spawn_blocking(move || read(&reader))
             .await
             .map_err(|_| error(ErrorCode::Internal, "audit read task failed"))?
-            .map_err(|e| error(ErrorCode::AuditError, e.to_string()))
+            .map_err(|e| error(ErrorCode::AuditError, crate::error::Chain(&e).to_string()))
     }
 
     async fn audit_verify(&self, peer: &PeerCred) -> Result<proto::AuditVerifyAnswer, AdminError> {
@@ -569,7 +594,10 @@ impl AdminService {
     ) -> Result<proto::AlertsAckAnswer, AdminError> {
         match self.audit.ack_alert(id, &note, &operator(peer)).await {
             Ok(seq) => Ok(proto::AlertsAckAnswer { audit_seq: seq }),
-            Err(e) => Err(error(ErrorCode::AlertAckRefused, e.to_string())),
+            Err(e) => Err(error(
+                ErrorCode::AlertAckRefused,
+                crate::error::Chain(&e).to_string(),
+            )),
         }
     }
 
@@ -583,7 +611,7 @@ impl AdminService {
         .await
         .map_err(|_| error(ErrorCode::Internal, "csr task failed"))?
         .map(|pem| proto::CsrAnswer { pem })
-        .map_err(|e| error(ErrorCode::BadRequest, e.to_string()))
+        .map_err(|e| error(ErrorCode::BadRequest, crate::error::Chain(&e).to_string()))
     }
 }
 

@@ -45,7 +45,7 @@ fn refused(e: &ExtractError) -> AdminError {
         ExtractError::Replica(_) | ExtractError::Sign(_) => ErrorCode::ExtractFailed,
         _ => ErrorCode::ExtractRefused,
     };
-    AdminError::new(code, e.to_string())
+    AdminError::new(code, crate::error::Chain(e).to_string())
 }
 
 /// Handles `extract-fit-notes`.
@@ -81,7 +81,11 @@ pub async fn fit_notes(
         Ok(ok) => ok,
         Err(e) => {
             service
-                .audited(peer, format!("{attempt}: refused: {e}"), false)
+                .audited(
+                    peer,
+                    format!("{attempt}: refused: {}", crate::error::Chain(&e)),
+                    false,
+                )
                 .await?;
             return Err(refused(&e));
         }
@@ -111,7 +115,11 @@ pub async fn fit_notes(
         Ok(built) => built,
         Err(e) => {
             service
-                .audited(peer, format!("{attempt}: refused: {e}"), false)
+                .audited(
+                    peer,
+                    format!("{attempt}: refused: {}", crate::error::Chain(&e)),
+                    false,
+                )
                 .await?;
             return Err(refused(&e));
         }

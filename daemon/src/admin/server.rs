@@ -40,7 +40,7 @@ const SOCKET_MODE: u32 = 0o660;
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     /// The socket's directory could not be created.
-    #[error("cannot create admin socket directory {}: {source}", path.display())]
+    #[error("cannot create admin socket directory {}", path.display())]
     CreateDir {
         /// The directory.
         path: PathBuf,
@@ -60,7 +60,7 @@ pub enum TransportError {
         path: PathBuf,
     },
     /// A socket-file operation failed.
-    #[error("admin socket {}: {operation}: {source}", path.display())]
+    #[error("admin socket {}: {operation}", path.display())]
     Socket {
         /// The socket path.
         path: PathBuf,

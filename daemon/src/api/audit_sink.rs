@@ -72,7 +72,7 @@ impl AuditSink for AuditLog {
                     crate::system::journal::event!(
                         error,
                         AUDIT_UNAVAILABLE,
-                        error = %e,
+                        error = %crate::error::Chain(&e),
                         "audit append failed; the request is refused with 503"
                     );
                     Err(AuditUnavailable)

@@ -462,7 +462,7 @@ impl Api {
         let assembled = match work {
             Ok(Ok(assembled)) => assembled,
             Ok(Err(e)) => {
-                tracing::error!(error = %e, "replica read failed");
+                tracing::error!(error = %crate::error::Chain(&e), "replica read failed");
                 event.refusal_reason = Some("replica unavailable".into());
                 return Outcome {
                     status: StatusCode::INTERNAL_SERVER_ERROR,
@@ -587,18 +587,30 @@ fn permission(claims: &jwt::Claims) -> Option<Permission> {
 fn patient_search_query(
     query: Option<&str>,
 ) -> Result<parameters::RecordRequest, (ErrorCode, String)> {
-    let mut identifier = None;
-    for pair in query
-        .unwrap_or_default()
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = percent_decode(value).ok_or((
+    let query = query.unwrap_or_default();
+    // form_urlencoded passes a stray `%` through and replaces bad UTF-8: both are refused here.
+    let bad_encoding = || {
+        (
             ErrorCode::BadRequest,
             "query is not valid percent-encoding".to_owned(),
-        ))?;
-        match name {
+        )
+    };
+    let strict = query.split('%').skip(1).all(|escape| {
+        escape
+            .as_bytes()
+            .get(..2)
+            .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+    });
+    if !strict {
+        return Err(bad_encoding());
+    }
+    let mut identifier = None;
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        if name.contains(char::REPLACEMENT_CHARACTER) || value.contains(char::REPLACEMENT_CHARACTER)
+        {
+            return Err(bad_encoding());
+        }
+        match &*name {
             "identifier" if identifier.is_none() => identifier = Some(value),
             "identifier" => {
                 return Err((ErrorCode::InvalidParameter, "identifier is repeated".into()))
@@ -634,33 +646,6 @@ fn patient_search_query(
         ));
     }
     Ok(parameters::RecordRequest::patient_only(value.to_owned()))
-}
-
-fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = bytes.get(i + 1..i + 3)?;
-                if !hex.iter().all(u8::is_ascii_hexdigit) {
-                    return None;
-                }
-                out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// How a released structured record is rendered, chosen by the request's `Accept`.
@@ -883,13 +868,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn percent_decoding_takes_only_two_hex_digits() {
-        assert_eq!(percent_decode("a%7Cb+c").as_deref(), Some("a|b c"));
-        for bad in ["%+F", "%G0", "%7", "%", "%ff"] {
-            assert_ne!(percent_decode(bad).as_deref(), Some("\u{f}"), "{bad}");
+    fn patient_search_refuses_each_bad_percent_encoding() {
+        let system = "identifier=https://fhir.nhs.uk/Id/nhs-number";
+        for bad in ["%+F", "%G0", "%7", "%", "%ff", "%C3%28"] {
+            let query = format!("{system}%7C9434765919&_count={bad}");
+            let refusal = patient_search_query(Some(&query));
+            assert_eq!(
+                refusal.map(|r| r.nhs_number),
+                Err((
+                    ErrorCode::BadRequest,
+                    "query is not valid percent-encoding".to_owned()
+                )),
+                "{bad}"
+            );
         }
-        assert_eq!(percent_decode("%+F"), None);
-        assert_eq!(percent_decode("%ff"), None, "not UTF-8");
+        let plus_is_space = patient_search_query(Some(&format!("{system}+%7C9434765919")));
+        assert_eq!(
+            plus_is_space.map(|r| r.nhs_number).unwrap_err().1,
+            "identifier system \"https://fhir.nhs.uk/Id/nhs-number \""
+        );
     }
 
     #[test]

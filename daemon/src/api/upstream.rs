@@ -61,7 +61,7 @@ impl Upstream {
                 fhir_response(StatusCode::OK, Bytes::from(body.to_string()), None)
             }
             Ok(Err(IngestError::Replica(e))) => {
-                tracing::error!(client, error = %e, "upstream batch failed in the replica");
+                tracing::error!(client, error = %crate::error::Chain(&e), "upstream batch failed in the replica");
                 plain_outcome(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "exception",
@@ -69,13 +69,16 @@ impl Upstream {
                 )
             }
             Ok(Err(e)) => {
-                tracing::warn!(client, error = %e, "upstream batch rejected");
+                tracing::warn!(client, error = %crate::error::Chain(&e), "upstream batch rejected");
                 fhir_response(
                     StatusCode::BAD_REQUEST,
                     Bytes::from(
                         outcome::unavailable_outcome(
                             "invalid",
-                            &format!("{e}; nothing of this batch was applied"),
+                            &format!(
+                                "{}; nothing of this batch was applied",
+                                crate::error::Chain(&e)
+                            ),
                         )
                         .to_string(),
                     ),

@@ -50,15 +50,13 @@ pub enum AuditError {
     #[error("the audit trail cannot be written: {0}")]
     Unavailable(String),
     /// The database file could not be opened.
-    #[error("cannot open the audit database {path}: {source}")]
+    #[error("cannot open the audit database {path}")]
     Open {
         path: PathBuf,
         source: rusqlite::Error,
     },
     /// The key does not open the database (wrong key, or not an audit database).
-    #[error(
-        "the key does not open the audit database {path} (wrong key or not a database): {source}"
-    )]
+    #[error("the key does not open the audit database {path} (wrong key or not a database)")]
     WrongKey {
         path: PathBuf,
         source: rusqlite::Error,
@@ -70,7 +68,7 @@ pub enum AuditError {
         found: Option<String>,
     },
     /// A database statement failed.
-    #[error("audit database: {operation} failed: {source}")]
+    #[error("audit database: {operation} failed")]
     Database {
         operation: &'static str,
         source: rusqlite::Error,
@@ -96,13 +94,13 @@ pub enum AuditError {
     #[error("the audit public key is not a DER P-256 SubjectPublicKeyInfo")]
     BadPublicKey,
     /// Writing the export failed.
-    #[error("writing the audit export failed: {0}")]
+    #[error("writing the audit export failed")]
     Export(#[source] std::io::Error),
     /// The checkpoint could not be signed.
-    #[error("signing the audit checkpoint failed: {0}")]
+    #[error("signing the audit checkpoint failed")]
     Checkpoint(#[source] crate::keys::SignError),
     /// The TPM audit counter could not be read or incremented.
-    #[error("{0}")]
+    #[error(transparent)]
     Counter(#[from] CounterError),
     /// The audit database is gone.
     #[error("the audit database {path} is missing; migd never starts a new trail by itself: restore it, or start a new trail as docs/operations.md ('Audit trail recovery') describes (migctl audit new-trail)")]

@@ -8,8 +8,21 @@ use time::OffsetDateTime;
 use super::AuditError;
 
 /// What kind of event a record is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::EnumIter,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum RecordKind {
     /// A partner's FHIR request, permitted or refused.
     PartnerRequest,
@@ -22,30 +35,32 @@ pub enum RecordKind {
 }
 
 impl RecordKind {
-    pub const ALL: [RecordKind; 4] = [
-        RecordKind::PartnerRequest,
-        RecordKind::AdminAction,
-        RecordKind::AlertAck,
-        RecordKind::Extract,
-    ];
-
     pub fn name(self) -> &'static str {
-        match self {
-            RecordKind::PartnerRequest => "partner-request",
-            RecordKind::AdminAction => "admin-action",
-            RecordKind::AlertAck => "alert-ack",
-            RecordKind::Extract => "extract",
-        }
+        self.into()
     }
 
     pub fn from_name(name: &str) -> Option<RecordKind> {
-        RecordKind::ALL.into_iter().find(|k| k.name() == name)
+        name.parse().ok()
     }
 }
 
 /// On what basis the caller claimed permission to view (SPEC §5 step 6).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Default,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::EnumIter,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum PermissionBasis {
     /// `permission_to_view: granted`.
     Granted,
@@ -61,32 +76,31 @@ pub enum PermissionBasis {
 }
 
 impl PermissionBasis {
-    pub const ALL: [PermissionBasis; 5] = [
-        PermissionBasis::Granted,
-        PermissionBasis::StandingConsent,
-        PermissionBasis::Override,
-        PermissionBasis::Attested,
-        PermissionBasis::None,
-    ];
-
     pub fn name(self) -> &'static str {
-        match self {
-            PermissionBasis::Granted => "granted",
-            PermissionBasis::StandingConsent => "standing-consent",
-            PermissionBasis::Override => "override",
-            PermissionBasis::Attested => "attested",
-            PermissionBasis::None => "none",
-        }
+        self.into()
     }
 
     pub fn from_name(name: &str) -> Option<PermissionBasis> {
-        PermissionBasis::ALL.into_iter().find(|b| b.name() == name)
+        name.parse().ok()
     }
 }
 
 /// The access decision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::EnumIter,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum Decision {
     Permit,
     Refuse,
@@ -94,18 +108,11 @@ pub enum Decision {
 
 impl Decision {
     pub fn name(self) -> &'static str {
-        match self {
-            Decision::Permit => "permit",
-            Decision::Refuse => "refuse",
-        }
+        self.into()
     }
 
     pub fn from_name(name: &str) -> Option<Decision> {
-        match name {
-            "permit" => Some(Decision::Permit),
-            "refuse" => Some(Decision::Refuse),
-            _ => None,
-        }
+        name.parse().ok()
     }
 }
 
@@ -346,6 +353,7 @@ pub fn checkpoint_message(seq: u64, head: &[u8; 32], counter: u64, time_text: &s
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+    use strum::IntoEnumIterator;
 
     #[test]
     fn time_text_is_fixed_width_utc_and_round_trips() {
@@ -404,13 +412,13 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for k in RecordKind::ALL {
+        for k in RecordKind::iter() {
             assert_eq!(RecordKind::from_name(k.name()), Some(k));
         }
-        for b in PermissionBasis::ALL {
+        for b in PermissionBasis::iter() {
             assert_eq!(PermissionBasis::from_name(b.name()), Some(b));
         }
-        for d in [Decision::Permit, Decision::Refuse] {
+        for d in Decision::iter() {
             assert_eq!(Decision::from_name(d.name()), Some(d));
         }
     }

@@ -536,8 +536,8 @@ impl Writer {
                 // The transaction was rolled back when dropped: the chain head stays at the last
                 // committed record, and the next batch tries again.
                 self.counters.failed_commits.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %error, "audit commit failed; refusing the waiting requests");
-                let why = error.to_string();
+                let why = crate::error::Chain(&error).to_string();
+                tracing::error!(error = %why, "audit commit failed; refusing the waiting requests");
                 for job in jobs {
                     refuse(job, &why);
                 }
@@ -553,7 +553,7 @@ impl Writer {
             crate::system::journal::event!(
                 error,
                 CHECKPOINT_FAILED,
-                error = %e,
+                error = %crate::error::Chain(&e),
                 "audit checkpoint failed (late); retrying in a second"
             );
             // Retry in a second rather than spin on a deadline already passed.

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 pub use values::{Asid, CrlExpiredPolicy, FhirBase, InvalidValue, OdsCode, PcrSelection, Tcti};
 
+use crate::system::atomic_file::{self, Existing};
 use locate::{line_of, Locator};
 use raw::{
     RawAdmin, RawAppliance, RawAudit, RawConfig, RawExtracts, RawLimits, RawMetrics, RawPartnerApi,
@@ -42,7 +43,7 @@ pub const MAX_CHECKPOINT_SECONDS: u64 = 60;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read (missing, unreadable).
-    #[error("cannot read config file {}: {source}", path.display())]
+    #[error("cannot read config file {}", path.display())]
     Read {
         /// The config file.
         path: PathBuf,
@@ -62,7 +63,7 @@ pub enum ConfigError {
         message: String,
     },
     /// A value has the right TOML type but breaks a rule (syntax of a code, range).
-    #[error("{}: {}key `{key}`: {source}", path.display(), fmt_line(*line))]
+    #[error("{}: {}key `{key}`: {rule}", path.display(), fmt_line(*line))]
     Invalid {
         /// The config file.
         path: PathBuf,
@@ -70,11 +71,11 @@ pub enum ConfigError {
         key: String,
         /// 1-based line number, where the key is written (absent for a defaulted key).
         line: Option<usize>,
-        /// The rule it breaks.
-        source: InvalidValue,
+        /// The rule it breaks: part of this message, not a cause.
+        rule: InvalidValue,
     },
     /// The config could not be turned into TOML.
-    #[error("cannot serialise the config: {source}")]
+    #[error("cannot serialise the config")]
     Serialize {
         /// toml's error.
         source: toml::ser::Error,
@@ -86,7 +87,7 @@ pub enum ConfigError {
         path: PathBuf,
     },
     /// Writing the new config file failed.
-    #[error("cannot write config file {}: {operation}: {source}", path.display())]
+    #[error("cannot write config file {}: {operation}", path.display())]
     Write {
         /// The config file.
         path: PathBuf,
@@ -427,9 +428,6 @@ impl Config {
     /// exists, so an initialised box is never overwritten. The text is validated by reading it
     /// back first. The parent directory must exist.
     pub fn write_new(&self, path: &Path) -> Result<(), ConfigError> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-
         let text = self.to_toml()?;
         Config::from_toml_str(&text, path)?;
         if path.symlink_metadata().is_ok() {
@@ -437,52 +435,21 @@ impl Config {
                 path: path.to_path_buf(),
             });
         }
-        let werr = |operation: &'static str| {
-            move |source| ConfigError::Write {
-                path: path.to_path_buf(),
-                operation,
-                source,
-            }
-        };
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let file_name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "migd.toml".into());
-        let tmp = dir.join(format!(".{file_name}.tmp.{}", std::process::id()));
-        let result = (|| {
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o644)
-                .open(&tmp)
-                .map_err(werr("create temporary file"))?;
-            file.write_all(text.as_bytes())
-                .map_err(werr("write temporary file"))?;
-            file.sync_all().map_err(werr("sync temporary file"))?;
-            std::fs::hard_link(&tmp, path).map_err(|source| {
-                if source.kind() == std::io::ErrorKind::AlreadyExists {
+        atomic_file::write(path, text.as_bytes(), 0o644, Existing::Refuse, |_| Ok(())).map_err(
+            |e| {
+                if e.already_exists() {
                     ConfigError::Exists {
                         path: path.to_path_buf(),
                     }
                 } else {
                     ConfigError::Write {
                         path: path.to_path_buf(),
-                        operation: "link into place",
-                        source,
+                        operation: e.operation,
+                        source: e.source,
                     }
                 }
-            })?;
-            std::fs::File::open(&dir)
-                .and_then(|d| d.sync_all())
-                .map_err(werr("sync directory"))
-        })();
-        // The temporary name is ours alone (pid); removing it is cleanup, not a decision.
-        let _ = std::fs::remove_file(&tmp);
-        result
+            },
+        )
     }
 }
 
@@ -497,12 +464,12 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
-    fn fail(&self, key: &str, source: InvalidValue) -> ConfigError {
+    fn fail(&self, key: &str, rule: InvalidValue) -> ConfigError {
         ConfigError::Invalid {
             path: self.path.to_path_buf(),
             key: key.to_string(),
             line: self.locator.line_of_key(key),
-            source,
+            rule,
         }
     }
 

@@ -58,7 +58,7 @@ pub enum ExtractError {
         reason: String,
     },
     /// The practice's condition list named in the config cannot be read.
-    #[error("condition list {}: {source} (fix extracts.condition_types_file in the config)", path.display())]
+    #[error("condition list {} (fix extracts.condition_types_file in the config)", path.display())]
     ConditionListFile {
         path: std::path::PathBuf,
         source: std::io::Error,
@@ -79,7 +79,7 @@ pub enum ExtractError {
     #[error("no fit notes were issued from {from} to {to} (once patients with a Type 1 opt-out are left out): no extract was written")]
     NoFitNotes { from: Date, to: Date },
     /// The replica could not be read.
-    #[error("reading the replica: {0}")]
+    #[error("reading the replica")]
     Replica(#[from] ReplicaError),
     /// The signature could not be made.
     #[error("signing the extract with the TPM audit key: {0}")]

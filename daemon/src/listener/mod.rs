@@ -45,7 +45,7 @@ pub use limits::ListenerLimits;
 #[derive(Debug, thiserror::Error)]
 pub enum ListenerError {
     /// Binding the listening socket failed.
-    #[error("cannot listen on {address}: {source}")]
+    #[error("cannot listen on {address}")]
     Bind {
         address: SocketAddr,
         #[source]

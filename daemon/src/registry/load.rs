@@ -239,7 +239,7 @@ pub fn problems_for_check(state_dir: &Path) -> (StateFiles, Vec<Problem>) {
             mode & need == need
         };
         if !readable && !problems.iter().any(|p| p.path == path) {
-            problems.push(Problem::new(
+            problems.push(Problem::found(
                 &path,
                 format!(
                     "{}: owned by uid {} gid {} mode {:04o}, which migd (uid {uid}) cannot read",
@@ -342,7 +342,7 @@ fn distrust_covered(
         } else {
             "every partner CA"
         };
-        problems.push(Problem::new(
+        problems.push(Problem::found(
             path,
             format!(
                 "{}: {} distrusted while this CRL is unusable",

@@ -47,7 +47,7 @@ pub const UPSTREAM_DIR: &str = "upstream";
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     /// Reading, writing, renaming or syncing a file or directory failed.
-    #[error("{operation} {}: {source}", path.display())]
+    #[error("{operation} {}", path.display())]
     Io {
         operation: &'static str,
         path: PathBuf,
@@ -55,14 +55,14 @@ pub enum RegistryError {
         source: std::io::Error,
     },
     /// A TOML store file does not parse or has unknown keys (the message carries line and column).
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Toml {
         path: PathBuf,
         #[source]
         source: toml::de::Error,
     },
     /// A record could not be written as TOML.
-    #[error("cannot write {} as TOML: {source}", path.display())]
+    #[error("cannot write {} as TOML", path.display())]
     TomlWrite {
         path: PathBuf,
         #[source]
@@ -142,10 +142,19 @@ pub struct Problem {
 }
 
 impl Problem {
-    fn new(path: &Path, error: impl std::fmt::Display, consequence: impl Into<String>) -> Self {
+    fn new(path: &Path, error: impl std::error::Error, consequence: impl Into<String>) -> Self {
         Problem {
             path: path.to_path_buf(),
-            error: error.to_string(),
+            error: crate::error::Chain(&error).to_string(),
+            consequence: consequence.into(),
+        }
+    }
+
+    /// A problem that is a finding, not an error value.
+    fn found(path: &Path, what: String, consequence: impl Into<String>) -> Self {
+        Problem {
+            path: path.to_path_buf(),
+            error: what,
             consequence: consequence.into(),
         }
     }

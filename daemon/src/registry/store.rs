@@ -1,7 +1,6 @@
 //! Reading and changing the stores: the functions `migctl` calls. Every write is atomic (temp
 //! file, fsync, rename, fsync of the directory) so a running migd never reads half a file.
 
-use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -16,6 +15,7 @@ use super::{
     TRUST_DIR, UPSTREAM_DIR,
 };
 use crate::keys::Signer;
+use crate::system::atomic_file::{self, Existing};
 
 /// The sorted regular files in `dir` (optionally only `*.ext`), skipping dot-files (temporary
 /// files of an atomic write in progress). A missing directory is empty.
@@ -76,34 +76,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RegistryError> {
         .ok_or_else(|| RegistryError::invalid(path, "has no parent directory"))?;
     create_dirs(dir)?;
     let owner = owner_of(dir)?;
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| RegistryError::invalid(path, "has no file name"))?;
-    let tmp = dir.join(format!(
-        ".{name}.tmp.{}.{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    let result = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(FILE_MODE)
-            .open(&tmp)
-            .map_err(|e| RegistryError::io("create", &tmp, e))?;
-        give_to(&file, &tmp, owner)?;
-        file.write_all(bytes)
-            .map_err(|e| RegistryError::io("write", &tmp, e))?;
-        file.sync_all()
-            .map_err(|e| RegistryError::io("fsync", &tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| RegistryError::io("rename into", path, e))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result?;
-    sync_dir(dir)
+    atomic_file::write(path, bytes, FILE_MODE, Existing::Replace, |file| {
+        set_owner_and_mode(file, owner)
+    })
+    .map_err(|e| RegistryError::io(e.operation, &e.path, e.source))
 }
 
 /// Mode of store files and of directories made for them (the umask may only narrow these).
@@ -120,22 +96,18 @@ fn owner_of(dir: &Path) -> Result<(u32, u32), RegistryError> {
 /// Gives an open file (or directory) to `owner` and sets the mode exactly (the umask of a
 /// `sudo` shell would narrow it). Only root may change an owner; anyone else writes as the
 /// owner already, or into a directory they cannot give away anyway.
-fn give_to(file: &std::fs::File, path: &Path, (uid, gid): (u32, u32)) -> Result<(), RegistryError> {
+fn set_owner_and_mode(file: &std::fs::File, (uid, gid): (u32, u32)) -> std::io::Result<()> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let meta = file
-        .metadata()
-        .map_err(|e| RegistryError::io("stat", path, e))?;
+    let meta = file.metadata()?;
     if (meta.uid(), meta.gid()) != (uid, gid) && nix::unistd::Uid::effective().is_root() {
         nix::unistd::fchown(
             std::os::fd::AsRawFd::as_raw_fd(file),
             Some(nix::unistd::Uid::from_raw(uid)),
             Some(nix::unistd::Gid::from_raw(gid)),
-        )
-        .map_err(|e| RegistryError::io("chown", path, e.into()))?;
+        )?;
     }
     let mode = if meta.is_dir() { DIR_MODE } else { FILE_MODE };
     file.set_permissions(std::fs::Permissions::from_mode(mode))
-        .map_err(|e| RegistryError::io("chmod", path, e))
 }
 
 /// Creates `dir` and any missing parents, each owned like the directory above it.
@@ -161,7 +133,8 @@ fn create_dirs(dir: &Path) -> Result<(), RegistryError> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY)
         .open(dir)
         .map_err(|e| RegistryError::io("open", dir, e))?;
-    give_to(&handle, dir, owner)
+    set_owner_and_mode(&handle, owner)
+        .map_err(|e| RegistryError::io("set owner and mode of", dir, e))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), RegistryError> {

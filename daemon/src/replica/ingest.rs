@@ -28,7 +28,7 @@ pub enum IngestError {
     #[error("bundle: {0}")]
     Bundle(String),
     /// The input could not be read.
-    #[error("reading the input: {0}")]
+    #[error("reading the input")]
     Read(#[source] std::io::Error),
     /// The replica failed; the batch was rolled back.
     #[error(transparent)]

@@ -31,7 +31,7 @@ pub enum ReplicaError {
     #[error("replica upgrade: {row} is refused by this version's ingest rules ({reason}); restore the previous migd, purge that patient and import them again")]
     Upgrade { row: String, reason: String },
     /// SQLite failed during the named operation.
-    #[error("replica: {0}: {1}")]
+    #[error("replica: {0}")]
     Sqlite(&'static str, #[source] rusqlite::Error),
 }
 

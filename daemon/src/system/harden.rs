@@ -4,6 +4,7 @@
 //! Guards against: key material reaching disk through core dumps or swap, and another process
 //! of the same user reading migd's memory. Does not guard against root or the kernel.
 
+use nix::sys::mman::{mlockall, MlockAllFlags};
 use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
 use nix::unistd::{getgrouplist, setgid, setgroups, setuid, Gid, Uid, User};
 
@@ -71,25 +72,14 @@ pub fn lock_memory() -> Result<(), SystemError> {
             source: nix::Error::ENOMEM,
         });
     }
-    mlockall_raw(libc::MCL_CURRENT | libc::MCL_FUTURE | libc::MCL_ONFAULT).map_err(|source| {
-        SystemError::Harden {
-            operation: "mlockall(MCL_CURRENT|MCL_FUTURE|MCL_ONFAULT)",
-            source,
-        }
+    // nix names MCL_CURRENT and MCL_FUTURE only; MCL_ONFAULT (Linux 4.4) is passed as a raw bit.
+    let flags = MlockAllFlags::MCL_CURRENT
+        | MlockAllFlags::MCL_FUTURE
+        | MlockAllFlags::from_bits_retain(libc::MCL_ONFAULT);
+    mlockall(flags).map_err(|source| SystemError::Harden {
+        operation: "mlockall(MCL_CURRENT|MCL_FUTURE|MCL_ONFAULT)",
+        source,
     })
-}
-
-/// The one FFI call nix 0.29 does not wrap without its `mman` feature.
-#[allow(unsafe_code)]
-fn mlockall_raw(flags: libc::c_int) -> Result<(), nix::Error> {
-    // SAFETY: mlockall takes only an integer flag set, touches no memory of ours, and its
-    // result is checked; it cannot break Rust's aliasing or lifetime rules.
-    let rc = unsafe { libc::mlockall(flags) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(nix::Error::last())
-    }
 }
 
 /// Who the process became.
@@ -178,7 +168,10 @@ pub fn harden_process(service_user: Option<&str>) -> Result<HardeningReport, Sys
     let memory_locked = match lock_memory() {
         Ok(()) => true,
         Err(e) => {
-            tracing::warn!("memory not locked, key pages could be swapped out: {e}");
+            tracing::warn!(
+                "memory not locked, key pages could be swapped out: {}",
+                crate::error::Chain(&e)
+            );
             false
         }
     };

@@ -12,6 +12,7 @@
 //!    runtime, bind listeners and the admin socket, [`notify::ready`], run
 //!    [`notify::watchdog_loop`] and [`Signals`].
 
+pub mod atomic_file;
 pub mod harden;
 pub mod journal;
 pub mod notify;
@@ -29,7 +30,7 @@ pub use signals::{SignalEvent, Signals};
 #[derive(Debug, thiserror::Error)]
 pub enum SystemError {
     /// A notification to systemd could not be sent.
-    #[error("cannot notify systemd ({state}): {source}")]
+    #[error("cannot notify systemd ({state})")]
     Notify {
         /// What was being sent.
         state: &'static str,
@@ -37,7 +38,7 @@ pub enum SystemError {
         source: std::io::Error,
     },
     /// A signal handler could not be installed.
-    #[error("cannot install the {signal} handler: {source}")]
+    #[error("cannot install the {signal} handler")]
     Signal {
         /// SIGHUP, SIGTERM or SIGINT.
         signal: &'static str,
@@ -45,7 +46,7 @@ pub enum SystemError {
         source: std::io::Error,
     },
     /// A hardening call failed.
-    #[error("process hardening failed: {operation}: {source}")]
+    #[error("process hardening failed: {operation}")]
     Harden {
         /// The call that failed.
         operation: &'static str,
@@ -59,7 +60,7 @@ pub enum SystemError {
         user: String,
     },
     /// Looking up the user database failed.
-    #[error("cannot look up user {user:?}: {source}")]
+    #[error("cannot look up user {user:?}")]
     UserLookup {
         /// The name looked up.
         user: String,
@@ -73,7 +74,7 @@ pub enum SystemError {
         uid: u32,
     },
     /// The Landlock sandbox could not be set up or applied.
-    #[error("landlock sandbox: {operation}: {source}")]
+    #[error("landlock sandbox: {operation}")]
     Landlock {
         /// The step that failed.
         operation: String,
@@ -81,7 +82,7 @@ pub enum SystemError {
         source: landlock::RulesetError,
     },
     /// A path the sandbox must allow does not exist.
-    #[error("landlock sandbox: {} ({why}) cannot be opened: {source}", path.display())]
+    #[error("landlock sandbox: {} ({why}) cannot be opened", path.display())]
     SandboxPath {
         /// The path.
         path: std::path::PathBuf,

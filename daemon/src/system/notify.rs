@@ -83,7 +83,7 @@ where
                 let _ = status("serving");
             }
             if let Err(e) = watchdog() {
-                tracing::warn!("{e}");
+                tracing::warn!("{}", crate::error::Chain(&e));
             }
         } else if was_healthy {
             crate::system::journal::event!(

@@ -15,7 +15,7 @@ pub enum CsrError {
     #[error("the TLS key is not a P-256 key")]
     Key,
     /// rcgen failed to build or sign the request.
-    #[error("building the CSR: {0}")]
+    #[error("building the CSR")]
     Build(#[from] rcgen::Error),
 }
 

@@ -73,16 +73,16 @@ pub enum TlsError {
     #[error("no appliance certificate installed ({0}); install one with `migctl cert install`")]
     NoCertificate(String),
     /// The installed certificate does not match the TPM key, or its chain is broken.
-    #[error("appliance certificate: {0}")]
+    #[error("appliance certificate")]
     Certificate(#[source] crate::registry::RegistryError),
     /// rustls refused the protocol versions or cipher suites.
-    #[error("building the TLS configuration: {0}")]
+    #[error("building the TLS configuration")]
     Config(#[source] rustls::Error),
     /// A partner CA certificate is unusable as a trust anchor.
-    #[error("partner CA certificate unusable as a trust anchor: {0}")]
+    #[error("partner CA certificate unusable as a trust anchor")]
     TrustAnchor(#[source] rustls::Error),
     /// The partner CA / CRL verifier could not be built (a CRL or CA it cannot use).
-    #[error("building the partner certificate verifier: {0}")]
+    #[error("building the partner certificate verifier")]
     Verifier(#[source] rustls::server::VerifierBuilderError),
     /// Reading the state directory failed or a file in it is broken.
     #[error(transparent)]
@@ -160,7 +160,7 @@ pub fn certified_key(
     crate::registry::check_appliance_chain(path, chain, &spki, None)
         .map_err(TlsError::Certificate)?;
     if let Err(error) = crate::registry::check_appliance_chain(path, chain, &spki, Some(now)) {
-        tracing::warn!(%error, "appliance certificate is out of date; partners will refuse it");
+        tracing::warn!(error = %crate::error::Chain(&error), "appliance certificate is out of date; partners will refuse it");
     }
     let key = TpmSigningKey::new(signer);
     Ok(Arc::new(CertifiedKey::new(chain.to_vec(), Arc::new(key))))

@@ -102,10 +102,10 @@ pub fn build_snapshot(
         Err(error) => match previous.filter(|p| !p.applied.chain.is_empty()) {
             Some(previous) => {
                 let path = state_dir.join(registry::CHAIN_FILE);
-                tracing::warn!(file = %path.display(), %error, "appliance certificate not applied");
+                tracing::warn!(file = %path.display(), error = %crate::error::Chain(&error), "appliance certificate not applied");
                 problems.push(Problem {
                     path,
-                    error: error.to_string(),
+                    error: crate::error::Chain(&error).to_string(),
                     consequence: "the previous appliance certificate keeps serving".into(),
                 });
                 chain = previous.applied.chain.clone();
@@ -260,7 +260,7 @@ impl Reloader {
             Err(error) => {
                 *last_seen = registry::fingerprint(&self.state_dir);
                 tracing::warn!(
-                    %error,
+                    error = %crate::error::Chain(&error),
                     generation = current.generation,
                     "reload rejected; still serving the previous certificates, CRLs and partners"
                 );

@@ -8,8 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
@@ -17,6 +16,7 @@ use tss_esapi::structures::{Private, Public, PublicBuffer};
 use tss_esapi::traits::{Marshall, UnMarshall};
 
 use super::errors::TpmError;
+use crate::system::atomic_file::{self, Existing};
 
 /// The directory under the state directory that holds the key files.
 pub(crate) const DIR: &str = "tpm";
@@ -151,41 +151,18 @@ pub(crate) fn write_all(
         path: dir.join(MANIFEST),
         source: std::io::Error::other(e),
     })?;
-    write_atomic(&dir.join(MANIFEST), &json)?;
-    sync_dir(&dir)
+    write_atomic(&dir.join(MANIFEST), &json)
 }
 
+/// Mode 0600: the TPM directory is migd's alone.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TpmError> {
-    let io = |operation| {
-        move |source| TpmError::Io {
-            operation,
-            path: path.to_path_buf(),
-            source,
+    atomic_file::write(path, bytes, 0o600, Existing::Replace, |_| Ok(())).map_err(|e| {
+        TpmError::Io {
+            operation: e.operation,
+            path: e.path,
+            source: e.source,
         }
-    };
-    let mut temp = path.as_os_str().to_owned();
-    temp.push(".tmp");
-    let temp = PathBuf::from(temp);
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&temp)
-        .map_err(io("create"))?;
-    file.write_all(bytes).map_err(io("write"))?;
-    file.sync_all().map_err(io("fsync"))?;
-    drop(file);
-    fs::rename(&temp, path).map_err(io("rename into place"))
-}
-
-fn sync_dir(dir: &Path) -> Result<(), TpmError> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| TpmError::Io {
-            operation: "fsync directory",
-            path: dir.to_path_buf(),
-            source,
-        })
+    })
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, TpmError> {

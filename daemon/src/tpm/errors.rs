@@ -71,7 +71,7 @@ pub enum TpmError {
         reason: String,
     },
     /// Reading or writing a key file failed at the operating-system level.
-    #[error("cannot {operation} {}: {source}; check the state directory's permissions and free space", path.display())]
+    #[error("cannot {operation} {}; check the state directory's permissions and free space", path.display())]
     Io {
         /// What was being done ("write", "read", "create directory", ...).
         operation: &'static str,
@@ -125,7 +125,7 @@ pub enum TpmError {
         source: tss_esapi::Error,
     },
     /// The TPM service thread could not be started.
-    #[error("cannot start the TPM service thread: {0}; the system is short of memory or threads, restart migd")]
+    #[error("cannot start the TPM service thread; the system is short of memory or threads, restart migd")]
     Thread(#[source] std::io::Error),
     /// The TPM service thread is gone, so no request can be served.
     #[error("the TPM service thread has stopped; restart migd")]
@@ -185,10 +185,11 @@ pub(crate) fn is_auth_failure(error: &tss_esapi::Error) -> bool {
     )
 }
 
-/// A short description of a tss-esapi error with its raw code, for one-line messages.
+/// The raw code of a tss-esapi error and the layer it came from; the error's own text follows
+/// as the source.
 fn describe(error: &tss_esapi::Error) -> String {
     match (response_code(error), kind(error)) {
-        (Some(code), Some(_)) => format!("TPM response {code:#x}: {error}"),
+        (Some(code), Some(_)) => format!("TPM response {code:#x}"),
         (Some(code), None) => {
             let layer = match code >> 16 {
                 6 | 7 => "TSS ESAPI",
@@ -199,7 +200,7 @@ fn describe(error: &tss_esapi::Error) -> String {
             };
             format!("{layer} error {code:#x}")
         }
-        (None, _) => format!("tss-esapi: {error}"),
+        (None, _) => "tss-esapi".to_owned(),
     }
 }
 

@@ -263,7 +263,7 @@ impl Signer for TpmSigner {
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignError> {
         self.tpm.sign(self.role, message).map_err(|e| match e {
             TpmError::ServiceStopped => SignError::Unavailable,
-            other => SignError::Failed(other.to_string()),
+            other => SignError::Failed(crate::error::Chain(&other).to_string()),
         })
     }
 
@@ -291,7 +291,7 @@ impl Counter for TpmCounter {
 fn counter_error(e: TpmError) -> CounterError {
     match e {
         TpmError::ServiceStopped => CounterError::Unavailable,
-        other => CounterError::Failed(other.to_string()),
+        other => CounterError::Failed(crate::error::Chain(&other).to_string()),
     }
 }
 

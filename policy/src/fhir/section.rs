@@ -14,8 +14,22 @@ pub enum Tier {
 }
 
 /// One section of the structured record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::EnumString,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum Section {
     Allergies,
     Medications,
@@ -53,24 +67,11 @@ impl Section {
 
     /// The name used in config, the CLI and the audit trail.
     pub fn name(self) -> &'static str {
-        match self {
-            Section::Allergies => "allergies",
-            Section::Medications => "medications",
-            Section::Problems => "problems",
-            Section::Immunisations => "immunisations",
-            Section::Consultations => "consultations",
-            Section::Investigations => "investigations",
-            Section::UncategorisedData => "uncategorised-data",
-            Section::Referrals => "referrals",
-            Section::Procedures => "procedures",
-            Section::EndOfLife => "end-of-life",
-            Section::CommunicationPreferences => "communication-preferences",
-            Section::RisksAndWarnings => "risks-and-warnings",
-        }
+        self.into()
     }
 
     pub fn from_name(name: &str) -> Option<Section> {
-        Section::ALL.into_iter().find(|s| s.name() == name)
+        name.parse().ok()
     }
 
     pub fn tier(self) -> Tier {

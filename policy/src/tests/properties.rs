@@ -3,6 +3,7 @@
 //! releases what SPEC §5 and §6 forbid. The checks recompute the rules independently.
 
 use std::collections::BTreeSet;
+use strum::IntoEnumIterator;
 
 use proptest::collection::{btree_set, vec};
 use proptest::prelude::*;
@@ -108,7 +109,8 @@ fn agreement() -> impl Strategy<Value = Agreement> {
 }
 
 fn permission() -> impl Strategy<Value = Option<Permission>> {
-    let reason = proptest::option::weighted(0.8, select(OverrideReason::ALL.to_vec()));
+    let reason =
+        proptest::option::weighted(0.8, select(OverrideReason::iter().collect::<Vec<_>>()));
     let justification = proptest::option::weighted(
         0.8,
         select(vec![

@@ -1,5 +1,6 @@
 //! `migctl check`: small named checks, each ok, warn or fail with what to do about it.
 
+use mig::error::Chain;
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -113,7 +114,7 @@ pub fn checks(config: &Config) -> Vec<Finding> {
             out.push(finding(
                 "migd running",
                 Level::Fail,
-                format!("the admin socket answered badly: {e}"),
+                format!("the admin socket answered badly: {e:#}"),
             ));
             None
         }
@@ -132,11 +133,11 @@ pub fn checks(config: &Config) -> Vec<Finding> {
 fn tpm_checks(config: &Config) -> Vec<Finding> {
     let settings = match mig::service::tpm_settings(config) {
         Ok(s) => s,
-        Err(e) => return vec![finding("TPM reachable", Level::Fail, e.to_string())],
+        Err(e) => return vec![finding("TPM reachable", Level::Fail, Chain(&e).to_string())],
     };
     let tpm = match mig::tpm::Tpm::connect(&settings) {
         Ok(tpm) => tpm,
-        Err(e) => return vec![finding("TPM reachable", Level::Fail, e.to_string())],
+        Err(e) => return vec![finding("TPM reachable", Level::Fail, Chain(&e).to_string())],
     };
     let mut out = vec![finding(
         "TPM reachable",
@@ -144,7 +145,7 @@ fn tpm_checks(config: &Config) -> Vec<Finding> {
         config.tpm.tcti.to_string(),
     )];
     if let Err(e) = tpm.load(&config.state_dir) {
-        out.push(finding("keys load", Level::Fail, e.to_string()));
+        out.push(finding("keys load", Level::Fail, Chain(&e).to_string()));
         return out;
     }
     out.push(finding(
@@ -158,7 +159,7 @@ fn tpm_checks(config: &Config) -> Vec<Finding> {
             Level::Ok,
             format!("the PCR policy ({}) is satisfied", config.tpm.pcrs),
         ),
-        Err(e) => finding("unseal works", Level::Fail, e.to_string()),
+        Err(e) => finding("unseal works", Level::Fail, Chain(&e).to_string()),
     });
     out
 }
@@ -199,7 +200,7 @@ fn certificate_checks(config: &Config) -> Vec<Finding> {
                 finding("certificate matches key", Level::Fail, "the installed certificate is not for this appliance's TPM key: install the right one")
             }
         }
-        Err(e) => finding("certificate matches key", Level::Fail, e.to_string()),
+        Err(e) => finding("certificate matches key", Level::Fail, format!("{e:#}")),
     });
     let left = identity.not_after - now();
     out.push(if left < 0 {
