@@ -1816,3 +1816,84 @@ async fn lists_meet_what_the_gp_connect_assurance_suite_asserts() {
         }
     }
 }
+
+/// The audit record of each kind of outcome holds the values it always held: typed values
+/// become the stored text once, at the audit, with the time to the second.
+#[tokio::test]
+async fn each_outcome_is_audited_with_the_values_the_audit_stores() {
+    use mig::audit::{AuditRecord, Decision, PermissionBasis};
+    let h = harness();
+    let record = |h: &Harness| AuditRecord::from(&last_event(h));
+
+    let override_token = token(|c| {
+        c["permission_to_view"] = json!("override");
+        c["override_reason"] = json!("emergency");
+        c["override_justification"] = json!("  Patient unconscious at scene ");
+    });
+    let body = record_body(
+        CORE_AND_ADDITIONAL,
+        &["includeAllergies", "includeMedication"],
+    );
+    let (status, _, _) = send(&h, &ambulance(), post_record(body, &override_token)).await;
+    assert_eq!(status, 200);
+    let permitted = record(&h);
+    assert_eq!(permitted.decision, Decision::Permit);
+    assert_eq!(permitted.time.map(|t| t.nanosecond()), Some(0));
+    assert_eq!(permitted.time, Some(last_event(&h).time));
+    assert_eq!(permitted.basis, PermissionBasis::Override);
+    assert_eq!(permitted.override_reason.as_deref(), Some("emergency"));
+    assert_eq!(
+        permitted.override_justification.as_deref(),
+        Some("Patient unconscious at scene")
+    );
+    assert_eq!(permitted.sections, ["allergies", "medications"]);
+    assert_eq!(
+        (&permitted.error_code, &permitted.action),
+        (&None, &None),
+        "a release has no error code and no reason"
+    );
+    assert_eq!(permitted.interaction_id.as_deref(), Some(RECORD));
+    assert_eq!(permitted.nhs_number.as_deref(), Some(CORE_AND_ADDITIONAL));
+    assert_eq!(permitted.trace_id.as_deref(), Some(TRACE));
+    assert_eq!(permitted.from_asid.as_deref(), Some("200000000999"));
+    assert_eq!(permitted.partner_ods.as_deref(), Some(PARTNER));
+    assert_eq!(permitted.partner_cert_sha256, Some("ab".repeat(32)));
+    assert_eq!(permitted.job_role.as_deref(), Some("R8000"));
+    assert!(permitted.sds_user_id.is_some() && permitted.raises_alert());
+
+    let body = record_body(DISSENT, &["includeAllergies"]);
+    send(&h, &ambulance(), post_record(body, &token(|_| {}))).await;
+    let dissent = record(&h);
+    assert_eq!(dissent.decision, Decision::Refuse);
+    assert_eq!(dissent.basis, PermissionBasis::None);
+    assert_eq!(dissent.error_code.as_deref(), Some("NO_PATIENT_CONSENT"));
+    assert_eq!(dissent.nhs_number.as_deref(), Some(DISSENT));
+    assert!(dissent.sections.is_empty() && dissent.action.is_some());
+    assert!(dissent.sds_user_id.is_some(), "the token was read");
+
+    let body = record_body(CORE_AND_ADDITIONAL, &["includeAllergies"]);
+    send(&h, &ambulance(), post_record(body, "not-a-jwt")).await;
+    let token_refused = record(&h);
+    assert_eq!(token_refused.error_code.as_deref(), Some("BAD_REQUEST"));
+    assert!(token_refused.action.unwrap().starts_with("JWT: "));
+    assert_eq!(
+        (token_refused.sds_user_id, token_refused.nhs_number),
+        (None, None)
+    );
+
+    let request = Request::get("/fhir/Observation")
+        .body(Bytes::new())
+        .unwrap();
+    send(&h, &ambulance(), request).await;
+    let unrouted = record(&h);
+    assert_eq!(unrouted.error_code.as_deref(), Some("NOT_IMPLEMENTED"));
+    assert_eq!(
+        unrouted.action.as_deref(),
+        Some("refused at the HTTP layer: UnknownRoute")
+    );
+    assert_eq!(
+        unrouted.interaction_id.as_deref(),
+        Some("GET /fhir/Observation")
+    );
+    assert_eq!(unrouted.time.map(|t| t.nanosecond()), Some(0));
+}
