@@ -13,7 +13,7 @@ use http::{Request, Response};
 use mig::api::{jwt, AccessEvent, Api, Appliance, AuditSink, AuditUnavailable, Caller};
 use mig::replica::{ReaderPool, Replica};
 use mig_policy::fhir::Section;
-use mig_policy::{Agreement, PartnerType, RoleSet, SensitiveCodes};
+use mig_policy::{Agreement, Basis, PartnerType, RoleSet, SensitiveCodes};
 use serde_json::{json, Value};
 
 const KEY: [u8; 32] = [9; 32];
@@ -400,7 +400,7 @@ async fn unregistered_certificate_is_refused_and_audited() {
     .await;
     assert_eq!((status, error_code(&body)), (403, "ACCESS_DENIED"));
     let event = last_event(&h);
-    assert!(!event.permitted);
+    assert!(!event.permitted());
     assert_eq!(event.certificate_sha256, "cd".repeat(32));
 }
 
@@ -415,7 +415,7 @@ async fn ssp_from_is_recorded_in_the_audit_even_on_refusals() {
     let (status, _, _) = send(&h, &ambulance(), post_record(body.clone(), "not-a-jwt")).await;
     assert_ne!(status, 200);
     let refused = last_event(&h);
-    assert!(!refused.permitted);
+    assert!(!refused.permitted());
     assert_eq!(refused.from_asid.as_deref(), Some("200000000999"));
     let mut bad = post_record(body, &token(|_| {}));
     bad.headers_mut()
@@ -565,7 +565,7 @@ async fn malformed_requests_get_their_codes() {
         if index > 0 {
             assert_eq!(response.headers()["ssp-traceid"], TRACE, "case {index}");
         }
-        assert_eq!(last_event(&h).error_code.map(|c| c.code()), Some(code));
+        assert_eq!(last_event(&h).error_code().map(|c| c.code()), Some(code));
     }
 }
 
@@ -602,8 +602,8 @@ async fn requested_record_must_name_the_patient_asked_for() {
         assert!(diagnostics.contains("requested_record"), "{diagnostics}");
         assert!(!diagnostics.contains(CORE_ONLY) && !diagnostics.contains(CORE_AND_ADDITIONAL));
         let event = last_event(&h);
-        assert!(!event.permitted);
-        assert!(event.refusal_reason.unwrap().contains("requested_record"));
+        assert!(!event.permitted());
+        assert!(event.refusal_reason().unwrap().contains("requested_record"));
     }
     let (status, _, _) = send(
         &h,
@@ -669,7 +669,7 @@ async fn a_token_with_a_repeated_key_or_unprintable_claim_is_refused_naming_it()
     let (status, body, _) = send(&h, &ambulance(), post_record(parameters, &token(|_| {}))).await;
     assert_eq!((status, error_code(&body)), (400, "BAD_REQUEST"));
     assert!(last_event(&h)
-        .refusal_reason
+        .refusal_reason()
         .unwrap()
         .contains("repeated key \"valueIdentifier\""));
 }
@@ -705,7 +705,7 @@ async fn organisation_role_and_expiry_are_checked_against_the_agreement() {
     expired.expires = Some(time::macros::date!(2020 - 01 - 01));
     let (status, b, _) = send(&h, &partner(expired), post_record(body(), &token(|_| {}))).await;
     assert_eq!((status, error_code(&b)), (403, "ACCESS_DENIED"));
-    assert!(last_event(&h).refusal_reason.unwrap().contains("expired"));
+    assert!(last_event(&h).refusal_reason().unwrap().contains("expired"));
 }
 
 #[tokio::test]
@@ -813,7 +813,10 @@ async fn without_permission_only_a_standing_consent_admits() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(last_event(&h).basis.as_deref(), Some("standing-consent"));
+    assert_eq!(
+        last_event(&h).basis().map(Basis::name),
+        Some("standing-consent")
+    );
     let (status, _, _) = send(
         &h,
         &carer,
@@ -854,7 +857,7 @@ async fn core_tier_releases_only_core_sections() {
         "Items excluded due to confidentiality and/or patient preferences."
     );
     assert_eq!(
-        last_event(&h).sections,
+        last_event(&h).sections(),
         [Section::Allergies, Section::Medications]
     );
 }
@@ -950,11 +953,12 @@ async fn override_is_limited_audited_and_alerts() {
         "problems are not override sections"
     );
     let event = last_event(&h);
-    assert!(event.alert && event.permitted);
-    assert_eq!(event.basis.as_deref(), Some("override"));
-    assert_eq!(event.override_reason.as_deref(), Some("emergency"));
+    assert!(event.alert() && event.permitted());
+    assert_eq!(event.basis().map(Basis::name), Some("override"));
+    let record = mig::audit::AuditRecord::from(&event);
+    assert_eq!(record.override_reason.as_deref(), Some("emergency"));
     assert_eq!(
-        event.override_justification.as_deref(),
+        record.override_justification.as_deref(),
         Some("Patient unconscious at scene")
     );
 
@@ -986,7 +990,7 @@ async fn override_is_limited_audited_and_alerts() {
         (403, "ACCESS_DENIED"),
         "justification too short"
     );
-    assert!(!last_event(&h).alert);
+    assert!(!last_event(&h).alert());
 }
 
 #[tokio::test]
@@ -1141,9 +1145,9 @@ async fn unknown_routes_and_methods_are_refused() {
     .await;
     assert_eq!(status, 404);
     let refused = last_event(&h);
-    assert!(!refused.permitted);
+    assert!(!refused.permitted());
     assert_eq!(
-        refused.http_refusal,
+        refused.http_refusal(),
         Some(mig::api::outcome::HttpRefusal::UnknownRoute)
     );
     let (status, body, _) = send(
@@ -1155,7 +1159,7 @@ async fn unknown_routes_and_methods_are_refused() {
     assert_eq!(status, 405);
     assert_eq!(error_code(&body), "NOT_IMPLEMENTED");
     assert_eq!(
-        last_event(&h).http_refusal,
+        last_event(&h).http_refusal(),
         Some(mig::api::outcome::HttpRefusal::MethodNotAllowed)
     );
     let (status, _, response) = send(
@@ -1236,9 +1240,9 @@ async fn html_view_is_the_same_release_decided_and_audited_once() {
     assert_eq!(events.len(), 2, "one audit record per request");
     let (json_event, html_event) = (&events[0], &events[1]);
     assert_eq!(html_event.interaction, mig::api::HTML_VIEW_INTERACTION);
-    assert!(html_event.permitted);
-    assert_eq!(html_event.sections, json_event.sections);
-    assert_eq!(html_event.basis, json_event.basis);
+    assert!(html_event.permitted());
+    assert_eq!(html_event.sections(), json_event.sections());
+    assert_eq!(html_event.basis(), json_event.basis());
 
     let page = page_text(&response);
     assert!(!page.to_lowercase().contains("<script"), "no script");
@@ -1294,7 +1298,7 @@ async fn html_view_of_an_override_says_it_was_reported() {
     assert!(page.contains("role=\"alert\""));
     assert!(page.contains("reported to the practice's privacy officer"));
     let events = h.audit.events.lock().unwrap();
-    assert!(events[0].alert, "the override alert is raised once");
+    assert!(events[0].alert(), "the override alert is raised once");
 }
 
 #[tokio::test]
@@ -1811,4 +1815,85 @@ async fn lists_meet_what_the_gp_connect_assurance_suite_asserts() {
             assert!(codes.contains(code), "no List {code}");
         }
     }
+}
+
+/// The audit record of each kind of outcome holds the values it always held: typed values
+/// become the stored text once, at the audit, with the time to the second.
+#[tokio::test]
+async fn each_outcome_is_audited_with_the_values_the_audit_stores() {
+    use mig::audit::{AuditRecord, Decision, PermissionBasis};
+    let h = harness();
+    let record = |h: &Harness| AuditRecord::from(&last_event(h));
+
+    let override_token = token(|c| {
+        c["permission_to_view"] = json!("override");
+        c["override_reason"] = json!("emergency");
+        c["override_justification"] = json!("  Patient unconscious at scene ");
+    });
+    let body = record_body(
+        CORE_AND_ADDITIONAL,
+        &["includeAllergies", "includeMedication"],
+    );
+    let (status, _, _) = send(&h, &ambulance(), post_record(body, &override_token)).await;
+    assert_eq!(status, 200);
+    let permitted = record(&h);
+    assert_eq!(permitted.decision, Decision::Permit);
+    assert_eq!(permitted.time.map(|t| t.nanosecond()), Some(0));
+    assert_eq!(permitted.time, Some(last_event(&h).time));
+    assert_eq!(permitted.basis, PermissionBasis::Override);
+    assert_eq!(permitted.override_reason.as_deref(), Some("emergency"));
+    assert_eq!(
+        permitted.override_justification.as_deref(),
+        Some("Patient unconscious at scene")
+    );
+    assert_eq!(permitted.sections, ["allergies", "medications"]);
+    assert_eq!(
+        (&permitted.error_code, &permitted.action),
+        (&None, &None),
+        "a release has no error code and no reason"
+    );
+    assert_eq!(permitted.interaction_id.as_deref(), Some(RECORD));
+    assert_eq!(permitted.nhs_number.as_deref(), Some(CORE_AND_ADDITIONAL));
+    assert_eq!(permitted.trace_id.as_deref(), Some(TRACE));
+    assert_eq!(permitted.from_asid.as_deref(), Some("200000000999"));
+    assert_eq!(permitted.partner_ods.as_deref(), Some(PARTNER));
+    assert_eq!(permitted.partner_cert_sha256, Some("ab".repeat(32)));
+    assert_eq!(permitted.job_role.as_deref(), Some("R8000"));
+    assert!(permitted.sds_user_id.is_some() && permitted.raises_alert());
+
+    let body = record_body(DISSENT, &["includeAllergies"]);
+    send(&h, &ambulance(), post_record(body, &token(|_| {}))).await;
+    let dissent = record(&h);
+    assert_eq!(dissent.decision, Decision::Refuse);
+    assert_eq!(dissent.basis, PermissionBasis::None);
+    assert_eq!(dissent.error_code.as_deref(), Some("NO_PATIENT_CONSENT"));
+    assert_eq!(dissent.nhs_number.as_deref(), Some(DISSENT));
+    assert!(dissent.sections.is_empty() && dissent.action.is_some());
+    assert!(dissent.sds_user_id.is_some(), "the token was read");
+
+    let body = record_body(CORE_AND_ADDITIONAL, &["includeAllergies"]);
+    send(&h, &ambulance(), post_record(body, "not-a-jwt")).await;
+    let token_refused = record(&h);
+    assert_eq!(token_refused.error_code.as_deref(), Some("BAD_REQUEST"));
+    assert!(token_refused.action.unwrap().starts_with("JWT: "));
+    assert_eq!(
+        (token_refused.sds_user_id, token_refused.nhs_number),
+        (None, None)
+    );
+
+    let request = Request::get("/fhir/Observation")
+        .body(Bytes::new())
+        .unwrap();
+    send(&h, &ambulance(), request).await;
+    let unrouted = record(&h);
+    assert_eq!(unrouted.error_code.as_deref(), Some("NOT_IMPLEMENTED"));
+    assert_eq!(
+        unrouted.action.as_deref(),
+        Some("refused at the HTTP layer: UnknownRoute")
+    );
+    assert_eq!(
+        unrouted.interaction_id.as_deref(),
+        Some("GET /fhir/Observation")
+    );
+    assert_eq!(unrouted.time.map(|t| t.nanosecond()), Some(0));
 }

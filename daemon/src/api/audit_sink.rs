@@ -5,20 +5,17 @@ use std::pin::Pin;
 
 use super::{AccessEvent, AuditSink, AuditUnavailable};
 use crate::audit::{AuditLog, AuditRecord, Decision, PermissionBasis, RecordKind};
+use mig_policy::Basis;
 
 impl From<&AccessEvent> for AuditRecord {
     fn from(event: &AccessEvent) -> AuditRecord {
-        let decision = if event.permitted {
+        let decision = if event.permitted() {
             Decision::Permit
         } else {
             Decision::Refuse
         };
         let mut record = AuditRecord::new(RecordKind::PartnerRequest, decision);
-        record.time = time::OffsetDateTime::parse(
-            &event.time,
-            &time::format_description::well_known::Rfc3339,
-        )
-        .ok();
+        record.time = Some(event.time);
         record.partner_ods = event.partner_ods.clone();
         record.partner_cert_sha256 = Some(event.certificate_sha256.clone());
         if let Some(claims) = &event.claims {
@@ -32,18 +29,23 @@ impl From<&AccessEvent> for AuditRecord {
         record.interaction_id = Some(event.interaction.clone());
         record.trace_id = event.trace_id.clone();
         record.from_asid = event.from_asid.clone();
-        record.basis = match event.basis.as_deref() {
-            Some(name) => PermissionBasis::from_name(name).unwrap_or(PermissionBasis::None),
-            None => PermissionBasis::None,
-        };
-        record.override_reason = event.override_reason.clone();
-        record.override_justification = event.override_justification.clone();
-        record.error_code = event
-            .error_code
-            .map(|c| c.code().to_owned())
-            .or_else(|| event.http_refusal.map(|r| r.code().0.to_owned()));
-        record.action = event.refusal_reason.clone();
-        record.sections = event.sections.iter().map(|s| s.name().to_owned()).collect();
+        let basis = event.basis();
+        record.basis = basis.map_or(PermissionBasis::None, PermissionBasis::from);
+        if let Some(Basis::Override {
+            reason,
+            justification,
+        }) = basis
+        {
+            record.override_reason = Some(reason.name().to_owned());
+            record.override_justification = Some(justification.clone());
+        }
+        record.error_code = event.spine_code().map(str::to_owned);
+        record.action = event.refusal_reason();
+        record.sections = event
+            .sections()
+            .iter()
+            .map(|s| s.name().to_owned())
+            .collect();
         record
     }
 }
@@ -57,7 +59,7 @@ impl AuditSink for AuditLog {
             let record = AuditRecord::from(&event);
             match self.append(record).await {
                 Ok(seq) => {
-                    if event.alert {
+                    if event.alert() {
                         crate::system::journal::event!(
                             warn,
                             OVERRIDE_ALERT,

@@ -10,7 +10,11 @@
 
 use serde_json::Value;
 
-use mig_policy::fhir::{ItemFacts, RecordList, NHS_NUMBER_SYSTEM, ODS_SYSTEM};
+use super::parameters::RecordRequest;
+use super::records::PatientRecord;
+use super::{filters, Appliance};
+use mig_policy::fhir::{ItemFacts, RecordList, Section, NHS_NUMBER_SYSTEM, ODS_SYSTEM};
+use mig_policy::Release;
 
 pub const WARNING_EXTENSION: &str =
     "https://fhir.nhs.uk/STU3/StructureDefinition/Extension-CareConnect-GPC-ListWarningCode-1";
@@ -54,6 +58,122 @@ pub struct RecordParts<'a> {
     pub not_implemented: &'a [String],
     /// RFC 3339 time the record was assembled.
     pub assembled_at: &'a str,
+}
+
+impl<'a> RecordParts<'a> {
+    /// What goes into the patient's record: the items policy released that the request's
+    /// filters keep, each requested section's List, and the shared resources those items
+    /// reference.
+    pub fn compose(
+        appliance: &'a Appliance,
+        record: &'a PatientRecord,
+        release: &Release,
+        wanted: &'a RecordRequest,
+        assembled_at: &'a str,
+    ) -> RecordParts<'a> {
+        let PatientRecord {
+            patient,
+            data,
+            item_bodies,
+            shared_bodies,
+            ..
+        } = record;
+        // Released items with their Lists (every released item has one).
+        let released: Vec<(RecordList, Entry<'a>)> = release
+            .released_items
+            .iter()
+            .filter_map(|&i| {
+                let entry = Entry {
+                    facts: data.items.get(i)?,
+                    body: item_bodies.get(i)?,
+                };
+                Some(((*release.item_lists.get(i)?)?, entry))
+            })
+            .collect();
+        let released = filters::apply(released, |list| Some(list.section()), wanted);
+        // Shared resources go out only if a released item references them and policy kept them.
+        let referenced = Included::new(
+            released.iter().map(|(_, e)| e.facts.references.len()).sum(),
+            released
+                .iter()
+                .flat_map(|(_, e)| e.facts.references.iter())
+                .filter_map(|r| r.split_once('/')),
+        );
+        let shared = release
+            .released_shared
+            .iter()
+            .filter_map(|&i| {
+                Some(Entry {
+                    facts: data.shared.get(i)?,
+                    body: shared_bodies.get(i)?,
+                })
+            })
+            .filter(|e| referenced.contains(e.facts))
+            .collect();
+        // Each requested section's List, and the Ended allergies List right after allergies
+        // when asked for.
+        let lists = wanted
+            .sections
+            .iter()
+            .flat_map(|&section| {
+                let ended = section == Section::Allergies && wanted.include_resolved_allergies;
+                std::iter::once(RecordList::Section(section))
+                    .chain(ended.then_some(RecordList::EndedAllergies))
+            })
+            .map(|list| SectionList {
+                list,
+                items: released
+                    .iter()
+                    .filter(|(l, _)| *l == list)
+                    .map(|&(_, entry)| entry)
+                    .collect(),
+                withheld: release.list_has_warning(list),
+            })
+            .collect();
+        RecordParts {
+            fhir_base: &appliance.fhir_base,
+            patient_id: &patient.id,
+            patient_nhs_number: &patient.nhs_number,
+            patient_body: &patient.body,
+            practice_ods: &appliance.ods,
+            practice_name: &appliance.name,
+            lists,
+            shared,
+            not_implemented: &wanted.not_implemented,
+            assembled_at,
+        }
+    }
+}
+
+/// A Patient search's `searchset`: the patient, or none. `patient`: the stored body and the
+/// NHS number.
+pub fn searchset(patient: Option<(&str, &str)>, fhir_base: &str, assembled_at: &str) -> String {
+    let parsed = patient.and_then(|(body, nhs_number)| {
+        Some((serde_json::from_str::<Value>(body).ok()?, nhs_number))
+    });
+    let entries = match parsed {
+        Some((mut patient, nhs_number)) => {
+            let id = patient["id"].as_str().unwrap_or_default().to_owned();
+            strip_outside_references(
+                &mut patient,
+                &Included::new(1, [("Patient", id.as_str())]).for_patient(nhs_number),
+            );
+            let full_url = format!("{}/Patient/{id}", fhir_base.trim_end_matches('/'));
+            vec![
+                serde_json::json!({"fullUrl": full_url, "resource": patient, "search": {"mode": "match"}}),
+            ]
+        }
+        None => Vec::new(),
+    };
+    serde_json::json!({
+        "resourceType": "Bundle",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "meta": {"lastUpdated": assembled_at},
+        "type": "searchset",
+        "total": entries.len(),
+        "entry": entries,
+    })
+    .to_string()
 }
 
 /// A set of resources as (type, id): what the Bundle contains (anything else may not be

@@ -2,7 +2,7 @@
 
 use http::HeaderMap;
 
-use mig_policy::ErrorCode;
+use mig_policy::{ErrorCode, Refusal};
 
 /// The checked headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,32 +33,31 @@ pub fn from_asid(headers: &HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Checks the headers for an interaction; the error carries the code and, for the audit, why.
+/// Checks the headers for an interaction; a refusal names the header at fault.
 pub fn check(
     headers: &HeaderMap,
     expected_interaction: &str,
     appliance_asid: &str,
-) -> Result<SspHeaders, (ErrorCode, &'static str)> {
-    let trace_id =
-        trace_id(headers).ok_or((ErrorCode::BadRequest, "Ssp-TraceID missing or not a UUID"))?;
-    let from_asid = from_asid(headers).ok_or((
-        ErrorCode::BadRequest,
-        "Ssp-From missing or not a 12-digit ASID",
-    ))?;
-    let to = header(headers, "ssp-to").ok_or((ErrorCode::BadRequest, "Ssp-To missing"))?;
+) -> Result<SspHeaders, Refusal> {
+    let refused = |code, reason: &str| Refusal {
+        code,
+        reason: reason.to_owned(),
+    };
+    let bad = |reason| refused(ErrorCode::BadRequest, reason);
+    let trace_id = trace_id(headers).ok_or_else(|| bad("Ssp-TraceID missing or not a UUID"))?;
+    let from_asid =
+        from_asid(headers).ok_or_else(|| bad("Ssp-From missing or not a 12-digit ASID"))?;
+    let to = header(headers, "ssp-to").ok_or_else(|| bad("Ssp-To missing"))?;
     if to != appliance_asid {
-        return Err((
+        return Err(refused(
             ErrorCode::AccessDenied,
             "Ssp-To is not this appliance's ASID",
         ));
     }
-    let interaction = header(headers, "ssp-interactionid")
-        .ok_or((ErrorCode::BadRequest, "Ssp-InteractionID missing"))?;
+    let interaction =
+        header(headers, "ssp-interactionid").ok_or_else(|| bad("Ssp-InteractionID missing"))?;
     if interaction != expected_interaction {
-        return Err((
-            ErrorCode::BadRequest,
-            "Ssp-InteractionID does not match the route",
-        ));
+        return Err(bad("Ssp-InteractionID does not match the route"));
     }
     Ok(SspHeaders {
         trace_id,
@@ -117,7 +116,7 @@ mod tests {
                 }
             }
             assert_eq!(
-                check(&headers, INTERACTION, ASID).unwrap_err().0,
+                check(&headers, INTERACTION, ASID).unwrap_err().code,
                 expected,
                 "{name}={value:?}"
             );

@@ -1,9 +1,11 @@
 //! The partner FHIR API (SPEC §3): routing, the `Ssp-*` headers and access token, the access
 //! decision, the audit record, and the consent-filtered response.
 //!
-//! Every partner request ends in exactly one audit event, written durably before the response
-//! leaves; if the audit cannot be written the partner gets 503 and no record data. Refusals
-//! carry only the SPEC §5 code; the reason goes to the audit.
+//! One request is one pipeline: route, read the headers, token and body or query, decide once,
+//! render; it ends in `Result<Release, Refused>`. The audit event is built once from that typed
+//! outcome and written durably before the response leaves; if the audit cannot be written the
+//! partner gets 503 and no record data. Refusals carry only the SPEC §5 code and the name of
+//! what was wrong; the reason goes to the audit.
 
 pub mod audit_sink;
 pub mod bundle;
@@ -24,13 +26,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
+use time::OffsetDateTime;
 
 use crate::replica::{ReaderPool, ReplicaError};
 use capability::{PATIENT_SEARCH_INTERACTION, STRUCTURED_RECORD_INTERACTION};
-use mig_policy::fhir::{RecordList, Section, NHS_NUMBER_SYSTEM};
+use mig_policy::fhir::{Section, NHS_NUMBER_SYSTEM};
 use mig_policy::{
     decide, AccessRequest, Agreement, Basis, Decision, ErrorCode, OverrideReason, Permission,
-    SensitiveCodes,
+    Refusal, SensitiveCodes,
 };
 
 pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
@@ -57,30 +60,139 @@ pub struct Caller {
     pub certificate_sha256: String,
 }
 
-/// Everything the audit trail needs about one partner request.
-#[derive(Debug, Clone, Default)]
+/// What a permitted request was released on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grant {
+    /// `None` for the capability statement, which needs no permission to view.
+    pub basis: Option<Basis>,
+    /// The sections released, in release order.
+    pub sections: Vec<Section>,
+    /// A permitted override: an alert goes to the privacy officer with the record.
+    pub alert: bool,
+}
+
+/// Why a request got no record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// A request error (SPEC §5 step 2) or the access decision, with its GP Connect code.
+    Refusal(Refusal),
+    /// A malformed access token (BAD_REQUEST): the partner is told which claim is wrong.
+    Token(jwt::JwtError),
+    /// At the HTTP layer: unknown route or method, a listener limit, a withdrawn certificate.
+    Http(outcome::HttpRefusal),
+    /// The replica or the request's task failed (500, no GP Connect code); says which.
+    Failed(&'static str),
+}
+
+impl Refused {
+    fn status(&self) -> StatusCode {
+        let code = match self {
+            Refused::Refusal(r) => r.code.http_status(),
+            Refused::Token(_) => ErrorCode::BadRequest.http_status(),
+            Refused::Http(r) => r.status(),
+            Refused::Failed(_) => 500,
+        };
+        StatusCode::from_u16(code).unwrap_or(StatusCode::FORBIDDEN)
+    }
+
+    /// The OperationOutcome the partner gets: it names the header, claim, parameter or rule at
+    /// fault, and never holds record data.
+    fn body(&self) -> Bytes {
+        let outcome = match self {
+            Refused::Refusal(r) => outcome::operation_outcome_saying(
+                r.code,
+                patient_diagnostics(r.code).unwrap_or(&r.reason),
+            ),
+            Refused::Token(e) => outcome::operation_outcome_saying(
+                ErrorCode::BadRequest,
+                &format!("The access token is malformed: {}.", e.0),
+            ),
+            Refused::Http(r) => r.outcome(),
+            Refused::Failed(_) => outcome::unavailable_outcome("exception", "Internal error."),
+        };
+        Bytes::from(outcome.to_string())
+    }
+}
+
+impl From<Refusal> for Refused {
+    fn from(refusal: Refusal) -> Refused {
+        Refused::Refusal(refusal)
+    }
+}
+
+/// One partner request as the audit trail records it: built once, from what the request said
+/// and its typed outcome.
+#[derive(Debug, Clone)]
 pub struct AccessEvent {
-    pub time: String,
+    /// When the request arrived (UTC, whole seconds): also the response's `lastUpdated`.
+    pub time: OffsetDateTime,
     pub interaction: String,
     pub trace_id: Option<String>,
     /// `Ssp-From`, when well-formed.
     pub from_asid: Option<String>,
     pub partner_ods: Option<String>,
     pub certificate_sha256: String,
+    /// The access token's claims, once it was read.
     pub claims: Option<jwt::Claims>,
+    /// The NHS number asked for, once the body or query was read.
     pub nhs_number: Option<String>,
-    pub basis: Option<String>,
-    pub override_reason: Option<String>,
-    pub override_justification: Option<String>,
-    pub permitted: bool,
-    pub error_code: Option<ErrorCode>,
-    /// A refusal at the HTTP layer (its Spine code goes to the audit when `error_code` is None).
-    pub http_refusal: Option<outcome::HttpRefusal>,
+    pub outcome: Result<Grant, Refused>,
+}
+
+impl AccessEvent {
+    pub fn permitted(&self) -> bool {
+        self.outcome.is_ok()
+    }
+
+    /// The GP Connect code of a refusal, if it has one.
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        match &self.outcome {
+            Err(Refused::Refusal(r)) => Some(r.code),
+            Err(Refused::Token(_)) => Some(ErrorCode::BadRequest),
+            Err(Refused::Http(outcome::HttpRefusal::CertificateWithdrawn)) => {
+                Some(ErrorCode::AccessDenied)
+            }
+            Ok(_) | Err(Refused::Http(_) | Refused::Failed(_)) => None,
+        }
+    }
+
+    /// The Spine code the partner was sent (and the audit records).
+    pub fn spine_code(&self) -> Option<&'static str> {
+        match &self.outcome {
+            Err(Refused::Http(r)) => Some(r.code().0),
+            _ => self.error_code().map(ErrorCode::code),
+        }
+    }
+
+    pub fn http_refusal(&self) -> Option<outcome::HttpRefusal> {
+        match &self.outcome {
+            Err(Refused::Http(r)) => Some(*r),
+            _ => None,
+        }
+    }
+
     /// Why it was refused, in plain words; never sent to the partner.
-    pub refusal_reason: Option<String>,
-    pub sections: Vec<Section>,
+    pub fn refusal_reason(&self) -> Option<String> {
+        match self.outcome.as_ref().err()? {
+            Refused::Refusal(r) => Some(r.reason.clone()),
+            Refused::Token(e) => Some(e.to_string()),
+            Refused::Http(r) => Some(format!("refused at the HTTP layer: {r:?}")),
+            Refused::Failed(what) => Some((*what).to_owned()),
+        }
+    }
+
+    pub fn basis(&self) -> Option<&Basis> {
+        self.outcome.as_ref().ok()?.basis.as_ref()
+    }
+
+    pub fn sections(&self) -> &[Section] {
+        self.outcome.as_ref().map_or(&[], |g| &g.sections)
+    }
+
     /// A permitted override: an alert goes to the privacy officer with the record.
-    pub alert: bool,
+    pub fn alert(&self) -> bool {
+        self.outcome.as_ref().is_ok_and(|g| g.alert)
+    }
 }
 
 /// The audit could not be written; nothing may be released.
@@ -117,23 +229,57 @@ impl std::fmt::Debug for Api {
     }
 }
 
-/// A response on its way out, with the event that must be audited first.
-struct Outcome {
-    status: StatusCode,
+/// A permitted request's answer: what the audit records, and the body sent once it has.
+#[derive(Debug)]
+struct Release {
+    grant: Grant,
     body: Bytes,
-    event: AccessEvent,
+    format: Format,
 }
 
-fn now_unix() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
+/// What the request told us before it was answered (for the audit), and the answer.
+struct Answer {
+    claims: Option<jwt::Claims>,
+    nhs_number: Option<String>,
+    result: Result<Release, Refused>,
 }
 
-fn rfc3339(unix: i64) -> String {
-    use time::format_description::well_known::Rfc3339;
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
+impl Answer {
+    /// An answer given before the token was read.
+    fn without_claims(result: Result<Release, Refused>) -> Answer {
+        Answer {
+            claims: None,
+            nhs_number: None,
+            result,
+        }
+    }
+}
+
+/// What a request is, once routed: known before anything can refuse it.
+#[derive(Debug, Clone)]
+struct Received {
+    time: OffsetDateTime,
+    interaction: &'static str,
+    format: Format,
+    trace_id: Option<String>,
+}
+
+/// Now, to the second: the time a request is audited and its response stamped with.
+fn now() -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    now.replace_nanosecond(0).unwrap_or(now)
+}
+
+fn rfc3339(time: OffsetDateTime) -> String {
+    time.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
+}
+
+fn refusal(code: ErrorCode, reason: impl Into<String>) -> Refusal {
+    Refusal {
+        code,
+        reason: reason.into(),
+    }
 }
 
 fn fhir_response(status: StatusCode, body: Bytes, trace_id: Option<&str>) -> Response<Bytes> {
@@ -177,31 +323,6 @@ fn html_response(body: Bytes, trace_id: Option<&str>) -> Response<Bytes> {
     response
 }
 
-/// A refusal whose `diagnostics` is `reason`: it names the header, claim or parameter at fault
-/// (or the rule that refused), and never holds record data.
-fn refusal(code: ErrorCode, reason: impl Into<String>, mut event: AccessEvent) -> Outcome {
-    let reason = reason.into();
-    event.permitted = false;
-    event.error_code = Some(code);
-    let body = outcome::operation_outcome_saying(code, &reason).to_string();
-    event.refusal_reason = Some(reason);
-    Outcome {
-        status: StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::FORBIDDEN),
-        body: Bytes::from(body),
-        event,
-    }
-}
-
-/// A refused access token: the partner is told which claim is wrong (never record data).
-fn bad_token(error: jwt::JwtError, event: AccessEvent) -> Outcome {
-    let diagnostics = format!("The access token is malformed: {}.", error.0);
-    let mut outcome = refusal(ErrorCode::BadRequest, error.to_string(), event);
-    outcome.body = Bytes::from(
-        outcome::operation_outcome_saying(ErrorCode::BadRequest, &diagnostics).to_string(),
-    );
-    outcome
-}
-
 /// A fixed response outside the GP Connect codes (404 route, 405, 500, 503).
 pub fn plain_outcome(status: StatusCode, issue: &str, diagnostics: &str) -> Response<Bytes> {
     fhir_response(
@@ -227,64 +348,47 @@ impl Api {
                 return self.refuse_http(caller, Some(&head), refusal).await;
             }
         };
-        let now = now_unix();
-        let trace_id = headers::trace_id(request.headers());
-        let format = if interaction == STRUCTURED_RECORD_INTERACTION
-            && html::prefers_html(request.headers())
-        {
-            Format::Html
-        } else {
-            Format::Json
+        let received = Received {
+            time: now(),
+            interaction,
+            format: if interaction == STRUCTURED_RECORD_INTERACTION
+                && html::prefers_html(request.headers())
+            {
+                Format::Html
+            } else {
+                Format::Json
+            },
+            trace_id: headers::trace_id(request.headers()),
+        };
+        let from_asid = headers::from_asid(request.headers());
+        let answer = match caller.agreement.clone() {
+            // SPEC §5 step 1 comes before anything about the request.
+            None => Answer::without_claims(Err(refusal(
+                ErrorCode::AccessDenied,
+                "client certificate matches no registered partner",
+            )
+            .into())),
+            Some(agreement) if interaction == METADATA_INTERACTION => {
+                Answer::without_claims(self.metadata(&agreement, received.time))
+            }
+            Some(agreement) => self.clinical(agreement, request, &received).await,
         };
         let event = AccessEvent {
-            time: rfc3339(now),
-            interaction: match format {
+            time: received.time,
+            interaction: match received.format {
                 Format::Html => HTML_VIEW_INTERACTION,
                 Format::Json => interaction,
             }
             .to_owned(),
-            trace_id: trace_id.clone(),
-            from_asid: headers::from_asid(request.headers()),
+            trace_id: received.trace_id,
+            from_asid,
             partner_ods: caller.agreement.as_ref().map(|a| a.ods.clone()),
             certificate_sha256: caller.certificate_sha256.clone(),
-            ..AccessEvent::default()
+            claims: answer.claims,
+            nhs_number: answer.nhs_number,
+            outcome: audited(&answer.result),
         };
-        let outcome = match caller.agreement.clone() {
-            // SPEC §5 step 1 comes before anything about the request.
-            None => refusal(
-                ErrorCode::AccessDenied,
-                "client certificate matches no registered partner",
-                event,
-            ),
-            Some(agreement) if interaction == METADATA_INTERACTION => {
-                self.metadata(&agreement, event, now)
-            }
-            Some(agreement) => {
-                self.clinical(agreement, request, interaction, format, event, now)
-                    .await
-            }
-        };
-        let Outcome {
-            status,
-            body,
-            event,
-        } = outcome;
-        let permitted = event.permitted;
-        if self.audit.record(event).await.is_err() {
-            tracing::error!("audit unavailable: refusing a partner request with 503");
-            return plain_outcome(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "transient",
-                "The service is temporarily unavailable.",
-            );
-        }
-        if permitted {
-            tracing::debug!(interaction, "released");
-        }
-        if permitted && format == Format::Html {
-            return html_response(body, trace_id.as_deref());
-        }
-        fhir_response(status, body, trace_id.as_deref())
+        self.conclude(event, answer.result).await
     }
 
     /// Answers a refusal at the HTTP layer (unknown route or method, a listener limit, a
@@ -296,7 +400,6 @@ impl Api {
         request: Option<&Request<()>>,
         refusal: outcome::HttpRefusal,
     ) -> Response<Bytes> {
-        let trace_id = request.and_then(|r| headers::trace_id(r.headers()));
         let interaction = match request {
             Some(r) => route(r.method(), r.uri().path())
                 .map(str::to_owned)
@@ -304,17 +407,27 @@ impl Api {
             None => String::new(),
         };
         let event = AccessEvent {
-            time: rfc3339(now_unix()),
+            time: now(),
             interaction,
-            trace_id: trace_id.clone(),
+            trace_id: request.and_then(|r| headers::trace_id(r.headers())),
+            from_asid: None,
             partner_ods: caller.agreement.as_ref().map(|a| a.ods.clone()),
             certificate_sha256: caller.certificate_sha256.clone(),
-            error_code: (refusal == outcome::HttpRefusal::CertificateWithdrawn)
-                .then_some(ErrorCode::AccessDenied),
-            http_refusal: Some(refusal),
-            refusal_reason: Some(format!("refused at the HTTP layer: {refusal:?}")),
-            ..AccessEvent::default()
+            claims: None,
+            nhs_number: None,
+            outcome: Err(Refused::Http(refusal)),
         };
+        self.conclude(event, Err(Refused::Http(refusal))).await
+    }
+
+    /// Audits the event, then answers: 503 and nothing else if the audit cannot be written.
+    async fn conclude(
+        &self,
+        event: AccessEvent,
+        result: Result<Release, Refused>,
+    ) -> Response<Bytes> {
+        let trace_id = event.trace_id.clone();
+        let interaction = event.interaction.clone();
         if self.audit.record(event).await.is_err() {
             tracing::error!("audit unavailable: refusing a partner request with 503");
             return plain_outcome(
@@ -323,11 +436,16 @@ impl Api {
                 "The service is temporarily unavailable.",
             );
         }
-        fhir_response(
-            StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::BAD_REQUEST),
-            Bytes::from(refusal.outcome().to_string()),
-            trace_id.as_deref(),
-        )
+        match result {
+            Ok(Release { body, format, .. }) => {
+                tracing::debug!(interaction, "released");
+                match format {
+                    Format::Html => html_response(body, trace_id.as_deref()),
+                    Format::Json => fhir_response(StatusCode::OK, body, trace_id.as_deref()),
+                }
+            }
+            Err(refused) => fhir_response(refused.status(), refused.body(), trace_id.as_deref()),
+        }
     }
 
     fn healthz(&self) -> Response<Bytes> {
@@ -347,177 +465,145 @@ impl Api {
         response
     }
 
-    fn metadata(&self, agreement: &Agreement, mut event: AccessEvent, now: i64) -> Outcome {
-        if !agreement.in_force(now) {
-            return refusal(
-                ErrorCode::AccessDenied,
-                "data sharing agreement expired",
-                event,
-            );
+    fn metadata(&self, agreement: &Agreement, time: OffsetDateTime) -> Result<Release, Refused> {
+        if !agreement.in_force(time.unix_timestamp()) {
+            return Err(refusal(ErrorCode::AccessDenied, "data sharing agreement expired").into());
         }
-        event.permitted = true;
         let statement = capability::capability_statement(
             &self.appliance.fhir_base,
             &self.appliance.name,
-            &event.time,
+            &rfc3339(time),
         );
-        Outcome {
-            status: StatusCode::OK,
+        Ok(Release {
+            grant: Grant::default(),
             body: Bytes::from(statement.to_string()),
-            event,
-        }
+            format: Format::Json,
+        })
     }
 
+    /// SPEC §5 step 2 (headers, token, then the body or query), then the decision and the
+    /// response body.
     async fn clinical(
         &self,
         agreement: Arc<Agreement>,
         request: Request<Bytes>,
-        interaction: &'static str,
-        format: Format,
-        mut event: AccessEvent,
-        now: i64,
-    ) -> Outcome {
-        // SPEC §5 step 2: headers, token, then the body or query.
-        if let Err((code, reason)) =
-            headers::check(request.headers(), interaction, &self.appliance.asid)
-        {
-            return refusal(code, reason, event);
-        }
-        let token = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        let Some(token) = token else {
-            return refusal(
-                ErrorCode::BadRequest,
-                "Authorization Bearer token missing",
-                event,
-            );
-        };
-        let claims = match jwt::parse(token.trim(), &self.appliance.fhir_base, now) {
+        received: &Received,
+    ) -> Answer {
+        let now = received.time.unix_timestamp();
+        let claims = match self.token(&request, received.interaction, now) {
             Ok(claims) => claims,
-            Err(e) => return bad_token(e, event),
+            Err(refused) => return Answer::without_claims(Err(refused)),
         };
-        event.claims = Some(claims.clone());
-        let wanted = if interaction == STRUCTURED_RECORD_INTERACTION {
-            parameters::parse(request.body(), now).map_err(|e| {
-                let code = match &e {
-                    parameters::ParametersError::Malformed(_) => ErrorCode::BadRequest,
-                    parameters::ParametersError::IdentifierSystem => {
-                        ErrorCode::InvalidIdentifierSystem
-                    }
-                    parameters::ParametersError::NhsNumber => ErrorCode::InvalidNhsNumber,
-                    parameters::ParametersError::Parameter(_) => ErrorCode::InvalidParameter,
-                };
-                (code, e.to_string())
-            })
+        let wanted = if received.interaction == STRUCTURED_RECORD_INTERACTION {
+            parameters::parse(request.body(), now).map_err(parameters_refusal)
         } else {
             patient_search_query(request.uri().query())
         };
         let wanted = match wanted {
             Ok(wanted) => wanted,
-            Err((code, reason)) => return refusal(code, reason, event),
+            Err(refused) => {
+                return Answer {
+                    claims: Some(claims),
+                    nhs_number: None,
+                    result: Err(refused.into()),
+                }
+            }
         };
-        event.nhs_number = Some(wanted.nhs_number.clone());
+        let nhs_number = Some(wanted.nhs_number.clone());
+        let result = self.release(agreement, &claims, wanted, received).await;
+        Answer {
+            claims: Some(claims),
+            nhs_number,
+            result,
+        }
+    }
+
+    /// The `Ssp-*` headers, then the access token's claims.
+    fn token(
+        &self,
+        request: &Request<Bytes>,
+        interaction: &str,
+        now: i64,
+    ) -> Result<jwt::Claims, Refused> {
+        headers::check(request.headers(), interaction, &self.appliance.asid)?;
+        let token = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| refusal(ErrorCode::BadRequest, "Authorization Bearer token missing"))?;
+        jwt::parse(token.trim(), &self.appliance.fhir_base, now).map_err(Refused::Token)
+    }
+
+    /// Decides (once) and renders what may be released, off the async threads (SQLite).
+    async fn release(
+        &self,
+        agreement: Arc<Agreement>,
+        claims: &jwt::Claims,
+        wanted: parameters::RecordRequest,
+        received: &Received,
+    ) -> Result<Release, Refused> {
         if claims
             .requested_nhs_number
             .as_ref()
             .is_some_and(|named| *named != wanted.nhs_number)
         {
-            let reason = "requested_record names another NHS number than the request";
-            return bad_token(jwt::JwtError(reason.into()), event);
+            return Err(Refused::Token(jwt::JwtError(
+                "requested_record names another NHS number than the request".into(),
+            )));
         }
         let access = AccessRequest {
             requesting_ods: claims.organisation_ods.clone(),
             job_role: claims.job_role.clone(),
-            permission: permission(&claims),
+            permission: permission(claims),
             sections: wanted.sections.clone(),
-            now,
+            now: received.time.unix_timestamp(),
         };
-
         let replica = self.replica.clone();
         let records = self.records.clone();
         let sensitive = self.sensitive.clone();
         let appliance = self.appliance.clone();
-        let assembled_at = event.time.clone();
-        let search = interaction == PATIENT_SEARCH_INTERACTION;
-        let trace_id = event.trace_id.clone();
+        let format = received.format;
+        let received = received.clone();
         let work = tokio::task::spawn_blocking(move || {
             assemble(
-                &replica,
-                &records,
-                &sensitive,
-                &appliance,
-                &agreement,
-                &access,
-                &wanted,
-                &assembled_at,
-                search,
-                format,
-                trace_id.as_deref(),
+                &replica, &records, &sensitive, &appliance, &agreement, &access, &wanted, &received,
             )
         })
         .await;
-        let assembled = match work {
-            Ok(Ok(assembled)) => assembled,
+        match work {
+            Ok(Ok(Ok((grant, body)))) => Ok(Release {
+                grant,
+                body: Bytes::from(body),
+                format,
+            }),
+            Ok(Ok(Err(refusal))) => Err(refusal.into()),
             Ok(Err(e)) => {
                 tracing::error!(error = %crate::error::Chain(&e), "replica read failed");
-                event.refusal_reason = Some("replica unavailable".into());
-                return Outcome {
-                    status: StatusCode::INTERNAL_SERVER_ERROR,
-                    body: Bytes::from(
-                        outcome::unavailable_outcome("exception", "Internal error.").to_string(),
-                    ),
-                    event,
-                };
+                Err(Refused::Failed("replica unavailable"))
             }
-            Err(_) => {
-                event.refusal_reason = Some("request task failed".into());
-                return Outcome {
-                    status: StatusCode::INTERNAL_SERVER_ERROR,
-                    body: Bytes::from(
-                        outcome::unavailable_outcome("exception", "Internal error.").to_string(),
-                    ),
-                    event,
-                };
-            }
-        };
-        match assembled {
-            Assembled::Refused { code, reason } => {
-                let mut outcome = refusal(code, reason, event);
-                if let Some(fixed) = patient_diagnostics(code) {
-                    outcome.body =
-                        Bytes::from(outcome::operation_outcome_saying(code, fixed).to_string());
-                }
-                outcome
-            }
-            Assembled::Released {
-                basis,
-                sections,
-                alert,
-                body,
-            } => {
-                event.permitted = true;
-                event.basis = Some(basis.name().to_owned());
-                if let Basis::Override {
-                    reason,
-                    justification,
-                } = &basis
-                {
-                    event.override_reason = Some(reason.name().to_owned());
-                    event.override_justification = Some(justification.clone());
-                }
-                event.sections = sections;
-                event.alert = alert;
-                Outcome {
-                    status: StatusCode::OK,
-                    body: Bytes::from(body),
-                    event,
-                }
-            }
+            Err(_) => Err(Refused::Failed("request task failed")),
         }
     }
+}
+
+/// The audit's view of an answer: everything but the body.
+fn audited(result: &Result<Release, Refused>) -> Result<Grant, Refused> {
+    result
+        .as_ref()
+        .map(|release| release.grant.clone())
+        .map_err(Clone::clone)
+}
+
+fn parameters_refusal(error: parameters::ParametersError) -> Refusal {
+    use parameters::ParametersError;
+    let code = match &error {
+        ParametersError::Malformed(_) => ErrorCode::BadRequest,
+        ParametersError::IdentifierSystem => ErrorCode::InvalidIdentifierSystem,
+        ParametersError::NhsNumber => ErrorCode::InvalidNhsNumber,
+        ParametersError::Parameter(_) => ErrorCode::InvalidParameter,
+    };
+    refusal(code, error.to_string())
 }
 
 /// The interaction a method and path name, or why there is none.
@@ -584,17 +670,10 @@ fn permission(claims: &jwt::Claims) -> Option<Permission> {
 }
 
 /// `GET /fhir/Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|NNNNNNNNNN`.
-fn patient_search_query(
-    query: Option<&str>,
-) -> Result<parameters::RecordRequest, (ErrorCode, String)> {
+fn patient_search_query(query: Option<&str>) -> Result<parameters::RecordRequest, Refusal> {
     let query = query.unwrap_or_default();
     // form_urlencoded passes a stray `%` through and replaces bad UTF-8: both are refused here.
-    let bad_encoding = || {
-        (
-            ErrorCode::BadRequest,
-            "query is not valid percent-encoding".to_owned(),
-        )
-    };
+    let bad_encoding = || refusal(ErrorCode::BadRequest, "query is not valid percent-encoding");
     let strict = query.split('%').skip(1).all(|escape| {
         escape
             .as_bytes()
@@ -613,36 +692,37 @@ fn patient_search_query(
         match &*name {
             "identifier" if identifier.is_none() => identifier = Some(value),
             "identifier" => {
-                return Err((ErrorCode::InvalidParameter, "identifier is repeated".into()))
+                return Err(refusal(
+                    ErrorCode::InvalidParameter,
+                    "identifier is repeated",
+                ))
             }
             other => {
-                return Err((
+                return Err(refusal(
                     ErrorCode::InvalidParameter,
                     format!("unknown search parameter {other:?}"),
                 ))
             }
         }
     }
-    let identifier = identifier.ok_or((
-        ErrorCode::InvalidParameter,
-        "identifier is missing".to_owned(),
-    ))?;
+    let identifier =
+        identifier.ok_or_else(|| refusal(ErrorCode::InvalidParameter, "identifier is missing"))?;
     let Some((system, value)) = identifier.split_once('|') else {
-        return Err((
+        return Err(refusal(
             ErrorCode::InvalidIdentifierSystem,
-            "identifier has no system".into(),
+            "identifier has no system",
         ));
     };
     if system != NHS_NUMBER_SYSTEM {
-        return Err((
+        return Err(refusal(
             ErrorCode::InvalidIdentifierSystem,
             format!("identifier system {system:?}"),
         ));
     }
     if !mig_policy::fhir::is_valid_nhs_number(value) {
-        return Err((
+        return Err(refusal(
             ErrorCode::InvalidNhsNumber,
-            "identifier value is not a valid NHS number".into(),
+            "identifier value is not a valid NHS number",
         ));
     }
     Ok(parameters::RecordRequest::patient_only(value.to_owned()))
@@ -653,19 +733,6 @@ fn patient_search_query(
 enum Format {
     Json,
     Html,
-}
-
-enum Assembled {
-    Refused {
-        code: ErrorCode,
-        reason: String,
-    },
-    Released {
-        basis: Basis,
-        sections: Vec<Section>,
-        alert: bool,
-        body: Vec<u8>,
-    },
 }
 
 /// Reads the patient (or takes them from the cache), decides, and renders the response body.
@@ -679,188 +746,73 @@ fn assemble(
     agreement: &Agreement,
     access: &AccessRequest,
     wanted: &parameters::RecordRequest,
-    assembled_at: &str,
-    search: bool,
-    format: Format,
-    trace_id: Option<&str>,
-) -> Result<Assembled, ReplicaError> {
+    received: &Received,
+) -> Result<Result<(Grant, Vec<u8>), Refusal>, ReplicaError> {
     replica.with(|reader| {
         let generation = reader.generation()?;
-        let Some(record) = records.get_or_read(reader, generation, &wanted.nhs_number)? else {
-            let decision = decide(Some(agreement), access, None, sensitive);
-            return Ok(match decision {
-                // GP Connect: an unknown patient is an empty searchset, not an error.
-                Decision::Refused(r) if search && r.code == ErrorCode::PatientNotFound => {
-                    Assembled::Released {
-                        basis: Basis::Granted,
-                        sections: Vec::new(),
-                        alert: false,
-                        body: searchset(None, &appliance.fhir_base, assembled_at).into_bytes(),
-                    }
-                }
-                Decision::Refused(r) => Assembled::Refused {
-                    code: r.code,
-                    reason: r.reason,
-                },
-                Decision::Permitted(_) => Assembled::Refused {
-                    code: ErrorCode::PatientNotFound,
-                    reason: "patient not in the replica".into(),
-                },
-            });
-        };
-        let records::PatientRecord {
-            patient,
-            data,
-            item_bodies,
-            shared_bodies,
-            ..
-        } = &*record;
-        let release = match decide(Some(agreement), access, Some(data), sensitive) {
-            // A patient answered as unknown (deceased, ended, restricted) is, in a search too.
+        let record = records.get_or_read(reader, generation, &wanted.nhs_number)?;
+        let decision = decide(
+            Some(agreement),
+            access,
+            record.as_ref().map(|r| &r.data),
+            sensitive,
+        );
+        let assembled_at = rfc3339(received.time);
+        let search = received.interaction == PATIENT_SEARCH_INTERACTION;
+        let release = match decision {
+            // GP Connect: an unknown patient (or one answered as unknown: deceased, ended,
+            // restricted) is an empty searchset, not an error.
             Decision::Refused(r) if search && r.code == ErrorCode::PatientNotFound => {
-                return Ok(Assembled::Released {
-                    basis: Basis::Granted,
-                    sections: Vec::new(),
-                    alert: false,
-                    body: searchset(None, &appliance.fhir_base, assembled_at).into_bytes(),
-                })
+                let grant = Grant {
+                    basis: Some(Basis::Granted),
+                    ..Grant::default()
+                };
+                let body = bundle::searchset(None, &appliance.fhir_base, &assembled_at);
+                return Ok(Ok((grant, body.into_bytes())));
             }
-            Decision::Refused(r) => {
-                return Ok(Assembled::Refused {
-                    code: r.code,
-                    reason: r.reason,
-                })
-            }
+            Decision::Refused(r) => return Ok(Err(r)),
             Decision::Permitted(release) => release,
         };
+        let Some(record) = record else {
+            return Ok(Err(refusal(
+                ErrorCode::PatientNotFound,
+                "patient not in the replica",
+            )));
+        };
+        let patient = &record.patient;
         if search {
-            return Ok(Assembled::Released {
-                basis: release.basis,
+            let grant = Grant {
+                basis: Some(release.basis),
                 sections: Vec::new(),
                 alert: release.alert,
-                body: searchset(
-                    Some((&patient.body, &patient.nhs_number)),
-                    &appliance.fhir_base,
-                    assembled_at,
-                )
-                .into_bytes(),
-            });
+            };
+            let body = bundle::searchset(
+                Some((&patient.body, &patient.nhs_number)),
+                &appliance.fhir_base,
+                &assembled_at,
+            );
+            return Ok(Ok((grant, body.into_bytes())));
         }
-        // Released items with their Lists (every released item has one).
-        let released: Vec<(RecordList, bundle::Entry<'_>)> = release
-            .released_items
-            .iter()
-            .filter_map(|&i| {
-                let entry = bundle::Entry {
-                    facts: data.items.get(i)?,
-                    body: item_bodies.get(i)?,
-                };
-                Some(((*release.item_lists.get(i)?)?, entry))
-            })
-            .collect();
-        let released = filters::apply(released, |list| Some(list.section()), wanted);
-        // Shared resources go out only if a released item references them and policy kept them.
-        let referenced = bundle::Included::new(
-            released.iter().map(|(_, e)| e.facts.references.len()).sum(),
-            released
-                .iter()
-                .flat_map(|(_, e)| e.facts.references.iter())
-                .filter_map(|r| r.split_once('/')),
-        );
-        let shared_out = release
-            .released_shared
-            .iter()
-            .filter_map(|&i| {
-                Some(bundle::Entry {
-                    facts: data.shared.get(i)?,
-                    body: shared_bodies.get(i)?,
-                })
-            })
-            .filter(|e| referenced.contains(e.facts))
-            .collect();
-        // Each requested section's List, and the Ended allergies List right after allergies
-        // when asked for.
-        let lists = wanted
-            .sections
-            .iter()
-            .flat_map(|&section| {
-                let ended = section == Section::Allergies && wanted.include_resolved_allergies;
-                std::iter::once(RecordList::Section(section))
-                    .chain(ended.then_some(RecordList::EndedAllergies))
-            })
-            .map(|list| bundle::SectionList {
-                list,
-                items: released
-                    .iter()
-                    .filter(|(l, _)| *l == list)
-                    .map(|&(_, entry)| entry)
-                    .collect(),
-                withheld: release.list_has_warning(list),
-            })
-            .collect();
-        let parts = bundle::RecordParts {
-            fhir_base: &appliance.fhir_base,
-            patient_id: &patient.id,
-            patient_nhs_number: &patient.nhs_number,
-            patient_body: &patient.body,
-            practice_ods: &appliance.ods,
-            practice_name: &appliance.name,
-            lists,
-            shared: shared_out,
-            not_implemented: &wanted.not_implemented,
-            assembled_at,
-        };
-        let body = match format {
+        let parts =
+            bundle::RecordParts::compose(appliance, &record, &release, wanted, &assembled_at);
+        let body = match received.format {
             Format::Json => bundle::structured_record(&parts),
             Format::Html => html::structured_record_page(
                 &parts,
                 &html::PageContext {
                     basis: &release.basis,
-                    trace_id,
+                    trace_id: received.trace_id.as_deref(),
                 },
                 record.page(),
             ),
         };
-        Ok(Assembled::Released {
-            basis: release.basis,
+        let grant = Grant {
+            basis: Some(release.basis),
             sections: release.released_sections.into_iter().collect(),
             alert: release.alert,
-            body,
-        })
+        };
+        Ok(Ok((grant, body)))
     })
-}
-
-/// `patient`: the stored body and the NHS number.
-fn searchset(patient: Option<(&str, &str)>, fhir_base: &str, assembled_at: &str) -> String {
-    let parsed = patient.and_then(|(body, nhs_number)| {
-        Some((
-            serde_json::from_str::<serde_json::Value>(body).ok()?,
-            nhs_number,
-        ))
-    });
-    let entries = match parsed {
-        Some((mut patient, nhs_number)) => {
-            let id = patient["id"].as_str().unwrap_or_default().to_owned();
-            bundle::strip_outside_references(
-                &mut patient,
-                &bundle::Included::new(1, [("Patient", id.as_str())]).for_patient(nhs_number),
-            );
-            let full_url = format!("{}/Patient/{id}", fhir_base.trim_end_matches('/'));
-            vec![
-                serde_json::json!({"fullUrl": full_url, "resource": patient, "search": {"mode": "match"}}),
-            ]
-        }
-        None => Vec::new(),
-    };
-    serde_json::json!({
-        "resourceType": "Bundle",
-        "id": uuid::Uuid::new_v4().to_string(),
-        "meta": {"lastUpdated": assembled_at},
-        "type": "searchset",
-        "total": entries.len(),
-        "entry": entries,
-    })
-    .to_string()
 }
 
 #[cfg(test)]
@@ -872,19 +824,17 @@ mod tests {
         let system = "identifier=https://fhir.nhs.uk/Id/nhs-number";
         for bad in ["%+F", "%G0", "%7", "%", "%ff", "%C3%28"] {
             let query = format!("{system}%7C9434765919&_count={bad}");
-            let refusal = patient_search_query(Some(&query));
+            let refusal = patient_search_query(Some(&query)).map(|r| r.nhs_number);
+            let refusal = refusal.unwrap_err();
+            assert_eq!(refusal.code, ErrorCode::BadRequest, "{bad}");
             assert_eq!(
-                refusal.map(|r| r.nhs_number),
-                Err((
-                    ErrorCode::BadRequest,
-                    "query is not valid percent-encoding".to_owned()
-                )),
+                refusal.reason, "query is not valid percent-encoding",
                 "{bad}"
             );
         }
         let plus_is_space = patient_search_query(Some(&format!("{system}+%7C9434765919")));
         assert_eq!(
-            plus_is_space.map(|r| r.nhs_number).unwrap_err().1,
+            plus_is_space.map(|r| r.nhs_number).unwrap_err().reason,
             "identifier system \"https://fhir.nhs.uk/Id/nhs-number \""
         );
     }
@@ -896,7 +846,7 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(ok.nhs_number, "9434765919");
-        let code = |q: &str| patient_search_query(Some(q)).unwrap_err().0;
+        let code = |q: &str| patient_search_query(Some(q)).unwrap_err().code;
         assert_eq!(code(""), ErrorCode::InvalidParameter);
         assert_eq!(
             code("identifier=9434765919"),

@@ -85,6 +85,18 @@ impl PermissionBasis {
     }
 }
 
+impl From<&mig_policy::Basis> for PermissionBasis {
+    fn from(basis: &mig_policy::Basis) -> PermissionBasis {
+        use mig_policy::Basis;
+        match basis {
+            Basis::Granted => PermissionBasis::Granted,
+            Basis::StandingConsent { .. } => PermissionBasis::StandingConsent,
+            Basis::Attested => PermissionBasis::Attested,
+            Basis::Override { .. } => PermissionBasis::Override,
+        }
+    }
+}
+
 /// The access decision.
 #[derive(
     Debug,
@@ -408,6 +420,22 @@ mod tests {
             checkpoint_message(9, &head, 41, "t"),
             checkpoint_message(9, &head, 42, "t")
         );
+    }
+
+    #[test]
+    fn each_policy_basis_is_audited_under_its_own_name() {
+        use mig_policy::{Basis, OverrideReason};
+        for basis in [
+            Basis::Granted,
+            Basis::StandingConsent { ods: "X26".into() },
+            Basis::Attested,
+            Basis::Override {
+                reason: OverrideReason::Emergency,
+                justification: "Patient unconscious at scene".into(),
+            },
+        ] {
+            assert_eq!(PermissionBasis::from(&basis).name(), basis.name());
+        }
     }
 
     #[test]
