@@ -177,7 +177,6 @@ fn keys_from_before_a_tpm_clear_are_refused_with_the_likely_cause() {
 
 #[test]
 fn a_missing_tpm_device_is_named() {
-    hardware_tests::quiet_tss_logs();
     let settings = mig::tpm::TpmSettings {
         tcti: "device:/dev/no-such-tpm".into(),
         pcrs: vec![7],

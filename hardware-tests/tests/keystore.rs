@@ -175,7 +175,6 @@ fn a_missing_tpm_or_bad_tcti_is_one_clear_line() {
         .local_addr()
         .unwrap()
         .port();
-    hardware_tests::quiet_tss_logs();
     let settings = mig::tpm::TpmSettings {
         tcti: format!("swtpm:host=127.0.0.1,port={port}"),
         pcrs: vec![7],

@@ -3,8 +3,8 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,67 +15,34 @@ use mig::listener::{self, Handler, HandlerFuture, ListenerLimits, Peer, Role, Sn
 use mig::policy::{Agreement, PartnerType, RoleSet};
 use mig::registry::{self, CertificateMatch, Partner};
 use mig::tls::{Reloader, TlsSettings};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams,
-    SerialNumber,
-};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use mig_testkit::pki::{key_pair, leaf_params, set_validity};
+use mig_testkit::rcgen::{self, CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
+use mig_testkit::{Ca, Leaf};
+use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
-static SERIAL: AtomicU64 = AtomicU64::new(1000);
+/// A CA (root or intermediate) that can issue certificates and CRLs: `mig_testkit::Ca` with
+/// the defaults these tests share (partner names and a 30-day client validity).
+pub struct Issuer(Ca);
 
-fn next_serial() -> u64 {
-    SERIAL.fetch_add(1, Ordering::Relaxed)
-}
+impl Deref for Issuer {
+    type Target = Ca;
 
-/// A CA (root or intermediate) that can issue certificates and CRLs.
-pub struct Issuer {
-    pub cert: rcgen::Certificate,
-    pub key: KeyPair,
-    /// The issuer's own chain above it (empty for a root).
-    pub parents: Vec<CertificateDer<'static>>,
-    pub serial: u64,
+    fn deref(&self) -> &Ca {
+        &self.0
+    }
 }
 
 impl Issuer {
     pub fn root(name: &str) -> Issuer {
-        let key = KeyPair::generate().unwrap();
-        let serial = next_serial();
-        let cert = ca_params(name, serial).self_signed(&key).unwrap();
-        Issuer {
-            cert,
-            key,
-            parents: Vec::new(),
-            serial,
-        }
+        Issuer(Ca::root(name).unwrap())
     }
 
     pub fn intermediate(&self, name: &str) -> Issuer {
-        let key = KeyPair::generate().unwrap();
-        let serial = next_serial();
-        let cert = ca_params(name, serial)
-            .signed_by(&key, &self.cert, &self.key)
-            .unwrap();
-        let mut parents = vec![self.der()];
-        parents.extend(self.parents.iter().cloned());
-        Issuer {
-            cert,
-            key,
-            parents,
-            serial,
-        }
-    }
-
-    pub fn der(&self) -> CertificateDer<'static> {
-        self.cert.der().clone()
-    }
-
-    pub fn pem(&self) -> String {
-        self.cert.pem()
+        Issuer(self.0.intermediate(name).unwrap())
     }
 
     /// A client certificate valid from `from` to `to` days relative to now.
@@ -95,32 +62,20 @@ impl Issuer {
         not_before: OffsetDateTime,
         not_after: OffsetDateTime,
     ) -> Identity {
-        let key = KeyPair::generate().unwrap();
-        let serial = next_serial();
-        let mut params = CertificateParams::new(vec![format!("{cn}.partner.test")]).unwrap();
-        params.distinguished_name.push(DnType::CommonName, cn);
+        let mut params = leaf_params(
+            cn,
+            vec![format!("{cn}.partner.test")],
+            ExtendedKeyUsagePurpose::ClientAuth,
+            0,
+            0,
+        )
+        .unwrap();
         params
             .distinguished_name
             .push(DnType::OrganizationName, "Partner Trust");
-        params.serial_number = Some(SerialNumber::from(serial));
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.not_before = not_before;
         params.not_after = not_after;
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        let mut chain = vec![cert.der().clone()];
-        // Send intermediates, never the root.
-        if !self.parents.is_empty() {
-            chain.push(self.der());
-            chain.extend(self.parents[..self.parents.len() - 1].iter().cloned());
-        }
-        Identity {
-            chain,
-            key: PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-            serial,
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        }
+        self.0.issue(params).unwrap()
     }
 
     pub fn client(&self, cn: &str) -> Identity {
@@ -129,57 +84,15 @@ impl Issuer {
 
     /// A CRL revoking `serials`, with `nextUpdate` `next_days` from now (negative: expired).
     pub fn crl(&self, serials: &[u64], next_days: i64) -> rcgen::CertificateRevocationList {
-        let now = OffsetDateTime::now_utc();
-        CertificateRevocationListParams {
-            this_update: now - time::Duration::days(2),
-            next_update: now + time::Duration::days(next_days),
-            crl_number: SerialNumber::from(next_serial()),
-            issuing_distribution_point: None,
-            revoked_certs: serials
-                .iter()
-                .map(|s| RevokedCertParams {
-                    serial_number: SerialNumber::from(*s),
-                    revocation_time: now - time::Duration::days(1),
-                    reason_code: None,
-                    invalidity_date: None,
-                })
-                .collect(),
-            key_identifier_method: KeyIdMethod::Sha256,
-        }
-        .signed_by(&self.cert, &self.key)
-        .unwrap()
+        self.0.crl(serials, next_days).unwrap()
     }
-}
-
-fn ca_params(name: &str, serial: u64) -> CertificateParams {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.serial_number = Some(SerialNumber::from(serial));
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let now = OffsetDateTime::now_utc();
-    params.not_before = now - time::Duration::days(10);
-    params.not_after = now + time::Duration::days(365);
-    params
 }
 
 /// A client certificate chain (leaf first, no root) and its key.
-pub struct Identity {
-    pub chain: Vec<CertificateDer<'static>>,
-    pub key: PrivateKeyDer<'static>,
-    pub serial: u64,
-    pub cert_pem: String,
-    pub key_pem: String,
-}
+pub type Identity = Leaf;
 
-impl Identity {
-    pub fn spki_sha256(&self) -> [u8; 32] {
-        registry::cert_identity(&self.chain[0]).unwrap().spki_sha256
-    }
+pub fn spki_sha256(who: &Identity) -> [u8; 32] {
+    registry::cert_identity(&who.chain[0]).unwrap().spki_sha256
 }
 
 /// The appliance's own CA, TLS key and certificate for `mig.test`.
@@ -193,7 +106,7 @@ pub struct ApplianceKey {
 impl ApplianceKey {
     pub fn new() -> ApplianceKey {
         let ca = Issuer::root("Appliance Test CA");
-        let key_pair = KeyPair::generate().unwrap();
+        let key_pair = key_pair().unwrap();
         let signer: Arc<dyn Signer> =
             InMemorySigner::from_pkcs8(&key_pair.serialize_der()).unwrap();
         let mut app = ApplianceKey {
@@ -213,12 +126,8 @@ impl ApplianceKey {
             .distinguished_name
             .push(DnType::CommonName, "mig.test");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let now = OffsetDateTime::now_utc();
-        params.not_before = now + time::Duration::days(from_days);
-        params.not_after = now + time::Duration::days(to_days);
-        let cert = params
-            .signed_by(&self.key_pair, &self.ca.cert, &self.ca.key)
-            .unwrap();
+        set_validity(&mut params, from_days, to_days);
+        let cert = self.ca.sign(params, &self.key_pair).unwrap();
         format!("{}{}", cert.pem(), self.ca.pem())
     }
 }
@@ -241,7 +150,7 @@ pub fn agreement(ods: &str) -> Agreement {
 pub fn partner(ods: &str, who: &Identity) -> Partner {
     Partner {
         agreement: agreement(ods),
-        identity: CertificateMatch::SpkiSha256(who.spki_sha256()),
+        identity: CertificateMatch::SpkiSha256(spki_sha256(who)),
     }
 }
 
