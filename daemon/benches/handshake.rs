@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![forbid(unsafe_code)]
 
-#[path = "../tests/tls_support/mod.rs"]
+#[path = "../tests/it/tls_support/mod.rs"]
 mod tls_support;
 
 use std::sync::atomic::{AtomicU64, Ordering};

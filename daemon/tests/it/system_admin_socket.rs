@@ -66,7 +66,12 @@ fn run_child(socket: &Path, gid: u32, groups: &[u32]) -> String {
         .collect::<Vec<_>>()
         .join(",");
     let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "system_admin_socket::child_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(ROLE, "client")
         .env("MIG_SOCKET", socket)
         .env("MIG_GID", gid.to_string())

@@ -2,7 +2,7 @@
 //! the old snapshot keeps serving, and a CRL change ends session resumption.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod tls_support;
+use crate::tls_support;
 
 use std::time::{Duration, Instant};
 

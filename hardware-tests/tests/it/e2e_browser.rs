@@ -9,7 +9,7 @@
 //! MIG_SCREENSHOT_DIR=DIR keeps the screenshots and PDFs (docs/images was made this way).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod e2e_common;
+use crate::e2e_common;
 
 use std::path::{Path, PathBuf};
 

@@ -2,7 +2,7 @@
 //! the first bad record.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod audit_support;
+use crate::audit_support;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! everyone else keeps being served.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod tls_support;
+use crate::tls_support;
 
 use std::time::{Duration, Instant};
 

@@ -4,7 +4,7 @@
 //! 127.0.0.2 and up, the partner from 127.0.0.1.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod tls_support;
+use crate::tls_support;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! `POST /upstream` on its own mTLS port of a running migd, and partners see the result.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod e2e_common;
+use crate::e2e_common;
 
 use e2e_common::*;
 use hardware_tests::appliance::{TestAppliance, AMBULANCE};

@@ -2,7 +2,7 @@
 //! Skipped with a note when the tools are not installed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod tls_support;
+use crate::tls_support;
 
 use std::process::Command;
 

@@ -3,7 +3,7 @@
 //! override alert and the audit trail. Every body is checked by the independent FHIR validator.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod e2e_common;
+use crate::e2e_common;
 
 use std::collections::BTreeSet;
 

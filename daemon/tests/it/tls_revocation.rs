@@ -4,7 +4,7 @@
 //! connection ends at its maximum age.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod tls_support;
+use crate::tls_support;
 
 use std::time::{Duration, Instant};
 

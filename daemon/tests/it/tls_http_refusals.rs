@@ -5,7 +5,7 @@
 //! real listener.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod tls_support;
+use crate::tls_support;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -3,7 +3,7 @@
 //! MIG_REQUIRE_FHIR_VALIDATOR is set (CI), where a missing validator fails.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod audit_support;
+use crate::audit_support;
 
 use std::io::Write;
 use std::process::{Command, Stdio};

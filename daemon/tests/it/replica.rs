@@ -447,7 +447,12 @@ fn kill_9_during_import_leaves_every_committed_batch() {
     let path = dir.path().join("replica.db");
     Replica::create(&path, &KEY).unwrap();
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "import_child", "--nocapture", "--ignored"])
+        .args([
+            "--exact",
+            "replica::import_child",
+            "--nocapture",
+            "--ignored",
+        ])
         .env(CHILD_ENV, &path)
         .stdout(std::process::Stdio::piped())
         .spawn()

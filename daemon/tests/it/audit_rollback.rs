@@ -5,7 +5,7 @@
 //! with the real migd: hardware-tests/tests/audit_rollback.rs.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod audit_support;
+use crate::audit_support;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 //! datagrams with structured fields and their stable MESSAGE_ID.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod e2e_common;
+use crate::e2e_common;
 
 use std::collections::HashMap;
 use std::io::{BufRead, Read, Write};

@@ -1,7 +1,7 @@
 //! The replica key is released only while the sealed PCRs hold their provisioning values.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use hardware_tests::Swtpm;
 use mig::tpm::{KeyRole, Tpm, TpmError};

@@ -2,7 +2,7 @@
 //! alerts, subject-access queries, reopening.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod audit_support;
+use crate::audit_support;
 
 use std::sync::Arc;
 use std::time::Duration;

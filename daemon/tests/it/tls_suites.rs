@@ -3,7 +3,7 @@
 //! these fails, decide deliberately, then update the test and SECURITY.md together.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod tls_support;
+use crate::tls_support;
 
 use std::sync::Arc;
 

@@ -4,7 +4,7 @@
 //! made with `migctl` reach the running daemon without a restart or a signal.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod e2e_common;
+use crate::e2e_common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! and an unreadable CRL never silently drops the revocations it put in force.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod tls_support;
+use crate::tls_support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! its keys have empty auth values and noDA, so lockout guards nothing of ours.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use hardware_tests::Swtpm;
 use mig::tpm::{KeyRole, Tpm};

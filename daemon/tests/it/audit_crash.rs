@@ -2,7 +2,7 @@
 //! chain verifies (the tail after the last checkpoint is uncovered but must chain).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod audit_support;
+use crate::audit_support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -76,7 +76,12 @@ fn sigkill_loses_no_acknowledged_record() {
     let signer = InMemorySigner::from_pkcs8(pkcs8.as_ref()).unwrap();
 
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "audit_crash::crash_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(DIR_VAR, dir.path())
         .env(KEY_VAR, hex::encode(pkcs8.as_ref()))
         .stdout(Stdio::piped())

@@ -1,7 +1,7 @@
 //! The keystore's life cycle on a real (software) TPM: provision, load, sign, unseal, restart.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

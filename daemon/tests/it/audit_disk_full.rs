@@ -3,7 +3,7 @@
 //! 2 MiB tmpfs; skips loudly when that is not permitted.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod audit_support;
+use crate::audit_support;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
