@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! sd_notify against a real datagram socket standing in for systemd: READY=1, then WATCHDOG=1
 //! only while the health check passes. One test in this binary: it sets process environment.
+#![forbid(unsafe_code)]
 
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, Ordering};

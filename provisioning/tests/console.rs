@@ -1,6 +1,7 @@
 //! `migctl console` driven through a real pseudo-terminal: the built binary, a private swtpm,
 //! certificates made here with rcgen, and the files the wizard leaves in the state directory.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![forbid(unsafe_code)]
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
