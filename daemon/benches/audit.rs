@@ -2,6 +2,7 @@
 //! one fsync per record, with 32 concurrent appenders, on a real SQLCipher file.
 //! `cargo bench -p mig --bench audit` (MIG_BENCH_RECORDS, MIG_BENCH_DIR to change the defaults).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![forbid(unsafe_code)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -5,8 +5,9 @@
 //! The server key is an in-memory P-256 key; set `MIG_BENCH_SIGN_DELAY_MS` to add a fixed
 //! delay per signature (≈3.5 ms imitates swtpm, tens of ms a hardware TPM).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![forbid(unsafe_code)]
 
-#[path = "../tests/tls_support/mod.rs"]
+#[path = "../tests/it/tls_support/mod.rs"]
 mod tls_support;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,5 +1,6 @@
 //! NDJSON import into the encrypted replica (SPEC §11: ≥ 50,000 resources/s).
 //! `cargo bench -p mig --bench import` (MIG_BENCH_PATIENTS, default 10,000).
+#![forbid(unsafe_code)]
 
 use std::time::Instant;
 

@@ -4,6 +4,7 @@
 //!
 //! Two runs: the same typical patient over and over (as the end-to-end load test does), and a
 //! round of every typical patient in the practice (cold pages, as a real day would be).
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeSet;
 use std::future::Future;

@@ -20,12 +20,20 @@ struct Args {
     config: PathBuf,
 }
 
-fn main() -> ExitCode {
-    let huge_pages = mig::system::disable_huge_pages();
-    // tpm2-tss prints its own warnings to stderr unless told not to.
+/// tpm2-tss prints its own warnings to stderr unless told not to; it reads only the environment.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "runs at the start of main, before any thread exists to read the environment"
+)]
+fn quiet_tss_logs() {
     if std::env::var_os("TSS2_LOG").is_none() {
         std::env::set_var("TSS2_LOG", "all+NONE");
     }
+}
+
+fn main() -> ExitCode {
+    let huge_pages = mig::system::disable_huge_pages();
+    quiet_tss_logs();
     init_logging();
     if let Err(error) = huge_pages {
         tracing::warn!(error = %mig::error::Chain(&error), "transparent huge pages stay on; migd will use more memory");

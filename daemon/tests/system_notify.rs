@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! sd_notify against a real datagram socket standing in for systemd: READY=1, then WATCHDOG=1
 //! only while the health check passes. One test in this binary: it sets process environment.
+#![forbid(unsafe_code)]
 
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,6 +43,10 @@ fn pings(msgs: &[String]) -> usize {
 }
 
 #[test]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "sd-notify reads only the process environment; this test stays alone in its own binary"
+)]
 fn ready_then_watchdog_pings_only_while_healthy() {
     // Without NOTIFY_SOCKET every call is a no-op that succeeds.
     std::env::remove_var("NOTIFY_SOCKET");

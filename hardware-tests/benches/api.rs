@@ -5,6 +5,7 @@
 //!
 //! `cargo build --release --bins && cargo bench -p hardware-tests --bench api`
 //! (MIG_BENCH_PATIENTS, MIG_BENCH_SECONDS; needs nginx: `apt-get install -y nginx`).
+#![forbid(unsafe_code)]
 
 use std::time::{Duration, Instant};
 

@@ -4,6 +4,7 @@
 //!
 //! `cargo build --release --bins && cargo bench -p hardware-tests --bench extract`
 //! (MIG_BENCH_PATIENTS, MIG_BENCH_RUNS).
+#![forbid(unsafe_code)]
 
 use std::time::{Duration, Instant};
 

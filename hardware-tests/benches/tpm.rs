@@ -3,6 +3,7 @@
 //! checkpoint's TPM share (audit-key signature + counter read + increment + read).
 //! Run: `cargo bench -p hardware-tests --bench tpm` (SIGNS / UNSEALS env vars change counts).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![forbid(unsafe_code)]
 
 use std::time::{Duration, Instant};
 

@@ -38,7 +38,6 @@ impl TestAppliance {
     }
 
     pub fn start_with_env(patients: usize, env: &[(&str, &str)]) -> Result<TestAppliance, String> {
-        crate::quiet_tss_logs();
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let app = migctl::demo::provision(&dir.path().join("appliance"), 0)
             .map_err(|e| format!("{e:#}"))?;

@@ -45,6 +45,7 @@
 //!   references (SPEC §4: no dangling references).
 //!
 //! Preference rules (newest wins, ties, periods, Type 1) are in `preferences.rs`'s header.
+#![forbid(unsafe_code)]
 
 pub mod fhir;
 pub mod json;

@@ -10,10 +10,10 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
-};
+use mig_testkit::ports::free_ports;
+use mig_testkit::rcgen::SanType;
+use mig_testkit::swtpm::stop_pid_file;
+use mig_testkit::{Ca, Swtpm};
 
 use crate::cli::{InitArgs, PartnerAddArgs};
 use crate::commands;
@@ -64,80 +64,6 @@ pub const PARTNERS: [DemoPartner; 3] = [
     },
 ];
 
-fn demo_key() -> Result<KeyPair> {
-    Ok(KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?)
-}
-
-fn validity(params: &mut CertificateParams, days: i64) {
-    let now = time::OffsetDateTime::now_utc();
-    params.not_before = now - time::Duration::hours(1);
-    params.not_after = now + time::Duration::days(days);
-}
-
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-fn ca(name: &str) -> Result<Ca> {
-    let key = demo_key()?;
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.distinguished_name.push(DnType::CommonName, name);
-    params
-        .distinguished_name
-        .push(DnType::OrganizationName, "MIG demo (not for production)");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    validity(&mut params, 3650);
-    let cert = params.self_signed(&key)?;
-    Ok(Ca { cert, key })
-}
-
-fn client_cert(ca: &Ca, common_name: &str) -> Result<(String, String)> {
-    let key = demo_key()?;
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params
-        .distinguished_name
-        .push(DnType::CommonName, common_name);
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    validity(&mut params, 365);
-    let cert = params.signed_by(&key, &ca.cert, &ca.key)?;
-    Ok((cert.pem(), key.serialize_pem()))
-}
-
-fn free_port() -> Result<u16> {
-    Ok(free_ports::<1>()?[0])
-}
-
-/// `N` different free ports: all are held until every one is chosen, since the kernel may hand
-/// a port it just released out again at once.
-fn free_ports<const N: usize>() -> Result<[u16; N]> {
-    let held = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()?;
-    let mut ports = [0; N];
-    for (port, listener) in ports.iter_mut().zip(&held) {
-        *port = listener.local_addr()?.port();
-    }
-    Ok(ports)
-}
-
-/// A free port P with P+1 free too (swtpm's control channel).
-pub fn free_port_pair() -> Result<u16> {
-    for _ in 0..50 {
-        let port = free_port()?;
-        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return Ok(port);
-        }
-    }
-    bail!("no free pair of ports for swtpm")
-}
-
 fn sibling_binary(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let path = exe.with_file_name(name);
@@ -154,43 +80,6 @@ fn sibling_binary(name: &str) -> Result<PathBuf> {
 fn write(path: &Path, text: &str) -> Result<()> {
     mig::registry::write_atomic(path, text.as_bytes())
         .with_context(|| format!("writing {}", path.display()))
-}
-
-/// Starts a daemonised swtpm on 127.0.0.1:`port` (control on `port`+1), state in
-/// `dir/swtpm`, pid in `dir/swtpm.pid` (the caller stops it).
-pub fn start_swtpm(dir: &Path, port: u16) -> Result<()> {
-    let state = dir.join("swtpm");
-    std::fs::create_dir_all(&state)?;
-    let status = Command::new("swtpm")
-        .args(["socket", "--tpm2", "--daemon"])
-        .arg("--server")
-        .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
-        .arg("--ctrl")
-        .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
-        .arg("--tpmstate")
-        .arg(format!("dir={}", state.display()))
-        .arg("--pid")
-        .arg(format!("file={}", dir.join("swtpm.pid").display()))
-        .args(["--flags", "not-need-init,startup-clear"])
-        .status()
-        .context("starting swtpm (apt-get install swtpm swtpm-tools)")?;
-    if !status.success() {
-        bail!("swtpm failed to start: {status}");
-    }
-    Ok(())
-}
-
-fn stop_pid_file(path: &Path) {
-    if let Some(pid) = std::fs::read_to_string(path)
-        .ok()
-        .and_then(|t| t.trim().parse::<i32>().ok())
-    {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-    }
-    let _ = std::fs::remove_file(path);
 }
 
 /// Stops a previous demo's processes and removes its folder (only a folder `demo` made).
@@ -262,13 +151,16 @@ pub fn provision(dir: &Path, api_port: u16) -> Result<Appliance> {
     )?;
     std::fs::create_dir_all(dir.join("pki"))?;
 
-    let tpm_port = free_port_pair()?;
-    start_swtpm(&dir, tpm_port)?;
-    let provisioned = provision_with_tpm(dir.clone(), api_port, tpm_port);
-    if provisioned.is_err() {
-        stop_pid_file(&dir.join("swtpm.pid"));
-    }
-    provisioned
+    // Dropped (stopped) if provisioning fails; left running for the appliance otherwise.
+    let swtpm = Swtpm::start_in(&dir).context("starting swtpm")?;
+    let appliance = provision_with_tpm(dir.clone(), api_port, swtpm.port())?;
+    swtpm.detach();
+    Ok(appliance)
+}
+
+/// The demo's CAs, marked as what they are.
+fn demo_ca(name: &str) -> Result<Ca> {
+    Ok(Ca::root_in(name, Some("MIG demo (not for production)"))?)
 }
 
 /// The rest of `provision`, once swtpm runs (which `provision` stops again on failure).
@@ -302,37 +194,25 @@ fn provision_with_tpm(dir: PathBuf, api_port: u16, tpm_port: u16) -> Result<Appl
     )?;
 
     // The appliance's certificate: CSR signed in the TPM, issued by the demo appliance CA.
-    let appliance_ca = ca("MIG Demo Appliance CA")?;
+    let appliance_ca = demo_ca("MIG Demo Appliance CA")?;
     let csr_pem = commands::csr(&config, "CN=localhost,O=MIG demo appliance,C=GB")?;
     write(&pki.join("appliance.csr"), &csr_pem)?;
-    let mut csr = rcgen::CertificateSigningRequestParams::from_pem(&csr_pem)?;
-    csr.params
-        .subject_alt_names
-        .push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
-    csr.params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    csr.params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    validity(&mut csr.params, 365);
-    let leaf = csr.signed_by(&appliance_ca.cert, &appliance_ca.key)?;
-    write(&pki.join("appliance-ca.pem"), &appliance_ca.cert.pem())?;
-    let chain = format!("{}{}", leaf.pem(), appliance_ca.cert.pem());
+    let chain = appliance_ca.server_chain_for_csr(
+        &csr_pem,
+        vec![SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]))],
+        365,
+    )?;
+    write(&pki.join("appliance-ca.pem"), &appliance_ca.pem())?;
     write(&pki.join("appliance-chain.pem"), &chain)?;
     commands::install_certificate(&config, chain.as_bytes())?;
     println!("appliance certificate issued by the demo appliance CA and installed");
 
     // Partners: one CA, a CRL, three partners with client certificates.
-    let partner_ca = ca("MIG Demo Partner CA")?;
-    write(&pki.join("partner-ca.pem"), &partner_ca.cert.pem())?;
-    mig::registry::add_trust_ca(&config.state_dir, partner_ca.cert.pem().as_bytes())?;
+    let partner_ca = demo_ca("MIG Demo Partner CA")?;
+    write(&pki.join("partner-ca.pem"), &partner_ca.pem())?;
+    mig::registry::add_trust_ca(&config.state_dir, partner_ca.pem().as_bytes())?;
     let now = time::OffsetDateTime::now_utc();
-    let crl = CertificateRevocationListParams {
-        this_update: now - time::Duration::hours(1),
-        next_update: now + time::Duration::days(30),
-        crl_number: SerialNumber::from(1u64),
-        issuing_distribution_point: None,
-        revoked_certs: Vec::new(),
-        key_identifier_method: KeyIdMethod::Sha256,
-    }
-    .signed_by(&partner_ca.cert, &partner_ca.key)?;
+    let crl = partner_ca.crl(&[], 30)?;
     mig::registry::install_crl(&config.state_dir, crl.pem()?.as_bytes(), None)?;
     for DemoPartner {
         file,
@@ -344,10 +224,10 @@ fn provision_with_tpm(dir: PathBuf, api_port: u16, tpm_port: u16) -> Result<Appl
         override_roles,
     } in PARTNERS
     {
-        let (cert, key) = client_cert(&partner_ca, name)?;
+        let leaf = partner_ca.client(name, 365)?;
         let cert_path = pki.join(format!("{file}.crt"));
-        write(&cert_path, &cert)?;
-        write(&pki.join(format!("{file}.key")), &key)?;
+        write(&cert_path, &leaf.cert_pem)?;
+        write(&pki.join(format!("{file}.key")), &leaf.key_pem)?;
         let partner = commands::partner_from_args(&PartnerAddArgs {
             ods: ods.into(),
             name: name.into(),
@@ -365,13 +245,13 @@ fn provision_with_tpm(dir: PathBuf, api_port: u16, tpm_port: u16) -> Result<Appl
         mig::registry::add_partner(&config.state_dir, &partner)?;
         println!("partner {name} ({ods}): {file}.crt / {file}.key");
     }
-    let (upstream_cert, upstream_key) = client_cert(&partner_ca, "Demo clinical system")?;
-    write(&pki.join("clinical-system.crt"), &upstream_cert)?;
-    write(&pki.join("clinical-system.key"), &upstream_key)?;
+    let upstream = partner_ca.client("Demo clinical system", 365)?;
+    write(&pki.join("clinical-system.crt"), &upstream.cert_pem)?;
+    write(&pki.join("clinical-system.key"), &upstream.key_pem)?;
     mig::registry::add_upstream(
         &config.state_dir,
         "clinical-system",
-        upstream_cert.as_bytes(),
+        upstream.cert_pem.as_bytes(),
     )?;
     write(&pki.join("partner-ca.key"), &partner_ca.key.serialize_pem())?;
     write(

@@ -1,100 +1,33 @@
 //! `migctl console` driven through a real pseudo-terminal: the built binary, a private swtpm,
 //! certificates made here with rcgen, and the files the wizard leaves in the state directory.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![forbid(unsafe_code)]
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
-};
+use mig_testkit::pki::leaf_params;
+use mig_testkit::rcgen::ExtendedKeyUsagePurpose;
+use mig_testkit::{Ca, Swtpm};
 use rexpect::session::PtySession;
 
 const TIMEOUT_MS: u64 = 90_000;
 
-/// A private swtpm, stopped when the test ends (however it ends).
-struct Swtpm {
-    dir: PathBuf,
-    port: u16,
-}
-
-impl Swtpm {
-    fn start(dir: &Path) -> Swtpm {
-        let port = migctl::demo::free_port_pair().unwrap();
-        migctl::demo::start_swtpm(dir, port).unwrap();
-        Swtpm {
-            dir: dir.to_owned(),
-            port,
-        }
-    }
-
-    fn tcti(&self) -> String {
-        format!("swtpm:host=127.0.0.1,port={}", self.port)
-    }
-}
-
-impl Drop for Swtpm {
-    fn drop(&mut self) {
-        let pid = std::fs::read_to_string(self.dir.join("swtpm.pid"))
-            .ok()
-            .and_then(|t| t.trim().parse::<i32>().ok());
-        if let Some(pid) = pid {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-    }
-}
-
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-fn validity(params: &mut CertificateParams, days: i64) {
-    let now = time::OffsetDateTime::now_utc();
-    params.not_before = now - time::Duration::hours(1);
-    params.not_after = now + time::Duration::days(days);
-}
-
 fn ca(name: &str) -> Ca {
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    validity(&mut params, 3650);
-    let cert = params.self_signed(&key).unwrap();
-    Ca { cert, key }
+    Ca::root(name).unwrap()
 }
 
 /// A leaf with its own fresh key (so not the appliance's TPM key), issued by `ca`.
 fn leaf_with_own_key(ca: &Ca, name: &str, usage: ExtendedKeyUsagePurpose) -> String {
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.extended_key_usages = vec![usage];
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    validity(&mut params, 365);
-    params.signed_by(&key, &ca.cert, &ca.key).unwrap().pem()
+    let params = leaf_params(name, vec![name.to_owned()], usage, -1, 365).unwrap();
+    ca.issue(params).unwrap().cert_pem
 }
 
 /// Issues the appliance's certificate from the CSR the wizard wrote; returns the chain PEM.
 fn sign_csr(ca: &Ca, csr_file: &Path) -> String {
     let pem = std::fs::read_to_string(csr_file).unwrap();
-    let mut csr = CertificateSigningRequestParams::from_pem(&pem).unwrap();
-    csr.params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    csr.params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    validity(&mut csr.params, 365);
-    let leaf = csr.signed_by(&ca.cert, &ca.key).unwrap();
-    format!("{}{}", leaf.pem(), ca.cert.pem())
+    ca.server_chain_for_csr(&pem, Vec::new(), 365).unwrap()
 }
 
 struct Box {
@@ -194,7 +127,7 @@ fn progress_file(b: &Box) -> PathBuf {
 #[test]
 fn first_boot_provisions_a_working_appliance() {
     let b = new_box();
-    let tpm = Swtpm::start(&b.dir);
+    let tpm = Swtpm::start_software().unwrap();
     let mut p = console(&b);
     steps_1_to_4(&mut p, &b, &tpm);
     let csr = step_5(&mut p, &b);
@@ -213,7 +146,7 @@ fn first_boot_provisions_a_working_appliance() {
     // Step 7: a partner CA and one partner.
     let partner_ca = ca("Test Partner CA");
     let ca_file = b.usb.join("partner-ca.pem");
-    std::fs::write(&ca_file, partner_ca.cert.pem()).unwrap();
+    std::fs::write(&ca_file, partner_ca.pem()).unwrap();
     let partner_cert = b.usb.join("ambulance.crt");
     std::fs::write(
         &partner_cert,
@@ -358,7 +291,7 @@ fn a_wrong_ods_code_is_asked_again() {
 #[test]
 fn an_interrupted_run_resumes_where_it_stopped() {
     let b = new_box();
-    let tpm = Swtpm::start(&b.dir);
+    let tpm = Swtpm::start_software().unwrap();
     let mut p = console(&b);
     steps_1_to_4(&mut p, &b, &tpm);
     expect(&mut p, "Subject [CN=mig.a81001.test]: ");
@@ -431,7 +364,7 @@ fn an_interrupted_run_resumes_where_it_stopped() {
 #[test]
 fn a_certificate_for_another_key_is_refused_and_asked_again() {
     let b = new_box();
-    let tpm = Swtpm::start(&b.dir);
+    let tpm = Swtpm::start_software().unwrap();
     let mut p = console(&b);
     steps_1_to_4(&mut p, &b, &tpm);
     step_5(&mut p, &b);
@@ -448,7 +381,7 @@ fn a_certificate_for_another_key_is_refused_and_asked_again() {
                 "mig.a81001.test",
                 ExtendedKeyUsagePurpose::ServerAuth
             ),
-            appliance_ca.cert.pem()
+            appliance_ca.pem()
         ),
     )
     .unwrap();
@@ -519,7 +452,7 @@ fn a_certificate_for_another_key_is_refused_and_asked_again() {
 fn a_failed_or_declined_initialisation_is_asked_again() {
     let b = new_box();
     // Nothing listens on this port: the TPM cannot be reached.
-    let port = migctl::demo::free_port_pair().unwrap();
+    let port = mig_testkit::ports::free_port_pair().unwrap();
     let unreachable = format!("swtpm:host=127.0.0.1,port={port}");
     let mut p = console(&b);
     answer(&mut p, "Practice ODS code: ", "A81001");

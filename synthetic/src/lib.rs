@@ -67,6 +67,7 @@
 //! standing consents run at least three years past it. JSON keys are written sorted.
 //!
 //! The SNOMED and dm+d codes look like a real record but are test data: see [`vocab`].
+#![forbid(unsafe_code)]
 
 mod patient;
 mod people;
