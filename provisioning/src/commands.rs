@@ -997,8 +997,13 @@ fn status(config: &Config) -> Result<ExitCode> {
         duration_words(answer["uptime_seconds"].as_u64().unwrap_or(0))
     );
     println!(
-        "Records:      {} patients, {} resources",
-        answer["replica"]["patients"], answer["replica"]["resources"]
+        "Records:      {} patients, {} resources{}",
+        answer["replica"]["patients"],
+        answer["replica"]["resources"],
+        match answer["replica"]["reorder_pending"].as_u64() {
+            Some(n) if n > 0 => format!(" ({n} patients being laid out in patient order)"),
+            _ => String::new(),
+        }
     );
     println!(
         "Last import:  {}",

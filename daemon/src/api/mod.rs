@@ -701,7 +701,8 @@ fn assemble(
 ) -> Result<Assembled, ReplicaError> {
     replica.with(|reader| {
         let generation = reader.generation()?;
-        let Some(record) = records.get_or_read(reader, generation, &wanted.nhs_number)? else {
+        let Some(record) = records::get_or_read(records, reader, generation, &wanted.nhs_number)?
+        else {
             let decision = decide(Some(agreement), access, None, sensitive);
             return Ok(match decision {
                 // GP Connect: an unknown patient is an empty searchset, not an error.
@@ -824,6 +825,7 @@ fn assemble(
             shared: shared_out,
             not_implemented: &wanted.not_implemented,
             assembled_at,
+            written: Some(&record.written),
         };
         let body = match format {
             Format::Json => bundle::structured_record(&parts),
