@@ -1248,7 +1248,9 @@ async fn requests_decided_differently_never_share_written_bytes() {
             without_per_request_fields(from_scratch),
             "request {n} differs from a Bundle written from scratch"
         );
-        seen.push(resource_ids(&from_cache));
+        let mut ids = resource_ids(&from_cache);
+        ids.retain(|id| !id.starts_with("List/"));
+        seen.push(ids);
     }
     // The decisions did differ, each way round.
     assert!(seen[0].contains("Condition/p-full-asthma"));
