@@ -78,6 +78,9 @@ pub struct StatusAnswer {
 pub struct ReplicaStats {
     pub patients: u64,
     pub resources: u64,
+    /// Patients whose rows migd has still to lay out in patient order after an import.
+    #[serde(default)]
+    pub reorder_pending: u64,
 }
 
 /// The audit writer's counters since migd started.

@@ -75,6 +75,10 @@ pub enum ServiceError {
     Runtime(#[source] std::io::Error),
 }
 
+/// How long the replica must go without a committed write before patients' rows are laid out
+/// in patient order (an import sends one file after another).
+const REORDER_SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The TPM settings a config describes (reads the owner auth file if one is named).
 pub fn tpm_settings(config: &Config) -> Result<TpmSettings, ServiceError> {
     let owner_auth = match &config.tpm.owner_auth_file {
@@ -262,6 +266,10 @@ async fn serve(
     let healthy = Arc::new(AtomicBool::new(true));
     let ready = Arc::new(AtomicBool::new(false));
     let replica = Arc::new(Mutex::new(replica));
+    // Detached: it holds the writer only for one short transaction at a time, and a batch
+    // cut off by the exit is rolled back by SQLite.
+    crate::replica::spawn_reorderer(replica.clone(), REORDER_SETTLE)
+        .map_err(ServiceError::Runtime)?;
     let limits = listener_limits(&config);
 
     let partner_tcp = bind(config.partner_api.listen).await?;

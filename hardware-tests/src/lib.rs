@@ -73,3 +73,4 @@ pub fn key_file(state_dir: &Path, name: &str) -> PathBuf {
 
 pub mod appliance;
 pub mod load;
+pub mod measure;

@@ -32,7 +32,13 @@ pub struct ClientTls {
 #[derive(Debug, Clone, Default)]
 pub struct LoadReport {
     pub requests: u64,
+    /// Connections that failed to open (TCP, TLS or HTTP handshake) plus requests that failed
+    /// on an open connection; the two kinds are also counted apart below.
     pub errors: u64,
+    pub connect_errors: u64,
+    pub request_errors: u64,
+    /// The first error seen, as text, to tell what the errors were.
+    pub first_error: Option<String>,
     pub non_2xx: u64,
     pub bytes: u64,
     pub seconds: f64,
@@ -61,7 +67,15 @@ impl std::fmt::Display for LoadReport {
             self.p99_ms,
             self.max_ms,
             self.bytes as f64 / self.requests.max(1) as f64 / 1024.0
-        )
+        )?;
+        if let Some(first) = &self.first_error {
+            write!(
+                f,
+                " (errors: {} opening a connection, {} on an open one; first: {first})",
+                self.connect_errors, self.request_errors
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -141,7 +155,10 @@ pub async fn run_mix(
     for task in tasks {
         let (stats, lat) = task.await.map_err(|e| e.to_string())?;
         report.requests += stats.requests;
-        report.errors += stats.errors;
+        report.errors += stats.connect_errors + stats.request_errors;
+        report.connect_errors += stats.connect_errors;
+        report.request_errors += stats.request_errors;
+        report.first_error = report.first_error.or(stats.first_error);
         report.non_2xx += stats.non_2xx;
         report.bytes += stats.bytes;
         latencies.extend(lat);
@@ -161,10 +178,24 @@ pub async fn run_mix(
     Ok(report)
 }
 
+impl ConnectionStats {
+    fn connect_failed(&mut self, error: String) {
+        self.connect_errors += 1;
+        self.first_error.get_or_insert(error);
+    }
+
+    fn request_failed(&mut self, error: String) {
+        self.request_errors += 1;
+        self.first_error.get_or_insert(error);
+    }
+}
+
 #[derive(Default)]
 struct ConnectionStats {
     requests: u64,
-    errors: u64,
+    connect_errors: u64,
+    request_errors: u64,
+    first_error: Option<String>,
     non_2xx: u64,
     bytes: u64,
 }
@@ -185,19 +216,28 @@ async fn connection(
         let stream = match tokio::net::TcpStream::connect(addr).await {
             Ok(tcp) => {
                 let _ = tcp.set_nodelay(true);
-                connector.connect(server_name.clone(), tcp).await
+                connector
+                    .connect(server_name.clone(), tcp)
+                    .await
+                    .map_err(|e| format!("TLS handshake: {}", chain(&e)))
             }
-            Err(e) => Err(e),
+            Err(e) => Err(format!("connect: {e}")),
         };
-        let Ok(stream) = stream else {
-            stats.errors += 1;
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            continue;
+        let stream = match stream {
+            Ok(stream) => stream,
+            Err(e) => {
+                stats.connect_failed(e);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
         };
         let io = hyper_util::rt::TokioIo::new(stream);
-        let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(io).await else {
-            stats.errors += 1;
-            continue;
+        let (mut sender, conn) = match hyper::client::conn::http1::handshake(io).await {
+            Ok(pair) => pair,
+            Err(e) => {
+                stats.connect_failed(format!("HTTP/1.1 handshake: {}", chain(&e)));
+                continue;
+            }
         };
         tokio::spawn(conn);
         while Instant::now() < deadline {
@@ -211,18 +251,24 @@ async fn connection(
                 builder = builder.header(name, value);
             }
             let Ok(request) = builder.body(Full::new(template.body.clone())) else {
-                stats.errors += 1;
+                stats.request_failed("the request template is not a valid request".into());
                 return (stats, latencies);
             };
             let sent = Instant::now();
             let response = match sender.send_request(request).await {
                 Ok(response) => response,
-                Err(_) => {
-                    stats.errors += 1;
+                Err(e) => {
+                    stats.request_failed(format!("sending: {}", chain(&e)));
                     break;
                 }
             };
             let status = response.status();
+            // A server that means to close says so; the next request then needs a new
+            // connection, which is not an error.
+            let closing = response
+                .headers()
+                .get(http::header::CONNECTION)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
             match response.into_body().collect().await {
                 Ok(body) => {
                     latencies.push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
@@ -232,10 +278,13 @@ async fn connection(
                         stats.non_2xx += 1;
                     }
                 }
-                Err(_) => {
-                    stats.errors += 1;
+                Err(e) => {
+                    stats.request_failed(format!("receiving: {}", chain(&e)));
                     break;
                 }
+            }
+            if closing {
+                break;
             }
         }
     }

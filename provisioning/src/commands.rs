@@ -983,8 +983,13 @@ fn status(config: &Config) -> Result<ExitCode> {
     );
     match answer.replica {
         Some(r) => println!(
-            "Records:      {} patients, {} resources",
-            r.patients, r.resources
+            "Records:      {} patients, {} resources{}",
+            r.patients,
+            r.resources,
+            match r.reorder_pending {
+                0 => String::new(),
+                n => format!(" ({n} patients being laid out in patient order)"),
+            }
         ),
         None => println!("Records:      unknown (the replica could not be read)"),
     }

@@ -8,6 +8,8 @@
 //! (a withheld item, or one outside the released sections) is removed from the copy we send,
 //! and no count of withheld items appears anywhere.
 
+use std::sync::{Arc, Mutex};
+
 use serde_json::Value;
 
 use super::parameters::RecordRequest;
@@ -58,6 +60,73 @@ pub struct RecordParts<'a> {
     pub not_implemented: &'a [String],
     /// RFC 3339 time the record was assembled.
     pub assembled_at: &'a str,
+    /// The record's entries as written for earlier requests, if it is kept in the cache.
+    pub written: Option<&'a WrittenEntries>,
+}
+
+/// A cached record's Patient and item entries as written for earlier requests, by exactly
+/// what was in their Bundle: a request whose decision released the same entries in the same
+/// order copies these bytes instead of writing them again (the per-request parts, the Bundle
+/// and List ids, times and Lists, are always written anew). Any other set of entries is a
+/// different key, so bytes written for one decision never reach a request that the decision
+/// did not make identical.
+#[derive(Debug, Default)]
+pub struct WrittenEntries {
+    variants: Mutex<Vec<Arc<Written>>>,
+}
+
+/// How many sets of entries one record keeps (two partners asking in turn both hit).
+pub const WRITTEN_VARIANTS: usize = 2;
+
+#[derive(Debug)]
+struct Written {
+    /// What the bytes depend on: base URL, practice, patient, then every entry's `Type/id`.
+    key: Vec<u8>,
+    patient: Vec<u8>,
+    entries: Vec<u8>,
+}
+
+impl WrittenEntries {
+    fn get(&self, key: &[u8]) -> Option<Arc<Written>> {
+        let variants = self.variants.lock().ok()?;
+        variants.iter().find(|w| w.key == key).cloned()
+    }
+
+    fn keep(&self, written: Arc<Written>) {
+        if let Ok(mut variants) = self.variants.lock() {
+            if variants.len() >= WRITTEN_VARIANTS {
+                variants.remove(0);
+            }
+            variants.push(written);
+        }
+    }
+}
+
+/// The key of `WrittenEntries`: everything the Patient and item entries' bytes depend on
+/// besides the record itself (whose one generation the cache entry already is).
+fn written_key(parts: &RecordParts<'_>) -> Vec<u8> {
+    let entries = parts
+        .lists
+        .iter()
+        .flat_map(|l| l.items.iter())
+        .chain(&parts.shared);
+    let mut key = Vec::with_capacity(64 * (parts.shared.len() + 16));
+    for field in [
+        parts.fhir_base,
+        parts.practice_ods,
+        parts.patient_id,
+        parts.patient_nhs_number,
+    ] {
+        key.extend_from_slice(field.as_bytes());
+        key.push(b'\n');
+    }
+    for entry in entries {
+        key.extend_from_slice(entry.facts.resource_type.as_bytes());
+        key.push(b'/');
+        key.extend_from_slice(entry.facts.id.as_bytes());
+        key.push(b'\n');
+    }
+    key
 }
 
 impl<'a> RecordParts<'a> {
@@ -141,6 +210,7 @@ impl<'a> RecordParts<'a> {
             shared,
             not_implemented: &wanted.not_implemented,
             assembled_at,
+            written: Some(&record.written),
         }
     }
 }
@@ -235,57 +305,44 @@ impl<'a> Included<'a> {
 /// Renders the Bundle as JSON. Item bodies are copied as stored unless they reference
 /// something outside the Bundle; the rest is written directly, as this runs for every record.
 pub fn structured_record(parts: &RecordParts<'_>) -> Vec<u8> {
-    let items = || parts.lists.iter().flat_map(|l| l.items.iter());
     let item_count: usize = parts.lists.iter().map(|l| l.items.len()).sum();
-    let included = Included::new(
-        item_count + parts.shared.len() + 2,
-        items()
-            .chain(&parts.shared)
-            .map(|e| (e.facts.resource_type.as_str(), e.facts.id.as_str()))
-            .chain([
-                ("Patient", parts.patient_id),
-                ("Organization", parts.practice_ods),
-            ]),
-    )
-    .for_patient(parts.patient_nhs_number);
+    let written = match parts.written {
+        Some(cache) => {
+            let key = written_key(parts);
+            match cache.get(&key) {
+                Some(hit) => hit,
+                None => {
+                    let written = Arc::new(Written {
+                        key,
+                        ..write_entries(parts, item_count)
+                    });
+                    cache.keep(written.clone());
+                    written
+                }
+            }
+        }
+        None => Arc::new(write_entries(parts, item_count)),
+    };
 
-    // Room for every body, a List entry per item and each List's own fields, so the buffer is
-    // allocated once: growing a 100+ KB buffer copies it each time.
+    // Room for the entries and each List's own fields, so the buffer is allocated once:
+    // growing a 100+ KB buffer copies it each time.
     const LIST_ENTRY: usize = 96;
-    const FULL_URL: usize = 128;
-    let bodies: usize = items().chain(&parts.shared).map(|e| e.body.len()).sum();
-    let capacity = bodies
-        + parts.patient_body.len()
+    let capacity = written.patient.len()
+        + written.entries.len()
         + LIST_ENTRY * item_count
         + 1024 * (parts.lists.len() + 2);
-    // The base, escaped once, without its closing quote: each fullUrl continues it.
-    let base = {
-        let mut quoted = Vec::with_capacity(parts.fhir_base.len() + 8);
-        push_str(&mut quoted, parts.fhir_base.trim_end_matches('/'));
-        quoted.pop();
-        quoted
-    };
-    let full_url = |out: &mut Vec<u8>, resource_type: &str, id: &str| {
-        out.extend_from_slice(br#"{"fullUrl":"#);
-        out.extend_from_slice(&base);
-        out.push(b'/');
-        // Type and id were checked at ingest ([A-Za-z]+ and [A-Za-z0-9.-]+): nothing to escape.
-        out.extend_from_slice(resource_type.as_bytes());
-        out.push(b'/');
-        out.extend_from_slice(id.as_bytes());
-        out.extend_from_slice(br#"","resource":"#);
-    };
-    let mut out = Vec::with_capacity(capacity + FULL_URL * (item_count + parts.shared.len()));
+    let base = escaped_base(parts.fhir_base);
+    let mut out = Vec::with_capacity(capacity);
     out.extend_from_slice(br#"{"resourceType":"Bundle","id":""#);
     push_uuid(&mut out);
     out.extend_from_slice(br#"","meta":{"lastUpdated":"#);
     push_str(&mut out, parts.assembled_at);
     out.extend_from_slice(br#"},"type":"collection","entry":["#);
-    full_url(&mut out, "Patient", parts.patient_id);
-    push_stripped(&mut out, parts.patient_body, &included);
+    full_url(&mut out, &base, "Patient", parts.patient_id);
+    out.extend_from_slice(&written.patient);
     out.extend_from_slice(b"},");
     // The practice's ODS code (config checks it is alphanumeric) is the Organization's id.
-    full_url(&mut out, "Organization", parts.practice_ods);
+    full_url(&mut out, &base, "Organization", parts.practice_ods);
     out.extend_from_slice(br#"{"resourceType":"Organization","id":"#);
     push_str(&mut out, parts.practice_ods);
     out.extend_from_slice(br#","identifier":[{"system":"#);
@@ -299,10 +356,64 @@ pub fn structured_record(parts: &RecordParts<'_>) -> Vec<u8> {
         let mut buffer = uuid::Uuid::encode_buffer();
         let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buffer);
         out.push(b',');
-        full_url(&mut out, "List", id);
+        full_url(&mut out, &base, "List", id);
         push_section_list(&mut out, list, id, parts);
         out.push(b'}');
     }
+    out.extend_from_slice(&written.entries);
+    if !parts.not_implemented.is_empty() {
+        let outcome = not_implemented_outcome(parts.not_implemented);
+        let id = outcome["id"].as_str().unwrap_or_default();
+        out.push(b',');
+        full_url(&mut out, &base, "OperationOutcome", id);
+        push_value(&mut out, &outcome);
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+/// The base, escaped once, without its closing quote: each fullUrl continues it.
+fn escaped_base(fhir_base: &str) -> Vec<u8> {
+    let mut quoted = Vec::with_capacity(fhir_base.len() + 8);
+    push_str(&mut quoted, fhir_base.trim_end_matches('/'));
+    quoted.pop();
+    quoted
+}
+
+/// `{"fullUrl":"{base}/{type}/{id}","resource":` (the entry is closed by the caller).
+fn full_url(out: &mut Vec<u8>, base: &[u8], resource_type: &str, id: &str) {
+    out.extend_from_slice(br#"{"fullUrl":"#);
+    out.extend_from_slice(base);
+    out.push(b'/');
+    // Type and id were checked at ingest ([A-Za-z]+ and [A-Za-z0-9.-]+): nothing to escape.
+    out.extend_from_slice(resource_type.as_bytes());
+    out.push(b'/');
+    out.extend_from_slice(id.as_bytes());
+    out.extend_from_slice(br#"","resource":"#);
+}
+
+/// The Patient resource and the `,{entry}` of every item and shared resource: what depends only
+/// on which entries the Bundle holds (`written_key`), not on the request.
+fn write_entries(parts: &RecordParts<'_>, item_count: usize) -> Written {
+    let items = || parts.lists.iter().flat_map(|l| l.items.iter());
+    let included = Included::new(
+        item_count + parts.shared.len() + 2,
+        items()
+            .chain(&parts.shared)
+            .map(|e| (e.facts.resource_type.as_str(), e.facts.id.as_str()))
+            .chain([
+                ("Patient", parts.patient_id),
+                ("Organization", parts.practice_ods),
+            ]),
+    )
+    .for_patient(parts.patient_nhs_number);
+    let mut patient = Vec::with_capacity(parts.patient_body.len());
+    push_stripped(&mut patient, parts.patient_body, &included);
+    const FULL_URL: usize = 128;
+    let bodies: usize = items().chain(&parts.shared).map(|e| e.body.len()).sum();
+    let base = escaped_base(parts.fhir_base);
+    let mut out = Vec::with_capacity(bodies + FULL_URL * (item_count + parts.shared.len()));
     for entry in items().chain(&parts.shared) {
         if included.names_outside(entry.facts) {
             // Bodies were parsed at ingest; one that no longer parses is left out.
@@ -311,25 +422,20 @@ pub fn structured_record(parts: &RecordParts<'_>) -> Vec<u8> {
             };
             strip_outside_references(&mut value, &included);
             out.push(b',');
-            full_url(&mut out, &entry.facts.resource_type, &entry.facts.id);
+            full_url(&mut out, &base, &entry.facts.resource_type, &entry.facts.id);
             push_value(&mut out, &value);
         } else {
             out.push(b',');
-            full_url(&mut out, &entry.facts.resource_type, &entry.facts.id);
+            full_url(&mut out, &base, &entry.facts.resource_type, &entry.facts.id);
             out.extend_from_slice(entry.body.as_bytes());
         }
         out.push(b'}');
     }
-    if !parts.not_implemented.is_empty() {
-        let outcome = not_implemented_outcome(parts.not_implemented);
-        let id = outcome["id"].as_str().unwrap_or_default();
-        out.push(b',');
-        full_url(&mut out, "OperationOutcome", id);
-        push_value(&mut out, &outcome);
-        out.push(b'}');
+    Written {
+        key: Vec::new(),
+        patient,
+        entries: out,
     }
-    out.extend_from_slice(b"]}");
-    out
 }
 
 /// GP Connect 1.6 version compatibility: one OperationOutcome with a warning per parameter or
@@ -546,6 +652,7 @@ mod tests {
             shared: vec![],
             not_implemented: &["includeDiaryEntries".into()],
             assembled_at: "2026-11-27T10:00:00Z",
+            written: None,
         };
         let bundle: Value = serde_json::from_slice(&structured_record(&parts)).unwrap();
         let text = bundle.to_string();

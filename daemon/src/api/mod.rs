@@ -750,7 +750,7 @@ fn assemble(
 ) -> Result<Result<(Grant, Vec<u8>), Refusal>, ReplicaError> {
     replica.with(|reader| {
         let generation = reader.generation()?;
-        let record = records.get_or_read(reader, generation, &wanted.nhs_number)?;
+        let record = records::get_or_read(records, reader, generation, &wanted.nhs_number)?;
         let decision = decide(
             Some(agreement),
             access,

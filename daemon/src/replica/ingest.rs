@@ -81,6 +81,7 @@ impl Replica {
             tx,
             line: 0,
             summary: ImportSummary::default(),
+            patients: Default::default(),
         })
     }
 
@@ -114,16 +115,20 @@ impl Replica {
         let local_ids = local_identities(entries);
         let tx = self.conn.transaction().map_err(sql("starting a bundle"))?;
         let mut summary = ImportSummary::default();
+        let mut patients = Touched::default();
         for (index, entry) in entries.iter().enumerate() {
             let number = index + 1;
-            apply_entry(&tx, entry, &local_ids, &mut summary).map_err(|problem| match problem {
-                Problem::Invalid(reason) => IngestError::Entry {
-                    entry: number,
-                    reason,
+            apply_entry(&tx, entry, &local_ids, &mut summary, &mut patients).map_err(
+                |problem| match problem {
+                    Problem::Invalid(reason) => IngestError::Entry {
+                        entry: number,
+                        reason,
+                    },
+                    Problem::Replica(e) => IngestError::Replica(e),
                 },
-                Problem::Replica(e) => IngestError::Replica(e),
-            })?;
+            )?;
         }
+        super::layout::mark(&tx, patients.iter().map(String::as_str))?;
         commit(tx).map_err(sql("committing a bundle"))?;
         Ok(summary)
     }
@@ -134,6 +139,19 @@ pub struct NdjsonImport<'r> {
     tx: Transaction<'r>,
     line: u64,
     summary: ImportSummary,
+    /// Patients whose rows this batch wrote, to be laid out in patient order afterwards.
+    patients: Touched,
+}
+
+/// Ids of the patients a batch wrote rows for (our own stored ids: a fast hash).
+type Touched = rustc_hash::FxHashSet<String>;
+
+fn touch(patients: &mut Touched, patient: Option<String>) {
+    if let Some(patient) = patient {
+        if !patients.contains(&patient) {
+            patients.insert(patient);
+        }
+    }
 }
 
 impl std::fmt::Debug for NdjsonImport<'_> {
@@ -158,10 +176,12 @@ impl NdjsonImport<'_> {
                 match parsed {
                     Parsed::Ready(line, prepared) => {
                         self.line = line;
-                        store(&self.tx, &prepared).map_err(|problem| match problem {
-                            Problem::Invalid(reason) => IngestError::Line { line, reason },
-                            Problem::Replica(e) => IngestError::Replica(e),
-                        })?;
+                        let patient =
+                            store(&self.tx, &prepared).map_err(|problem| match problem {
+                                Problem::Invalid(reason) => IngestError::Line { line, reason },
+                                Problem::Replica(e) => IngestError::Replica(e),
+                            })?;
+                        touch(&mut self.patients, patient);
                         self.summary.upserted += 1;
                     }
                     Parsed::Bad(line, reason) => return Err(IngestError::Line { line, reason }),
@@ -183,6 +203,7 @@ impl NdjsonImport<'_> {
 
     /// Makes the whole batch durable.
     pub fn commit(self) -> Result<ImportSummary, IngestError> {
+        super::layout::mark(&self.tx, self.patients.iter().map(String::as_str))?;
         commit(self.tx).map_err(sql("committing an import"))?;
         Ok(self.summary)
     }
@@ -288,6 +309,7 @@ fn apply_entry(
     entry: &Value,
     local_ids: &HashMap<String, String>,
     summary: &mut ImportSummary,
+    patients: &mut Touched,
 ) -> Result<(), Problem> {
     let invalid = |reason: &str| Problem::Invalid(reason.to_owned());
     let request = entry
@@ -321,7 +343,7 @@ fn apply_entry(
                 rewrite_local_references(&mut resource, local_ids);
             }
             let body = resource.to_string();
-            upsert(tx, &resource, &body)?;
+            touch(patients, upsert(tx, &resource, &body)?);
             summary.upserted += 1;
         }
         "DELETE" if url_type == "Patient" => {
@@ -353,6 +375,12 @@ fn purge_patient(tx: &Transaction<'_>, patient_id: &str) -> Result<(), Problem> 
             )
         })
         .and_then(|_| tx.execute("DELETE FROM patient WHERE id = ?1", [patient_id]))
+        .and_then(|_| {
+            tx.execute(
+                "DELETE FROM reorder_pending WHERE patient_id = ?1",
+                [patient_id],
+            )
+        })
         .map_err(sql("purging a patient"))?;
     Ok(())
 }
@@ -416,12 +444,14 @@ fn check_consent_text(resource: &Value) -> Result<(), String> {
     Ok(())
 }
 
-fn upsert(tx: &Transaction<'_>, resource: &Value, body: &str) -> Result<(), Problem> {
+/// Stores a resource; returns the id of the patient it belongs to, if any.
+fn upsert(tx: &Transaction<'_>, resource: &Value, body: &str) -> Result<Option<String>, Problem> {
     let prepared = prepare(resource, body.to_owned()).map_err(Problem::Invalid)?;
     store(tx, &prepared)
 }
 
-fn store(tx: &Transaction<'_>, prepared: &Prepared) -> Result<(), Problem> {
+/// Stores a resource; returns the id of the patient it belongs to, if any.
+fn store(tx: &Transaction<'_>, prepared: &Prepared) -> Result<Option<String>, Problem> {
     let Prepared {
         facts,
         stored_facts,
@@ -489,5 +519,5 @@ fn store(tx: &Transaction<'_>, prepared: &Prepared) -> Result<(), Problem> {
         ])
     })
     .map_err(sql("storing a resource"))?;
-    Ok(())
+    Ok(patient_id)
 }

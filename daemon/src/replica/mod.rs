@@ -5,12 +5,16 @@
 //! ingest batch commits whole or not at all, and purged patients are overwritten
 //! (`secure_delete`). What it does not: decide who may read (that is `policy`).
 
+mod cache;
 mod ingest;
+mod layout;
 mod pool;
 mod schema;
 mod store;
 
+pub use cache::{Cached, RecordCache, DEFAULT_BUDGET as RECORD_CACHE_BUDGET};
 pub use ingest::{ImportSummary, IngestError, NdjsonImport};
+pub use layout::spawn_reorderer;
 pub use pool::ReaderPool;
 pub use store::{PatientRow, Replica, ReplicaError, ReplicaReader, ReplicaStats, StoredItem};
 

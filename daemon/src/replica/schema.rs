@@ -54,6 +54,12 @@ const MIGRATIONS: &[Migration] = &[
         "CREATE INDEX resource_statistics ON resource (patient_id)
         WHERE instr(body, '1331000000103') > 0 OR instr(body, '827241000000103') > 0;",
     ),
+    // 5: patients whose rows are to be laid out contiguously (`layout`): every write names its
+    //    patients here, and every patient of an existing replica starts out named.
+    Migration::Sql(
+        "CREATE TABLE reorder_pending (patient_id TEXT PRIMARY KEY) WITHOUT ROWID;
+        INSERT INTO reorder_pending (patient_id) SELECT id FROM patient;",
+    ),
 ];
 
 pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -134,6 +134,8 @@ impl Replica {
 pub struct ReplicaStats {
     pub patients: u64,
     pub resources: u64,
+    /// Patients whose rows are still to be laid out in patient order (`layout`).
+    pub reorder_pending: u64,
 }
 
 fn stats(conn: &Connection) -> Result<ReplicaStats, ReplicaError> {
@@ -145,6 +147,7 @@ fn stats(conn: &Connection) -> Result<ReplicaStats, ReplicaError> {
     Ok(ReplicaStats {
         patients: count("SELECT count(*) FROM patient")?,
         resources: count("SELECT count(*) FROM resource")?,
+        reorder_pending: count("SELECT count(*) FROM reorder_pending")?,
     })
 }
 

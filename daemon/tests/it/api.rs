@@ -1202,6 +1202,70 @@ async fn writes_after_a_read_are_served_at_once() {
     assert_eq!((status, error_code(&body)), (404, "PATIENT_NOT_FOUND"));
 }
 
+/// A Bundle with what differs between two renderings of one release taken out: the Bundle's
+/// and Lists' fresh ids and the times.
+fn without_per_request_fields(mut bundle: Value) -> Value {
+    bundle["id"] = Value::Null;
+    bundle["meta"] = Value::Null;
+    for entry in bundle["entry"].as_array_mut().unwrap() {
+        if entry["resource"]["resourceType"] == "List" {
+            entry["fullUrl"] = Value::Null;
+            entry["resource"]["id"] = Value::Null;
+            entry["resource"]["date"] = Value::Null;
+        }
+    }
+    bundle
+}
+
+#[tokio::test]
+async fn requests_decided_differently_never_share_written_bytes() {
+    // One API keeps the patient's record and the entries it wrote for earlier requests; the
+    // other keeps nothing, so it writes every Bundle from scratch. Requests whose decisions
+    // differ (granted, override, another partner's agreement, fewer sections) alternate.
+    let cached = harness();
+    let mut fresh = harness();
+    fresh.api.records = Arc::new(mig::api::records::RecordCache::new(0));
+    let granted = token(|_| {});
+    let override_token = token(|c| {
+        c["permission_to_view"] = json!("override");
+        c["override_reason"] = json!("emergency");
+        c["override_justification"] = json!("Patient unconscious at scene");
+    });
+    let mut medicines_only = agreement(PARTNER, PartnerType::Ambulance);
+    medicines_only.sections = [Section::Medications].into_iter().collect();
+    let requests = [
+        (ambulance(), &ALL_SECTIONS[..], &granted),
+        (ambulance(), &ALL_SECTIONS[..], &override_token),
+        (partner(medicines_only), &ALL_SECTIONS[..], &granted),
+        (ambulance(), &["includeMedication"][..], &granted),
+        (ambulance(), &ALL_SECTIONS[..], &granted),
+        (ambulance(), &ALL_SECTIONS[..], &override_token),
+    ];
+    let mut seen = Vec::new();
+    for (n, (caller, sections, jwt)) in requests.iter().enumerate() {
+        let request = || post_record(record_body(CORE_AND_ADDITIONAL, sections), jwt);
+        let (status, from_cache, _) = send(&cached, caller, request()).await;
+        let (fresh_status, from_scratch, _) = send(&fresh, caller, request()).await;
+        assert_eq!((status, fresh_status), (200, 200), "request {n}");
+        assert_eq!(
+            without_per_request_fields(from_cache.clone()),
+            without_per_request_fields(from_scratch),
+            "request {n} differs from a Bundle written from scratch"
+        );
+        let mut ids = resource_ids(&from_cache);
+        ids.retain(|id| !id.starts_with("List/"));
+        seen.push(ids);
+    }
+    // The decisions did differ, each way round.
+    assert!(seen[0].contains("Condition/p-full-asthma"));
+    assert!(!seen[1].iter().any(|id| id.starts_with("Condition/")));
+    assert!(!seen[2].iter().any(|id| id.starts_with("Condition/")));
+    assert!(!seen[3].iter().any(|id| id.starts_with("Condition/")));
+    assert_eq!(seen[4], seen[0]);
+    assert_eq!(seen[5], seen[1]);
+    assert_ne!(seen[1], seen[2]);
+}
+
 fn html_request(body: String, jwt: &str) -> Request<Bytes> {
     let mut request = post_record(body, jwt);
     request.headers_mut().insert(

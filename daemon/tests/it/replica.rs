@@ -359,13 +359,13 @@ fn upgrading_a_version_2_replica_rederives_every_items_facts() {
             .unwrap();
     }
     // Version 2 stored facts without the category codings (bytes that no longer decode) and had
-    // no statistics index (version 4).
+    // no statistics index (version 4) nor layout list (version 5).
     {
         let conn = rusqlite::Connection::open(&path).unwrap();
         conn.execute_batch(&format!(
             "PRAGMA key = \"x'{}'\"; PRAGMA cipher_page_size = 16384; PRAGMA cipher_hmac_algorithm = HMAC_SHA256;
              UPDATE resource SET facts = x'ff'; DROP INDEX resource_statistics;
-             PRAGMA user_version = 2;",
+             DROP TABLE reorder_pending; PRAGMA user_version = 2;",
             hex::encode(KEY)
         ))
         .unwrap();
@@ -388,6 +388,113 @@ fn upgrading_a_version_2_replica_rederives_every_items_facts() {
         ))
     );
     assert!(reader.patient_by_nhs_number(NHS).unwrap().is_some());
+}
+
+/// Opens the replica file with rusqlite directly, for what the API does not show (rowids).
+fn raw(path: &Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch(&format!(
+        "PRAGMA key = \"x'{}'\"; PRAGMA cipher_page_size = 16384; PRAGMA cipher_hmac_algorithm = HMAC_SHA256;",
+        hex::encode(KEY)
+    ))
+    .unwrap();
+    conn
+}
+
+fn rowids(conn: &rusqlite::Connection, patient_id: &str) -> Vec<i64> {
+    let mut stmt = conn
+        .prepare("SELECT rowid FROM resource WHERE patient_id = ?1 ORDER BY rowid")
+        .unwrap();
+    stmt.query_map([patient_id], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// A Bulk Data export arrives one type per file, so each patient's rows are interleaved with
+/// everyone else's; laying them out moves each patient's rows together and changes nothing a
+/// reader sees, in the same order.
+#[test]
+fn patients_imported_type_by_type_are_laid_out_contiguously_and_read_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("replica.db");
+    let mut replica = Replica::create(&path, &KEY).unwrap();
+    let ids = ["p1", "p2", "p3"];
+    let patients: Vec<Value> = ids
+        .iter()
+        .enumerate()
+        .map(|(n, id)| patient(id, &nhs_number(n)))
+        .collect();
+    replica.import_ndjson(&ndjson(&patients)[..]).unwrap();
+    for resource_type in ["Condition", "Observation", "AllergyIntolerance"] {
+        let file: Vec<Value> = ids
+            .iter()
+            .flat_map(|id| {
+                (0..3).map(move |n| item(resource_type, &format!("{id}-{resource_type}-{n}"), id))
+            })
+            .collect();
+        replica.import_ndjson(&ndjson(&file)[..]).unwrap();
+    }
+    assert_eq!(replica.stats().unwrap().reorder_pending, 3);
+    let reader = replica.reader(&KEY).unwrap();
+    let read = |reader: &ReplicaReader| -> Vec<(String, String)> {
+        ids.iter()
+            .flat_map(|id| reader.patient_items(id).unwrap())
+            .map(|i| (i.facts.reference(), i.body))
+            .collect()
+    };
+    let before = read(&reader);
+    let generation = reader.generation().unwrap();
+    let spread = |rows: &[i64]| rows.last().unwrap() - rows.first().unwrap() + 1;
+    assert!(
+        spread(&rowids(&raw(&path), "p1")) > 10,
+        "interleaved at first"
+    );
+
+    assert_eq!(replica.reorder_some(2).unwrap(), 2);
+    assert_eq!(replica.stats().unwrap().reorder_pending, 1);
+    assert_eq!(replica.reorder_some(16).unwrap(), 1);
+    assert_eq!(replica.reorder_some(16).unwrap(), 0);
+
+    let conn = raw(&path);
+    for id in ids {
+        let rows = rowids(&conn, id);
+        assert_eq!(rows.len(), 10, "Patient and nine items");
+        assert_eq!(spread(&rows), 10, "{id}: {rows:?}");
+    }
+    assert_eq!(read(&reader), before, "same rows, same order");
+    assert_eq!(
+        reader.generation().unwrap(),
+        generation,
+        "no record changed"
+    );
+    assert!(reader
+        .patient_by_nhs_number(&nhs_number(1))
+        .unwrap()
+        .is_some());
+}
+
+/// A replica from before the layout list (version 4) gets every patient named in it by the
+/// upgrade, in the upgrade's transaction.
+#[test]
+fn upgrading_a_version_4_replica_names_every_patient_to_lay_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("replica.db");
+    {
+        let mut replica = Replica::create(&path, &KEY).unwrap();
+        replica
+            .import_ndjson(&ndjson(&[patient("p1", NHS), item("Condition", "c1", "p1")])[..])
+            .unwrap();
+        replica.reorder_some(16).unwrap();
+    }
+    raw(&path)
+        .execute_batch("DROP TABLE reorder_pending; PRAGMA user_version = 4;")
+        .unwrap();
+    let mut replica = Replica::open(&path, &KEY).unwrap();
+    assert_eq!(replica.stats().unwrap().reorder_pending, 1);
+    assert_eq!(replica.reorder_some(16).unwrap(), 1);
+    let reader = replica.reader(&KEY).unwrap();
+    assert_eq!(item_ids(&reader, "p1"), ["Condition/c1"]);
 }
 
 const CHILD_ENV: &str = "MIG_TEST_IMPORT_CHILD";
