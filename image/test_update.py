@@ -15,6 +15,23 @@ from vm import (OUT, RAW, ROOT, STARTED, WORK, Machine, check_record, fail,  # n
 BUNDLES = os.path.join(OUT, "test-update", "bundles")
 # Boots a falling-back box may take: three tries of the bad version, then the good one.
 MAX_BOOTS = 6
+BOOTS = []
+
+
+def stop(machine):
+    """Stops the machine and keeps its serial log as update-serial-N.log (every boot's)."""
+    machine.stop()
+    log_path = os.path.join(WORK, f"{machine.name}-serial.log")
+    kept = os.path.join(WORK, f"{machine.name}-serial-{len(BOOTS) + 1}.log")
+    os.rename(log_path, kept)
+    BOOTS.append(kept)
+    return kept
+
+
+def serial_text(machine):
+    machine.serial_log.flush()
+    with open(os.path.join(WORK, f"{machine.name}-serial.log"), encoding="utf-8", errors="replace") as f:
+        return f.read()
 
 
 def plug_stick(machine, files, generation):
@@ -87,7 +104,7 @@ def boot_until_record(pki, nhs, disk, tpm, label):
             if i == 1:
                 first_record(pki, [nhs], time.monotonic() + 300, m)
                 return m, failed
-        m.stop()
+        stop(m)
     fail(f"{label}: no record after {MAX_BOOTS} boots")
 
 
@@ -120,7 +137,7 @@ def main():
 
     # v2: installed, restarted into, serving; the data survived.
     install(m, "v2.raucb", True)
-    m.stop()
+    stop(m)
     m, failed = boot_until_record(pki, nhs, disk, tpm, "update")
     if failed:
         fail(f"v2 failed its health gate {failed} times")
@@ -133,7 +150,7 @@ def main():
     # v3: its migd never starts; after its tries the box is back on v2 by itself.
     plug_stick(m, bundles("v3-unhealthy.raucb"), 3)
     install(m, "v3-unhealthy.raucb", True)
-    m.stop()
+    stop(m)
     rollback_started = time.monotonic()
     m, failed = boot_until_record(pki, nhs, disk, tpm, "update")
     if failed < 1:
@@ -142,6 +159,11 @@ def main():
     status = slots(m)
     if f"version {v2}, from slot B" not in status or "BAD" not in status:
         fail(f"after v3 failed, v2 should run from slot B and slot A be bad: {status}")
+    rolled_back = re.search(rf"health gate: update: version {re.escape(v3)} in slot A failed its trial boots; "
+                            rf"rolled back to version {re.escape(v2)} in slot B", serial_text(m))
+    if not rolled_back:
+        fail("the boot back on v2 did not report the rollback (health gate, MESSAGE_ID UPDATE_ROLLED_BACK)")
+    log(f"serial: {rolled_back.group(0)}")
     log(f"v3 failed its health gate {failed} times; back on v2 by itself in "
         f"{time.monotonic() - rollback_started:.0f} s; the record is still served")
 
@@ -159,7 +181,7 @@ def main():
     if f"version {v2}, from slot B" not in after:
         fail(f"the refused bundles changed the slots: {after}")
     check_record(pki, nhs)
-    m.stop()
+    stop(m)
     log(f"image update test: OK ({time.monotonic() - STARTED:.0f} s)")
 
 

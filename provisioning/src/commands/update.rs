@@ -10,6 +10,7 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{anyhow, bail, Context, Result};
 use mig::config::Config;
+use mig::system::journal::{self, ids, Level};
 use serde_json::{json, Value};
 
 use super::admin_call;
@@ -39,6 +40,19 @@ fn audit_step(config: &Config, step: &str, ok: bool) -> Result<()> {
     })
 }
 
+/// Logs one step to the journal with its `MESSAGE_ID`, for the fleet's alerting. Best effort:
+/// the audit trail is the record, and a journal that is away must not stop an update.
+fn journal_step(id: &str, level: Level, message: &str, fields: &[(&str, &str)]) {
+    let _ = journal::send(
+        &journal::socket_path(),
+        "migctl",
+        id,
+        level,
+        message,
+        fields,
+    );
+}
+
 pub fn install(config: &Config, file: &Path, keyring: &Path) -> Result<ExitCode> {
     let name = file.display().to_string();
     audit_step(
@@ -46,12 +60,24 @@ pub fn install(config: &Config, file: &Path, keyring: &Path) -> Result<ExitCode>
         &format!("install {name}: checking the bundle"),
         true,
     )?;
+    journal_step(
+        ids::UPDATE_INSTALL_STARTED,
+        Level::INFO,
+        "update: install started",
+        &[("bundle", &name)],
+    );
     let checked = check(file, keyring);
     let info = match checked {
         Ok(info) => info,
         Err(e) => {
             let reason = format!("{e:#}");
             audit_step(config, &format!("install {name}: refused: {reason}"), false)?;
+            journal_step(
+                ids::UPDATE_REFUSED,
+                Level::WARN,
+                "update: refused, nothing was written",
+                &[("bundle", &name), ("reason", &reason)],
+            );
             println!("Refused, nothing was written: {reason}");
             return Ok(ExitCode::FAILURE);
         }
@@ -82,6 +108,12 @@ pub fn install(config: &Config, file: &Path, keyring: &Path) -> Result<ExitCode>
             ),
             false,
         )?;
+        journal_step(
+            ids::UPDATE_INSTALL_FAILED,
+            Level::ERROR,
+            "update: writing the inactive slot failed; the running version is untouched",
+            &[("bundle", &name), ("version", &info.version)],
+        );
         println!("The update failed (see the messages above); the running version is untouched.");
         return Ok(ExitCode::FAILURE);
     }
@@ -93,6 +125,12 @@ pub fn install(config: &Config, file: &Path, keyring: &Path) -> Result<ExitCode>
         ),
         true,
     )?;
+    journal_step(
+        ids::UPDATE_INSTALLED,
+        Level::INFO,
+        "update: installed in the inactive slot; it runs after a restart, on trial until healthy",
+        &[("bundle", &name), ("version", &info.version)],
+    );
     println!(
         "Version {} is installed. It starts at the next restart; if it does not become healthy, \
          the appliance goes back to this version by itself.",
