@@ -18,6 +18,8 @@ use super::admin_call;
 /// The CA that signs update bundles, as installed in the image.
 pub const KEYRING: &str = "/usr/lib/mig/rauc-keyring.pem";
 const OS_RELEASE: &str = "/etc/os-release";
+/// The boot entries (UKIs) in the ESP, one a slot (image/rootfs/usr/lib/mig/rauc-bootloader).
+const BOOT_ENTRIES: &str = "/efi/EFI/Linux";
 
 /// What a verified bundle says about itself.
 #[derive(Debug, PartialEq, Eq)]
@@ -254,8 +256,14 @@ pub fn status() -> Result<ExitCode> {
                 } else {
                     "none installed"
                 });
+        let trial = match tries_left(Path::new(BOOT_ENTRIES), bootname) {
+            Some(left) if slot["boot_status"].as_str() == Some("good") => {
+                format!(", on trial ({left} tries left; kept once healthy)")
+            }
+            _ => String::new(),
+        };
         println!(
-            "Slot {bootname}:     version {version}, {}{}{}",
+            "Slot {bootname}:     version {version}, {}{trial}{}{}",
             match slot["boot_status"].as_str() {
                 Some("good") => "good",
                 Some("bad") => "BAD (it failed its trial boots or was marked bad)",
@@ -270,6 +278,23 @@ pub fn status() -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The tries a slot's boot entry has left while it is on trial (`mig_V-b+2-1.efi`: 2), or
+/// `None` once systemd-bless-boot dropped the counter (`mig_V-b.efi`) or when there is none.
+fn tries_left(entries: &Path, bootname: &str) -> Option<u32> {
+    let suffix = format!("-{}", bootname.to_ascii_lowercase());
+    std::fs::read_dir(entries)
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| name.starts_with("mig_"))
+        .find_map(|name| {
+            let (stem, counter) = name.strip_suffix(".efi")?.split_once('+')?;
+            if !stem.ends_with(&suffix) {
+                return None;
+            }
+            counter.split('-').next()?.parse().ok()
+        })
 }
 
 #[cfg(test)]
@@ -307,5 +332,22 @@ mod tests {
             Some("0.3.1")
         );
         assert_eq!(os_release_value(text, "VERSION"), None);
+    }
+
+    #[test]
+    fn a_slot_is_on_trial_while_its_entry_counts_tries() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["mig_0.1.0-a.efi", "mig_0.1.0.2-b+2-1.efi", "other+3.efi"] {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+        }
+        assert_eq!(tries_left(dir.path(), "A"), None);
+        assert_eq!(tries_left(dir.path(), "B"), Some(2));
+        std::fs::rename(
+            dir.path().join("mig_0.1.0.2-b+2-1.efi"),
+            dir.path().join("mig_0.1.0.2-b.efi"),
+        )
+        .unwrap();
+        assert_eq!(tries_left(dir.path(), "B"), None);
+        assert_eq!(tries_left(Path::new("/nonexistent"), "B"), None);
     }
 }
