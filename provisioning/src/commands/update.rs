@@ -248,15 +248,18 @@ pub fn status() -> Result<ExitCode> {
             continue;
         }
         let bootname = slot["bootname"].as_str().unwrap_or("?");
-        let version =
-            slot["slot_status"]["bundle"]["version"]
-                .as_str()
-                .unwrap_or(if bootname == booted {
-                    running.as_str()
-                } else {
-                    "none installed"
-                });
-        let trial = match tries_left(Path::new(BOOT_ENTRIES), bootname) {
+        let entry = boot_entry(Path::new(BOOT_ENTRIES), bootname);
+        // What RAUC wrote there, else what its boot entry boots, else (the factory slot) what runs.
+        let version = slot["slot_status"]["bundle"]["version"]
+            .as_str()
+            .map(str::to_owned)
+            .or_else(|| entry.as_ref().map(|e| e.version.clone()))
+            .or_else(|| (bootname == booted).then(|| running.clone()));
+        let Some(version) = version else {
+            println!("Slot {bootname}:     empty (no version installed yet)");
+            continue;
+        };
+        let trial = match entry.and_then(|e| e.tries_left) {
             Some(left) if slot["boot_status"].as_str() == Some("good") => {
                 format!(", on trial ({left} tries left; kept once healthy)")
             }
@@ -280,20 +283,34 @@ pub fn status() -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The tries a slot's boot entry has left while it is on trial (`mig_V-b+2-1.efi`: 2), or
-/// `None` once systemd-bless-boot dropped the counter (`mig_V-b.efi`) or when there is none.
-fn tries_left(entries: &Path, bootname: &str) -> Option<u32> {
+/// A slot's boot entry in the ESP: `mig_VERSION-SLOT[+LEFT[-DONE]].efi`.
+#[derive(Debug, PartialEq, Eq)]
+struct BootEntry {
+    version: String,
+    /// The tries left while on trial; `None` once systemd-bless-boot dropped the counter.
+    tries_left: Option<u32>,
+}
+
+fn boot_entry(entries: &Path, bootname: &str) -> Option<BootEntry> {
     let suffix = format!("-{}", bootname.to_ascii_lowercase());
     std::fs::read_dir(entries)
         .ok()?
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|name| name.starts_with("mig_"))
         .find_map(|name| {
-            let (stem, counter) = name.strip_suffix(".efi")?.split_once('+')?;
-            if !stem.ends_with(&suffix) {
-                return None;
-            }
-            counter.split('-').next()?.parse().ok()
+            let stem = name.strip_prefix("mig_")?.strip_suffix(".efi")?;
+            let (stem, counter) = match stem.split_once('+') {
+                Some((stem, counter)) => (stem, Some(counter)),
+                None => (stem, None),
+            };
+            let version = stem.strip_suffix(&suffix)?.to_owned();
+            let tries_left = match counter {
+                Some(c) => Some(c.split('-').next()?.parse().ok()?),
+                None => None,
+            };
+            Some(BootEntry {
+                version,
+                tries_left,
+            })
         })
 }
 
@@ -337,17 +354,30 @@ mod tests {
     #[test]
     fn a_slot_is_on_trial_while_its_entry_counts_tries() {
         let dir = tempfile::tempdir().unwrap();
-        for name in ["mig_0.1.0-a.efi", "mig_0.1.0.2-b+2-1.efi", "other+3.efi"] {
+        for name in ["mig_0.1.0-a.efi", "mig_0.1.0.2-b+2-1.efi", "other-b+3.efi"] {
             std::fs::write(dir.path().join(name), b"").unwrap();
         }
-        assert_eq!(tries_left(dir.path(), "A"), None);
-        assert_eq!(tries_left(dir.path(), "B"), Some(2));
+        let entry = |slot| boot_entry(dir.path(), slot);
+        assert_eq!(
+            entry("A"),
+            Some(BootEntry {
+                version: "0.1.0".into(),
+                tries_left: None
+            })
+        );
+        assert_eq!(
+            entry("B"),
+            Some(BootEntry {
+                version: "0.1.0.2".into(),
+                tries_left: Some(2)
+            })
+        );
         std::fs::rename(
             dir.path().join("mig_0.1.0.2-b+2-1.efi"),
             dir.path().join("mig_0.1.0.2-b.efi"),
         )
         .unwrap();
-        assert_eq!(tries_left(dir.path(), "B"), None);
-        assert_eq!(tries_left(Path::new("/nonexistent"), "B"), None);
+        assert_eq!(entry("B").and_then(|e| e.tries_left), None);
+        assert_eq!(boot_entry(Path::new("/nonexistent"), "B"), None);
     }
 }
