@@ -76,7 +76,8 @@ def install(machine, bundle, expect_ok):
         machine.expect("Restarting", 60)
         machine.expect(pexpect.EOF, 300)
     else:
-        machine.expect(r"Refused, nothing was written: ([^\r\n]*)\r?\n", 600)
+        # The serial console ends a line with \r\r\n (the tty adds one \r).
+        machine.expect(r"Refused, nothing was written: ([^\r\n]*)\r*\n", 600)
         reason = machine.child.match.group(1)
         machine.expect("Press Enter to go back", 60)
         machine.child.sendline("")
