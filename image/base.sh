@@ -7,7 +7,8 @@ root=$1
 kver=$(basename "$(ls -d "$root"/lib/modules/*)")
 
 # Kernel modules: keep storage, USB (keyboard, stick), wired network, TPM, crypto, dm and the
-# file systems the box mounts (erofs root, ext4 state, vfat ESP and sticks); drop the rest.
+# file systems the box mounts (erofs root, ext4 state, vfat ESP and sticks, efivarfs: without
+# it no trial boot is seen or marked good, and every update falls back); drop the rest.
 mods=$root/lib/modules/$kver/kernel
 rm -rf "$mods"/sound "$mods"/drivers/{gpu,media,infiniband,staging,bluetooth,iio,isdn,nfc,thunderbolt,hwmon,mtd,misc/genwqe} \
   "$mods"/drivers/net/{wireless,can,wwan,usb,ieee802154,hamradio,arcnet,fddi,plip,slip,ppp,team} \
@@ -15,7 +16,7 @@ rm -rf "$mods"/sound "$mods"/drivers/{gpu,media,infiniband,staging,bluetooth,iio
   "$mods"/drivers/input/{touchscreen,joystick,tablet,misc} \
   "$mods"/net/{bluetooth,wireless,mac80211,netfilter,sched,sunrpc,ceph,9p,can,nfc,rxrpc,tipc,sctp,openvswitch,batman-adv,l2tp,bridge,mpls,dsa,rds,smc,x25,lapb,appletalk,atm,ieee802154,mac802154,6lowpan,ipv4/netfilter,ipv6/netfilter,bridge/netfilter,ax25,netrom,rose,phonet,caif,qrtr,vmw_vsock,wimax,lapb}
 for fs in "$mods"/fs/*; do
-  case ${fs##*/} in erofs|ext4|jbd2|mbcache.ko|fat|exfat|nls|squashfs|autofs|crypto) ;; *) rm -rf "$fs" ;; esac
+  case ${fs##*/} in erofs|ext4|jbd2|mbcache.ko|fat|exfat|nls|squashfs|autofs|crypto|efivarfs) ;; *) rm -rf "$fs" ;; esac
 done
 chroot "$root" depmod -a "$kver"
 

@@ -15,6 +15,23 @@ from vm import (OUT, RAW, ROOT, STARTED, WORK, Machine, check_record, fail,  # n
 BUNDLES = os.path.join(OUT, "test-update", "bundles")
 # Boots a falling-back box may take: three tries of the bad version, then the good one.
 MAX_BOOTS = 6
+BOOTS = []
+
+
+def stop(machine):
+    """Stops the machine and keeps its serial log as update-serial-N.log (every boot's)."""
+    machine.stop()
+    log_path = os.path.join(WORK, f"{machine.name}-serial.log")
+    kept = os.path.join(WORK, f"{machine.name}-serial-{len(BOOTS) + 1}.log")
+    os.rename(log_path, kept)
+    BOOTS.append(kept)
+    return kept
+
+
+def serial_text(machine):
+    machine.serial_log.flush()
+    with open(os.path.join(WORK, f"{machine.name}-serial.log"), encoding="utf-8", errors="replace") as f:
+        return f.read()
 
 
 def plug_stick(machine, files, generation):
@@ -59,7 +76,8 @@ def install(machine, bundle, expect_ok):
         machine.expect("Restarting", 60)
         machine.expect(pexpect.EOF, 300)
     else:
-        machine.expect(r"Refused, nothing was written: ([^\r\n]*)", 600)
+        # The serial console ends a line with \r\r\n (the tty adds one \r).
+        machine.expect(r"Refused, nothing was written: ([^\r\n]*)\r*\n", 600)
         reason = machine.child.match.group(1)
         machine.expect("Press Enter to go back", 60)
         machine.child.sendline("")
@@ -75,19 +93,24 @@ def boot_until_record(pki, nhs, disk, tpm, label):
         m = Machine(label, disk, tpm)
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
-            i = m.child.expect([r"health gate: FAILED", r"MIG appliance status", pexpect.EOF,
-                                pexpect.TIMEOUT], timeout=10)
+            # The health gate's verdict, not the status screen: the console shows that on a
+            # boot whose migd never starts too.
+            i = m.child.expect([r"health gate: FAILED", r"health gate: migd is ready and healthy",
+                                pexpect.EOF, pexpect.TIMEOUT], timeout=10)
             if i == 0:
                 failed += 1
                 log(f"{label}: boot {boot + 1}: the health gate failed; the box restarts itself")
                 m.expect(pexpect.EOF, 300)
                 break
             if i == 2:
+                log(f"{label}: boot {boot + 1}: the machine stopped before the health gate's verdict")
                 break
             if i == 1:
                 first_record(pki, [nhs], time.monotonic() + 300, m)
                 return m, failed
-        m.stop()
+        else:
+            fail(f"{label}: boot {boot + 1}: no health gate verdict in 900 s:\n{(m.child.before or '')[-3000:]}")
+        stop(m)
     fail(f"{label}: no record after {MAX_BOOTS} boots")
 
 
@@ -120,7 +143,7 @@ def main():
 
     # v2: installed, restarted into, serving; the data survived.
     install(m, "v2.raucb", True)
-    m.stop()
+    stop(m)
     m, failed = boot_until_record(pki, nhs, disk, tpm, "update")
     if failed:
         fail(f"v2 failed its health gate {failed} times")
@@ -128,12 +151,14 @@ def main():
     status = slots(m)
     if f"version {v2}, from slot B" not in status:
         fail(f"v2 should run from slot B: {status}")
-    log(f"v2 runs from slot B and serves the record that v1 imported")
+    if not re.search(rf"Slot B: +version {re.escape(v2)}, good, running now", status):
+        fail(f"v2 passed its health gate, so systemd-bless-boot should have kept it (no trial counter): {status}")
+    log(f"v2 runs from slot B, marked good, and serves the record that v1 imported")
 
     # v3: its migd never starts; after its tries the box is back on v2 by itself.
     plug_stick(m, bundles("v3-unhealthy.raucb"), 3)
     install(m, "v3-unhealthy.raucb", True)
-    m.stop()
+    stop(m)
     rollback_started = time.monotonic()
     m, failed = boot_until_record(pki, nhs, disk, tpm, "update")
     if failed < 1:
@@ -142,6 +167,11 @@ def main():
     status = slots(m)
     if f"version {v2}, from slot B" not in status or "BAD" not in status:
         fail(f"after v3 failed, v2 should run from slot B and slot A be bad: {status}")
+    rolled_back = re.search(rf"health gate: update: version {re.escape(v3)} in slot A failed its trial boots; "
+                            rf"rolled back to version {re.escape(v2)} in slot B", serial_text(m))
+    if not rolled_back:
+        fail("the boot back on v2 did not report the rollback (health gate, MESSAGE_ID UPDATE_ROLLED_BACK)")
+    log(f"serial: {rolled_back.group(0)}")
     log(f"v3 failed its health gate {failed} times; back on v2 by itself in "
         f"{time.monotonic() - rollback_started:.0f} s; the record is still served")
 
@@ -159,7 +189,7 @@ def main():
     if f"version {v2}, from slot B" not in after:
         fail(f"the refused bundles changed the slots: {after}")
     check_record(pki, nhs)
-    m.stop()
+    stop(m)
     log(f"image update test: OK ({time.monotonic() - STARTED:.0f} s)")
 
 

@@ -11,7 +11,8 @@ use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 
 use tracing::field::{Field, Visit};
-use tracing::{Event, Level, Subscriber};
+pub use tracing::Level;
+use tracing::{Event, Subscriber};
 use tracing_subscriber::layer::Context;
 
 /// journald's native socket.
@@ -41,6 +42,16 @@ pub mod ids {
     pub const HEALTH_FAILING: &str = "7028f157e2324035b25e0abce982d7d4";
     pub const HEALTH_RECOVERED: &str = "9e06f4fea512441082ceb916be6c83ab";
     pub const METRICS_UNAVAILABLE: &str = "72e93800a16c4d3baa693211a9fb4bb0";
+    // Update steps (SPEC §14). The first four are sent by `migctl update install`, the rest
+    // by the boot's health gate (image/rootfs/usr/lib/mig/health-gate, which repeats them).
+    pub const UPDATE_INSTALL_STARTED: &str = "bfadadde0c20699b90d570ef944baf46";
+    pub const UPDATE_REFUSED: &str = "6f6ebb4eb15df960e1080f13a9cabd84";
+    pub const UPDATE_INSTALL_FAILED: &str = "a0356d1bd533619a6054b18b9734da5c";
+    pub const UPDATE_INSTALLED: &str = "c9e97ac9a05c57424c904c300e444b63";
+    pub const UPDATE_TRIAL_BOOT: &str = "32807bf9a143fc8a95eb15f3446b2d4a";
+    pub const UPDATE_TRIAL_FAILED: &str = "f2abba167eaa337a5ad378b83f874bc3";
+    pub const UPDATE_MARKED_GOOD: &str = "f78708e49211c16717cafac4878a08f8";
+    pub const UPDATE_ROLLED_BACK: &str = "81d665d287ab325082d489391cb85d07";
 }
 
 /// Logs one event of a kind: `event!(warn, CRL_EXPIRED, file = %p, "CRL has expired")`. The
@@ -52,6 +63,38 @@ macro_rules! journal_event {
     };
 }
 pub use crate::journal_event as event;
+
+/// The socket entries go to: `MIG_JOURNAL_SOCKET`, or journald's.
+pub fn socket_path() -> PathBuf {
+    std::env::var_os(SOCKET_ENV).map_or_else(|| PathBuf::from(JOURNAL_SOCKET), PathBuf::from)
+}
+
+/// Sends one entry of a kind from a process that logs no other way (migctl's update steps):
+/// `MESSAGE` (with the fields appended, as migd's entries), `PRIORITY`, `MESSAGE_ID`, the
+/// identifier and each field in upper case.
+pub fn send(
+    socket: &std::path::Path,
+    identifier: &str,
+    message_id: &str,
+    level: Level,
+    message: &str,
+    fields: &[(&str, &str)],
+) -> std::io::Result<()> {
+    let mut text = message.to_owned();
+    for (name, value) in fields {
+        let _ = write!(text, " {name}={value}");
+    }
+    let mut out = Vec::with_capacity(256);
+    put_field(&mut out, "MESSAGE", &text);
+    put_field(&mut out, "MESSAGE_ID", message_id);
+    put_field(&mut out, "PRIORITY", priority(&level));
+    put_field(&mut out, "SYSLOG_IDENTIFIER", identifier);
+    for (name, value) in fields {
+        put_field(&mut out, &field_name(name), value);
+    }
+    out.truncate(MAX_DATAGRAM);
+    UnixDatagram::unbound()?.send_to(&out, socket).map(|_| ())
+}
 
 /// Where journal datagrams go when migd should log to the journal: `MIG_JOURNAL_SOCKET`, or
 /// the system socket when stderr is the journal; `None` for stderr text.
@@ -255,11 +298,63 @@ mod tests {
             HEALTH_FAILING,
             HEALTH_RECOVERED,
             METRICS_UNAVAILABLE,
+            UPDATE_INSTALL_STARTED,
+            UPDATE_REFUSED,
+            UPDATE_INSTALL_FAILED,
+            UPDATE_INSTALLED,
+            UPDATE_TRIAL_BOOT,
+            UPDATE_TRIAL_FAILED,
+            UPDATE_MARKED_GOOD,
+            UPDATE_ROLLED_BACK,
         ];
         let unique: std::collections::HashSet<_> = all.iter().collect();
         assert_eq!(unique.len(), all.len());
         assert!(all
             .iter()
             .all(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())));
+    }
+
+    #[test]
+    fn an_entry_sent_by_another_process_carries_its_kind_and_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        let journal = UnixDatagram::bind(&path).unwrap();
+        send(
+            &path,
+            "migctl",
+            ids::UPDATE_REFUSED,
+            Level::WARN,
+            "update refused",
+            &[("bundle", "/media/usb/x.raucb"), ("reason", "two\nlines")],
+        )
+        .unwrap();
+        let mut buf = vec![0; 4096];
+        let n = journal.recv(&mut buf).unwrap();
+        let mut expected = Vec::new();
+        put_field(
+            &mut expected,
+            "MESSAGE",
+            "update refused bundle=/media/usb/x.raucb reason=two\nlines",
+        );
+        put_field(&mut expected, "MESSAGE_ID", ids::UPDATE_REFUSED);
+        put_field(&mut expected, "PRIORITY", "4");
+        put_field(&mut expected, "SYSLOG_IDENTIFIER", "migctl");
+        put_field(&mut expected, "BUNDLE", "/media/usb/x.raucb");
+        put_field(&mut expected, "REASON", "two\nlines");
+        assert_eq!(buf[..n], expected[..]);
+    }
+
+    /// The health gate is a shell script: its ids must be the ones listed here.
+    #[test]
+    fn the_health_gate_sends_the_listed_boot_ids() {
+        let gate = include_str!("../../../image/rootfs/usr/lib/mig/health-gate");
+        for id in [
+            ids::UPDATE_TRIAL_BOOT,
+            ids::UPDATE_TRIAL_FAILED,
+            ids::UPDATE_MARKED_GOOD,
+            ids::UPDATE_ROLLED_BACK,
+        ] {
+            assert!(gate.contains(id), "health-gate does not send {id}");
+        }
     }
 }

@@ -10,12 +10,15 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{anyhow, bail, Context, Result};
 use mig::config::Config;
+use mig::system::journal::{self, ids, Level};
 use serde_json::Value;
 
 use super::admin_call;
 use mig_admin_proto::UpdateStep;
 
 const OS_RELEASE: &str = "/etc/os-release";
+/// The boot entries (UKIs) in the ESP, one a slot (image/rootfs/usr/lib/mig/rauc-bootloader).
+const BOOT_ENTRIES: &str = "/efi/EFI/Linux";
 
 /// What a verified bundle says about itself.
 #[derive(Debug, PartialEq, Eq)]
@@ -41,6 +44,19 @@ fn audit_step(config: &Config, step: &str, ok: bool) -> Result<()> {
     })
 }
 
+/// Logs one step to the journal with its `MESSAGE_ID`, for the fleet's alerting. Best effort:
+/// the audit trail is the record, and a journal that is away must not stop an update.
+fn journal_step(id: &str, level: Level, message: &str, fields: &[(&str, &str)]) {
+    let _ = journal::send(
+        &journal::socket_path(),
+        "migctl",
+        id,
+        level,
+        message,
+        fields,
+    );
+}
+
 pub fn install(config: &Config, file: &Path, keyring: &Path) -> Result<ExitCode> {
     let name = file.display().to_string();
     audit_step(
@@ -48,12 +64,24 @@ pub fn install(config: &Config, file: &Path, keyring: &Path) -> Result<ExitCode>
         &format!("install {name}: checking the bundle"),
         true,
     )?;
+    journal_step(
+        ids::UPDATE_INSTALL_STARTED,
+        Level::INFO,
+        "update: install started",
+        &[("bundle", &name)],
+    );
     let checked = check(file, keyring);
     let info = match checked {
         Ok(info) => info,
         Err(e) => {
             let reason = format!("{e:#}");
             audit_step(config, &format!("install {name}: refused: {reason}"), false)?;
+            journal_step(
+                ids::UPDATE_REFUSED,
+                Level::WARN,
+                "update: refused, nothing was written",
+                &[("bundle", &name), ("reason", &reason)],
+            );
             println!("Refused, nothing was written: {reason}");
             return Ok(ExitCode::FAILURE);
         }
@@ -84,6 +112,12 @@ pub fn install(config: &Config, file: &Path, keyring: &Path) -> Result<ExitCode>
             ),
             false,
         )?;
+        journal_step(
+            ids::UPDATE_INSTALL_FAILED,
+            Level::ERROR,
+            "update: writing the inactive slot failed; the running version is untouched",
+            &[("bundle", &name), ("version", &info.version)],
+        );
         println!("The update failed (see the messages above); the running version is untouched.");
         return Ok(ExitCode::FAILURE);
     }
@@ -95,6 +129,12 @@ pub fn install(config: &Config, file: &Path, keyring: &Path) -> Result<ExitCode>
         ),
         true,
     )?;
+    journal_step(
+        ids::UPDATE_INSTALLED,
+        Level::INFO,
+        "update: installed in the inactive slot; it runs after a restart, on trial until healthy",
+        &[("bundle", &name), ("version", &info.version)],
+    );
     println!(
         "Version {} is installed. It starts at the next restart; if it does not become healthy, \
          the appliance goes back to this version by itself.",
@@ -210,16 +250,25 @@ pub fn status() -> Result<ExitCode> {
             continue;
         }
         let bootname = slot["bootname"].as_str().unwrap_or("?");
-        let version =
-            slot["slot_status"]["bundle"]["version"]
-                .as_str()
-                .unwrap_or(if bootname == booted {
-                    running.as_str()
-                } else {
-                    "none installed"
-                });
+        let entry = boot_entry(Path::new(BOOT_ENTRIES), bootname);
+        // What RAUC wrote there, else what its boot entry boots, else (the factory slot) what runs.
+        let version = slot["slot_status"]["bundle"]["version"]
+            .as_str()
+            .map(str::to_owned)
+            .or_else(|| entry.as_ref().map(|e| e.version.clone()))
+            .or_else(|| (bootname == booted).then(|| running.clone()));
+        let Some(version) = version else {
+            println!("Slot {bootname}:     empty (no version installed yet)");
+            continue;
+        };
+        let trial = match entry.and_then(|e| e.tries_left) {
+            Some(left) if slot["boot_status"].as_str() == Some("good") => {
+                format!(", on trial ({left} tries left; kept once healthy)")
+            }
+            _ => String::new(),
+        };
         println!(
-            "Slot {bootname}:     version {version}, {}{}{}",
+            "Slot {bootname}:     version {version}, {}{trial}{}{}",
             match slot["boot_status"].as_str() {
                 Some("good") => "good",
                 Some("bad") => "BAD (it failed its trial boots or was marked bad)",
@@ -234,6 +283,37 @@ pub fn status() -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A slot's boot entry in the ESP: `mig_VERSION-SLOT[+LEFT[-DONE]].efi`.
+#[derive(Debug, PartialEq, Eq)]
+struct BootEntry {
+    version: String,
+    /// The tries left while on trial; `None` once systemd-bless-boot dropped the counter.
+    tries_left: Option<u32>,
+}
+
+fn boot_entry(entries: &Path, bootname: &str) -> Option<BootEntry> {
+    let suffix = format!("-{}", bootname.to_ascii_lowercase());
+    std::fs::read_dir(entries)
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .find_map(|name| {
+            let stem = name.strip_prefix("mig_")?.strip_suffix(".efi")?;
+            let (stem, counter) = match stem.split_once('+') {
+                Some((stem, counter)) => (stem, Some(counter)),
+                None => (stem, None),
+            };
+            let version = stem.strip_suffix(&suffix)?.to_owned();
+            let tries_left = match counter {
+                Some(c) => Some(c.split('-').next()?.parse().ok()?),
+                None => None,
+            };
+            Some(BootEntry {
+                version,
+                tries_left,
+            })
+        })
 }
 
 #[cfg(test)]
@@ -271,5 +351,35 @@ mod tests {
             Some("0.3.1")
         );
         assert_eq!(os_release_value(text, "VERSION"), None);
+    }
+
+    #[test]
+    fn a_slot_is_on_trial_while_its_entry_counts_tries() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["mig_0.1.0-a.efi", "mig_0.1.0.2-b+2-1.efi", "other-b+3.efi"] {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+        }
+        let entry = |slot| boot_entry(dir.path(), slot);
+        assert_eq!(
+            entry("A"),
+            Some(BootEntry {
+                version: "0.1.0".into(),
+                tries_left: None
+            })
+        );
+        assert_eq!(
+            entry("B"),
+            Some(BootEntry {
+                version: "0.1.0.2".into(),
+                tries_left: Some(2)
+            })
+        );
+        std::fs::rename(
+            dir.path().join("mig_0.1.0.2-b+2-1.efi"),
+            dir.path().join("mig_0.1.0.2-b.efi"),
+        )
+        .unwrap();
+        assert_eq!(entry("B").and_then(|e| e.tries_left), None);
+        assert_eq!(boot_entry(Path::new("/nonexistent"), "B"), None);
     }
 }
