@@ -229,12 +229,16 @@ fn main() -> Result<(), String> {
         .typical_patients(patients, 300)
         .map_err(|e| e.to_string())?;
     let (nhs, resources) = typical.first().ok_or("no typical patient")?.clone();
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let fhir_base = appliance.app.config.appliance.fhir_base.as_str().to_owned();
-    let token = mig::api::jwt::encode_unsigned(&mig::api::jwt::example_claims(
-        &fhir_base, "DEMAMB", "R8000", now,
-    ));
-    let request = record_request(&nhs, &token);
+    // GP Connect tokens live 5 minutes and each run may first wait minutes for a quiet machine:
+    // every run takes a token made after its wait, or it would measure refusals.
+    let fresh_token = || {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        mig::api::jwt::encode_unsigned(&mig::api::jwt::example_claims(
+            &fhir_base, "DEMAMB", "R8000", now,
+        ))
+    };
+    let request_for = |nhs: &str| record_request(nhs, &fresh_token());
     let tls: ClientTls = appliance.partner_tls(AMBULANCE);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -249,7 +253,7 @@ fn main() -> Result<(), String> {
     };
 
     let (migd, migd_conditions) =
-        Conditions::measure(&quiet, Some(pid), || load(address, &request));
+        Conditions::measure(&quiet, Some(pid), || load(address, &request_for(&nhs)));
     let migd = migd?;
     report(
         &format!("migd, structured record of a {resources}-resource patient, 32 connections"),
@@ -264,23 +268,27 @@ fn main() -> Result<(), String> {
     // The same load spread over many patients: far more than the record cache holds, so
     // nearly every request reads and decodes its patient from the encrypted replica.
     // (Only those whose record the ambulance service may see: a later dissent refuses some.)
-    let mut spread = Vec::new();
+    let mut spread_patients = Vec::new();
     for (nhs, _) in &typical {
-        let request = record_request(nhs, &token);
         if runtime
-            .block_on(hardware_tests::load::fetch(address, &tls, &request))
+            .block_on(hardware_tests::load::fetch(
+                address,
+                &tls,
+                &request_for(nhs),
+            ))
             .is_ok()
         {
-            spread.push(request);
+            spread_patients.push(nhs.as_str());
         }
     }
     let (spread_report, conditions) = Conditions::measure(&quiet, Some(pid), || {
+        let spread: Vec<_> = spread_patients.iter().map(|n| request_for(n)).collect();
         runtime.block_on(run_mix(address, &tls, &spread, 32, duration))
     });
     report(
         &format!(
             "migd, structured records of {} typical patients in turn, 32 connections",
-            spread.len()
+            spread_patients.len()
         ),
         &spread_report?,
         &conditions,
@@ -291,7 +299,11 @@ fn main() -> Result<(), String> {
     );
 
     // The same bytes from nginx, in the same run.
-    let one = runtime.block_on(hardware_tests::load::fetch(address, &tls, &request))?;
+    let one = runtime.block_on(hardware_tests::load::fetch(
+        address,
+        &tls,
+        &request_for(&nhs),
+    ))?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let (mut nginx, port) = start_nginx(dir.path(), &appliance, &one)?;
     let static_request = RequestTemplate {
@@ -309,7 +321,7 @@ fn main() -> Result<(), String> {
             &oha,
             &quiet,
             &appliance,
-            &request,
+            &|| request_for(&nhs),
             (pid, address),
             (nginx.id(), port),
             dir.path(),
@@ -400,12 +412,13 @@ fn oha_runs(
     oha: &std::path::Path,
     quiet: &Quiet,
     appliance: &TestAppliance,
-    request: &RequestTemplate,
+    request_now: &dyn Fn() -> RequestTemplate,
     (migd_pid, migd): (u32, std::net::SocketAddr),
     (nginx_pid, nginx_port): (u32, u16),
     dir: &std::path::Path,
     seconds: u64,
 ) -> Result<(), String> {
+    let request = request_now();
     let body = dir.join("request.json");
     std::fs::write(&body, &request.body).map_err(|e| e.to_string())?;
     let pki = &appliance.app.pki;
@@ -433,25 +446,33 @@ fn oha_runs(
     let mut rates = Vec::new();
     for http2 in [false, true] {
         let protocol = if http2 { "HTTP/2" } else { "HTTP/1.1" };
-        let mut to_migd = common(http2);
-        to_migd.extend(["-m".into(), "POST".into(), "-D".into()]);
-        to_migd.push(body.display().to_string());
-        for (name, value) in &request.headers {
-            to_migd.extend(["-H".into(), format!("{name}: {value}")]);
-        }
-        to_migd.push(format!(
-            "https://localhost:{}/fhir/Patient/$gpc.getstructuredrecord",
-            migd.port()
-        ));
-        let mut to_nginx = common(http2);
-        to_nginx.push(format!("https://localhost:{nginx_port}/record.json"));
+        // Built when the run starts (after its quiet wait), with a token made then.
+        let to_migd = || {
+            let mut args = common(http2);
+            args.extend(["-m".into(), "POST".into(), "-D".into()]);
+            args.push(body.display().to_string());
+            for (name, value) in &request_now().headers {
+                args.extend(["-H".into(), format!("{name}: {value}")]);
+            }
+            args.push(format!(
+                "https://localhost:{}/fhir/Patient/$gpc.getstructuredrecord",
+                migd.port()
+            ));
+            args
+        };
+        let to_nginx = || {
+            let mut args = common(http2);
+            args.push(format!("https://localhost:{nginx_port}/record.json"));
+            args
+        };
         let mut pair = Vec::new();
-        for (server, pid, args) in [
+        let runs: [(&str, u32, &dyn Fn() -> Vec<String>); 2] = [
             ("migd", migd_pid, &to_migd),
             ("nginx", nginx_pid, &to_nginx),
-        ] {
+        ];
+        for (server, pid, args) in runs {
             let (result, conditions) =
-                Conditions::measure(quiet, Some(pid), || oha_once(oha, args));
+                Conditions::measure(quiet, Some(pid), || oha_once(oha, &args()));
             let (rate, requests, line) = result?;
             println!(
                 "{}oha, {server}, {protocol}, 32 connections: {line} {}",
