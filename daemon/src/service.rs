@@ -266,9 +266,8 @@ async fn serve(
     let healthy = Arc::new(AtomicBool::new(true));
     let ready = Arc::new(AtomicBool::new(false));
     let replica = Arc::new(Mutex::new(replica));
-    // Detached: it holds the writer only for one short transaction at a time, and a batch
-    // cut off by the exit is rolled back by SQLite.
-    crate::replica::spawn_reorderer(replica.clone(), REORDER_SETTLE)
+    // Stopped and joined when this function returns, before migd exits.
+    let _reorderer = crate::replica::spawn_reorderer(replica.clone(), REORDER_SETTLE)
         .map_err(ServiceError::Runtime)?;
     let limits = listener_limits(&config);
 

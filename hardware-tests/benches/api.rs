@@ -466,7 +466,8 @@ fn oha_runs(
             args
         };
         let mut pair = Vec::new();
-        let runs: [(&str, u32, &dyn Fn() -> Vec<String>); 2] = [
+        type Args<'a> = &'a dyn Fn() -> Vec<String>;
+        let runs: [(&str, u32, Args); 2] = [
             ("migd", migd_pid, &to_migd),
             ("nginx", nginx_pid, &to_nginx),
         ];

@@ -102,12 +102,15 @@ fn move_to_end(tx: &Transaction<'_>, patient: &str) -> Result<(), ReplicaError> 
 /// Lays out waiting patients in the background, a batch at a time, once the replica has had
 /// no committed write for `settle` (an import of many files writes each patient once per
 /// file: moving them in between would be wasted). Never waits for the writer: a batch is
-/// skipped while an import holds it.
+/// skipped while an import holds it. Dropping the returned guard stops the thread and waits for
+/// it: a thread still inside SQLCipher while the process exits (and libcrypto's exit handlers
+/// run) can crash migd on its way out.
 pub fn spawn_reorderer(
     replica: Arc<Mutex<Replica>>,
     settle: Duration,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
+) -> std::io::Result<Reorderer> {
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let handle = std::thread::Builder::new()
         .name("replica-layout".into())
         .spawn(move || {
             let mut seen: Option<(i64, Instant)> = None;
@@ -120,9 +123,33 @@ pub fn spawn_reorderer(
                         Duration::from_secs(60)
                     }
                 };
-                std::thread::sleep(pause);
+                // The sender never sends: its drop is the stop signal.
+                if let Err(std::sync::mpsc::RecvTimeoutError::Disconnected) =
+                    stopped.recv_timeout(pause)
+                {
+                    return;
+                }
             }
-        })
+        })?;
+    Ok(Reorderer {
+        stop: Some(stop),
+        handle: Some(handle),
+    })
+}
+
+/// The background layout thread; stops and is joined when dropped.
+pub struct Reorderer {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Reorderer {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
 }
 
 /// One batch if the replica has settled; true if there may be more to do at once.
