@@ -78,9 +78,9 @@ pub struct StatusAnswer {
 pub struct ReplicaStats {
     pub patients: u64,
     pub resources: u64,
-    /// Patients whose rows migd has still to lay out in patient order after an import.
+    /// Patients whose record migd has still to pack for fast reading after an import.
     #[serde(default)]
-    pub reorder_pending: u64,
+    pub records_pending: u64,
 }
 
 /// The audit writer's counters since migd started.

@@ -103,7 +103,7 @@ fn every_answer_round_trips_as_its_commands_answer() {
         replica: Some(ReplicaStats {
             patients: 3,
             resources: 40,
-            reorder_pending: 2,
+            records_pending: 2,
         }),
         audit: AuditStats {
             records: 5,

@@ -4,7 +4,7 @@
 //!
 //! Two runs: the same typical patient over and over (as the end-to-end load test does), and a
 //! round of every typical patient in the practice (cold pages, as a real day would be).
-//! MIG_BENCH_LAYOUT=0 leaves the rows in import order instead of patient order.
+//! MIG_BENCH_PACK=0 leaves the records unpacked (read from the rows, in import order).
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeSet;
@@ -88,23 +88,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for file in &files {
         replica.import_ndjson(std::io::BufReader::new(std::fs::File::open(file)?))?;
     }
-    // As migd does once an import has settled (`replica::spawn_reorderer`); MIG_BENCH_LAYOUT=0
-    // keeps the rows in import order, to compare.
-    if std::env::var("MIG_BENCH_LAYOUT").as_deref() != Ok("0") {
+    // As migd does once an import has settled (`replica::spawn_packer`); MIG_BENCH_PACK=0
+    // reads every record from the rows, to compare.
+    if std::env::var("MIG_BENCH_PACK").as_deref() != Ok("0") {
         let started = Instant::now();
-        let mut moved = 0;
+        let mut packed = 0;
         loop {
-            match replica.reorder_some(256)? {
+            match replica.pack_some(256)? {
                 0 => break,
-                n => moved += n,
+                n => packed += n,
             }
         }
         println!(
-            "{moved} patients laid out in patient order in {:.1} s",
+            "{packed} patient records packed in {:.1} s",
             started.elapsed().as_secs_f64()
         );
     } else {
-        println!("rows left in import order (MIG_BENCH_LAYOUT=0)");
+        println!("records left unpacked (MIG_BENCH_PACK=0)");
     }
 
     let typical_sizes = mig_synthetic::Practice::new(1).typical_patients(patients, 300)?;

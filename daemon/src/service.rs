@@ -75,9 +75,9 @@ pub enum ServiceError {
     Runtime(#[source] std::io::Error),
 }
 
-/// How long the replica must go without a committed write before patients' rows are laid out
-/// in patient order (an import sends one file after another).
-const REORDER_SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long the replica must go without a committed write before patients' records are packed
+/// (an import sends one file after another).
+const PACK_SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The TPM settings a config describes (reads the owner auth file if one is named).
 pub fn tpm_settings(config: &Config) -> Result<TpmSettings, ServiceError> {
@@ -267,7 +267,7 @@ async fn serve(
     let ready = Arc::new(AtomicBool::new(false));
     let replica = Arc::new(Mutex::new(replica));
     // Stopped and joined when this function returns, before migd exits.
-    let _reorderer = crate::replica::spawn_reorderer(replica.clone(), REORDER_SETTLE)
+    let _packer = crate::replica::spawn_packer(replica.clone(), PACK_SETTLE)
         .map_err(ServiceError::Runtime)?;
     let limits = listener_limits(&config);
 

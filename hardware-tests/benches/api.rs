@@ -195,21 +195,21 @@ fn main() -> Result<(), String> {
         "appliance with {patients} patients ready in {:.0} s (provision, start, import)",
         started.elapsed().as_secs_f64()
     );
-    // migd lays the imported rows out in patient order once the import has settled; measure
-    // the layout it serves from, not the work of getting there.
-    let laying_out = Instant::now();
-    while laying_out.elapsed() < Duration::from_secs(900) {
+    // migd packs each imported patient's record once the import has settled; measure the
+    // records it serves from, not the work of getting there.
+    let packing = Instant::now();
+    while packing.elapsed() < Duration::from_secs(900) {
         let status = appliance.migctl(&["status"]);
         if status.status.success()
-            && !String::from_utf8_lossy(&status.stdout).contains("being laid out")
+            && !String::from_utf8_lossy(&status.stdout).contains("being packed")
         {
             break;
         }
         std::thread::sleep(Duration::from_secs(2));
     }
     println!(
-        "rows laid out in patient order {:.0} s after the import",
-        laying_out.elapsed().as_secs_f64()
+        "patient records packed {:.0} s after the import",
+        packing.elapsed().as_secs_f64()
     );
     println!(
         "partner_api.limits set for measurement: {} (the defaults refuse full handshakes beyond 10/s per source)",

@@ -986,9 +986,9 @@ fn status(config: &Config) -> Result<ExitCode> {
             "Records:      {} patients, {} resources{}",
             r.patients,
             r.resources,
-            match r.reorder_pending {
+            match r.records_pending {
                 0 => String::new(),
-                n => format!(" ({n} patients being laid out in patient order)"),
+                n => format!(" ({n} patients' records being packed for fast reading)"),
             }
         ),
         None => println!("Records:      unknown (the replica could not be read)"),

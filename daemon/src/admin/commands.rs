@@ -251,7 +251,7 @@ impl AdminService {
             replica: replica.map(|r| proto::ReplicaStats {
                 patients: r.patients,
                 resources: r.resources,
-                reorder_pending: r.reorder_pending,
+                records_pending: r.records_pending,
             }),
             audit: proto::AuditStats {
                 records: stats.records,

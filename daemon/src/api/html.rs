@@ -102,13 +102,13 @@ impl PageCache {
     pub fn new<'a>(
         patient_body: &str,
         items: &[ItemFacts],
-        item_bodies: &[String],
+        item_bodies: &crate::replica::Bodies,
         shared: impl IntoIterator<Item = (&'a ItemFacts, &'a str)>,
     ) -> PageCache {
         let patient: Value = serde_json::from_str(patient_body).unwrap_or(Value::Null);
         let rows = items
             .iter()
-            .zip(item_bodies)
+            .zip(item_bodies.iter())
             .zip(file_items(items))
             .filter_map(|((facts, body), list)| {
                 let section = list?.section();

@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use crate::replica::{Cached, PatientRow, ReplicaError, ReplicaReader};
+use crate::replica::{Bodies, Cached, PatientAndItems, PatientRow, ReplicaError, ReplicaReader};
 use mig_policy::fhir::{ItemFacts, SHARED_TYPES};
 use mig_policy::PatientData;
 
@@ -15,7 +15,7 @@ pub struct PatientRecord {
     /// Facts of the patient's items and of the shared resources they reference.
     pub data: PatientData,
     /// Bodies of `data.items`, in the same order.
-    pub item_bodies: Vec<String>,
+    pub item_bodies: Bodies,
     /// Bodies of `data.shared`, in the same order.
     pub shared_bodies: Vec<String>,
     /// What the care-record page shows of it, made on the first request for the page.
@@ -30,14 +30,14 @@ impl PatientRecord {
         reader: &ReplicaReader,
         nhs_number: &str,
     ) -> Result<Option<PatientRecord>, ReplicaError> {
-        let Some(patient) = reader.patient_by_nhs_number(nhs_number)? else {
+        let Some(PatientAndItems {
+            patient,
+            items,
+            bodies: item_bodies,
+        }) = reader.patient_record(nhs_number)?
+        else {
             return Ok(None);
         };
-        let (items, item_bodies): (Vec<ItemFacts>, Vec<String>) = reader
-            .patient_items(&patient.id)?
-            .into_iter()
-            .map(|item| (item.facts, item.body))
-            .unzip();
         let mut shared_refs: Vec<&str> = items
             .iter()
             .flat_map(|facts| facts.references.iter().map(String::as_str))
@@ -84,12 +84,8 @@ impl Cached for PatientRecord {
     /// Roughly what the record holds on the heap, for the cache's budget.
     fn approximate_bytes(&self) -> usize {
         const PER_ITEM: usize = 512;
-        let bodies: usize = self
-            .item_bodies
-            .iter()
-            .chain(&self.shared_bodies)
-            .map(String::len)
-            .sum();
+        let bodies: usize = self.item_bodies.heap_bytes()
+            + self.shared_bodies.iter().map(String::len).sum::<usize>();
         // The page view, if a page is asked for, is about a quarter of the bodies; each set of
         // written entries about the bodies again.
         self.patient.body.len()

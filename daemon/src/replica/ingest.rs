@@ -128,7 +128,7 @@ impl Replica {
                 },
             )?;
         }
-        super::layout::mark(&tx, patients.iter().map(String::as_str))?;
+        super::packed::mark(&tx, patients.iter().map(String::as_str))?;
         commit(tx).map_err(sql("committing a bundle"))?;
         Ok(summary)
     }
@@ -139,7 +139,7 @@ pub struct NdjsonImport<'r> {
     tx: Transaction<'r>,
     line: u64,
     summary: ImportSummary,
-    /// Patients whose rows this batch wrote, to be laid out in patient order afterwards.
+    /// Patients whose rows this batch wrote, to be packed again afterwards.
     patients: Touched,
 }
 
@@ -203,7 +203,7 @@ impl NdjsonImport<'_> {
 
     /// Makes the whole batch durable.
     pub fn commit(self) -> Result<ImportSummary, IngestError> {
-        super::layout::mark(&self.tx, self.patients.iter().map(String::as_str))?;
+        super::packed::mark(&self.tx, self.patients.iter().map(String::as_str))?;
         commit(self.tx).map_err(sql("committing an import"))?;
         Ok(self.summary)
     }
@@ -377,7 +377,13 @@ fn purge_patient(tx: &Transaction<'_>, patient_id: &str) -> Result<(), Problem> 
         .and_then(|_| tx.execute("DELETE FROM patient WHERE id = ?1", [patient_id]))
         .and_then(|_| {
             tx.execute(
-                "DELETE FROM reorder_pending WHERE patient_id = ?1",
+                "DELETE FROM patient_record WHERE patient_id = ?1",
+                [patient_id],
+            )
+        })
+        .and_then(|_| {
+            tx.execute(
+                "DELETE FROM record_pending WHERE patient_id = ?1",
                 [patient_id],
             )
         })

@@ -7,16 +7,19 @@
 
 mod cache;
 mod ingest;
-mod layout;
+mod packed;
 mod pool;
 mod schema;
 mod store;
 
 pub use cache::{Cached, RecordCache, DEFAULT_BUDGET as RECORD_CACHE_BUDGET};
 pub use ingest::{ImportSummary, IngestError, NdjsonImport};
-pub use layout::spawn_reorderer;
+pub use packed::{spawn_packer, Packer};
 pub use pool::ReaderPool;
-pub use store::{PatientRow, Replica, ReplicaError, ReplicaReader, ReplicaStats, StoredItem};
+pub use store::{
+    Bodies, PatientAndItems, PatientRow, Replica, ReplicaError, ReplicaReader, ReplicaStats,
+    StoredItem,
+};
 
 /// The `.ndjson` files of a Bulk Data export directory in the order to import them: Patient
 /// first (items find their patient by NHS number), then the rest by name.

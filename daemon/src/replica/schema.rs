@@ -60,6 +60,28 @@ const MIGRATIONS: &[Migration] = &[
         "CREATE TABLE reorder_pending (patient_id TEXT PRIMARY KEY) WITHOUT ROWID;
         INSERT INTO reorder_pending (patient_id) SELECT id FROM patient;",
     ),
+    // 6: each patient's record packed into one row (`packed`), instead of their rows moved
+    //    together. A deleted row, or one moved to another patient, drops the packed record it
+    //    was in and names that patient for packing (the triggers; what an import writes is
+    //    dropped and named by `packed::mark`). Every patient starts out named. (Not `INSERT OR
+    //    IGNORE` in a trigger: the statement that fires it imposes its own conflict policy.)
+    Migration::Sql(
+        "ALTER TABLE reorder_pending RENAME TO record_pending;
+        CREATE TABLE patient_record (patient_id TEXT PRIMARY KEY, record BLOB NOT NULL);
+        CREATE TRIGGER resource_deleted_unpacks AFTER DELETE ON resource
+        WHEN old.patient_id IS NOT NULL BEGIN
+            DELETE FROM patient_record WHERE patient_id = old.patient_id;
+            INSERT INTO record_pending (patient_id) SELECT old.patient_id
+            WHERE NOT EXISTS (SELECT 1 FROM record_pending WHERE patient_id = old.patient_id);
+        END;
+        CREATE TRIGGER resource_moved_unpacks AFTER UPDATE OF patient_id ON resource
+        WHEN old.patient_id IS NOT NULL AND old.patient_id IS NOT new.patient_id BEGIN
+            DELETE FROM patient_record WHERE patient_id = old.patient_id;
+            INSERT INTO record_pending (patient_id) SELECT old.patient_id
+            WHERE NOT EXISTS (SELECT 1 FROM record_pending WHERE patient_id = old.patient_id);
+        END;
+        INSERT OR IGNORE INTO record_pending (patient_id) SELECT id FROM patient;",
+    ),
 ];
 
 pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;

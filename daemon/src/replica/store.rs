@@ -134,8 +134,8 @@ impl Replica {
 pub struct ReplicaStats {
     pub patients: u64,
     pub resources: u64,
-    /// Patients whose rows are still to be laid out in patient order (`layout`).
-    pub reorder_pending: u64,
+    /// Patients whose record is still to be packed (`packed`).
+    pub records_pending: u64,
 }
 
 fn stats(conn: &Connection) -> Result<ReplicaStats, ReplicaError> {
@@ -147,7 +147,7 @@ fn stats(conn: &Connection) -> Result<ReplicaStats, ReplicaError> {
     Ok(ReplicaStats {
         patients: count("SELECT count(*) FROM patient")?,
         resources: count("SELECT count(*) FROM resource")?,
-        reorder_pending: count("SELECT count(*) FROM reorder_pending")?,
+        records_pending: count("SELECT count(*) FROM record_pending")?,
     })
 }
 
@@ -168,6 +168,89 @@ pub struct StoredItem {
     pub facts: ItemFacts,
     /// The resource as stored to be served (JSON; see `fhir::serving_body`).
     pub body: String,
+}
+
+/// A patient with their items' facts and bodies (in the same order), as the API reads them.
+#[derive(Debug)]
+pub struct PatientAndItems {
+    pub patient: PatientRow,
+    pub items: Vec<ItemFacts>,
+    pub bodies: Bodies,
+}
+
+/// JSON bodies in one buffer (a packed record unpacks its bodies straight into it), each found
+/// by its index: one allocation per record rather than one per item.
+#[derive(Debug, Default)]
+pub struct Bodies {
+    text: String,
+    ranges: Vec<(u32, u32)>,
+    /// How much of `text` the ranges cover so far.
+    covered: usize,
+}
+
+impl Bodies {
+    /// Bodies laid end to end in `text`, to be delimited by `mark_end`.
+    pub(super) fn from_text(text: String) -> Bodies {
+        Bodies {
+            text,
+            ..Bodies::default()
+        }
+    }
+
+    /// The next body is the next `length` bytes of the text; `None` if those are not there or
+    /// do not end on a character boundary.
+    pub(super) fn mark_end(&mut self, length: usize) -> Option<()> {
+        let end = self.covered.checked_add(length)?;
+        if end > self.text.len() || !self.text.is_char_boundary(end) {
+            return None;
+        }
+        self.ranges
+            .push((u32::try_from(self.covered).ok()?, u32::try_from(end).ok()?));
+        self.covered = end;
+        Some(())
+    }
+
+    /// Every byte of the text belongs to a body.
+    pub(super) fn is_complete(&self) -> bool {
+        self.covered == self.text.len()
+    }
+
+    pub fn push(&mut self, body: &str) {
+        self.text.push_str(body);
+        let end = self.text.len();
+        // A record's bodies stay far below 4 GiB (`packed::MAX_UNPACKED`).
+        self.ranges.push((self.covered as u32, end as u32));
+        self.covered = end;
+    }
+
+    /// Takes the first body out, as its own string.
+    pub(super) fn take_first(&mut self) -> Option<String> {
+        let body = self.get(0)?.to_owned();
+        self.ranges.remove(0);
+        Some(body)
+    }
+
+    pub fn get(&self, index: usize) -> Option<&str> {
+        let &(start, end) = self.ranges.get(index)?;
+        self.text.get(start as usize..end as usize)
+    }
+
+    pub fn len(&self) -> usize {
+        self.ranges.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        (0..self.len()).filter_map(|i| self.get(i))
+    }
+
+    /// Bytes held, for the record cache's budget.
+    pub fn heap_bytes(&self) -> usize {
+        self.text.capacity() + self.ranges.capacity() * std::mem::size_of::<(u32, u32)>()
+    }
 }
 
 /// A read-only connection.
@@ -226,15 +309,79 @@ impl ReplicaReader {
         &self,
         nhs_number: &str,
     ) -> Result<Option<PatientRow>, ReplicaError> {
-        // Two single-table lookups: SQLite re-plans a join on this key at every run.
-        let id: Option<String> = self
-            .conn
-            .prepare_cached("SELECT id FROM patient WHERE nhs_number = ?1")
-            .and_then(|mut stmt| stmt.query_row([nhs_number], |row| row.get(0)).optional())
-            .map_err(sql("finding a patient"))?;
-        let Some(id) = id else {
+        match self.patient_id(nhs_number)? {
+            Some(id) => self.patient_row(id, nhs_number),
+            None => Ok(None),
+        }
+    }
+
+    /// The patient and their items (as `patient_items` lists them): from their packed record
+    /// when there is one, else from the rows.
+    pub fn patient_record(
+        &self,
+        nhs_number: &str,
+    ) -> Result<Option<PatientAndItems>, ReplicaError> {
+        let Some(id) = self.patient_id(nhs_number)? else {
             return Ok(None);
         };
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT record FROM patient_record WHERE patient_id = ?1")
+            .map_err(sql("reading a packed record"))?;
+        let mut rows = stmt.query([&id]).map_err(sql("reading a packed record"))?;
+        if let Some(row) = rows.next().map_err(sql("reading a packed record"))? {
+            let packed = row
+                .get_ref(0)
+                .ok()
+                .and_then(|value| value.as_blob().ok())
+                .ok_or_else(|| ReplicaError::CorruptRow(format!("patient_record/{id}")))?;
+            let (facts, items, mut bodies) = super::packed::unpack(&id, packed)?;
+            let corrupt = || ReplicaError::CorruptRow(format!("patient_record/{id}"));
+            let body = bodies.take_first().ok_or_else(corrupt)?;
+            return Ok(Some(PatientAndItems {
+                patient: PatientRow {
+                    id,
+                    nhs_number: nhs_number.to_owned(),
+                    body,
+                    facts,
+                },
+                items,
+                bodies,
+            }));
+        }
+        drop(rows);
+        let Some(patient) = self.patient_row(id, nhs_number)? else {
+            return Ok(None);
+        };
+        let mut bodies = Bodies::default();
+        let items = self
+            .patient_items(&patient.id)?
+            .into_iter()
+            .map(|item| {
+                bodies.push(&item.body);
+                item.facts
+            })
+            .collect();
+        Ok(Some(PatientAndItems {
+            patient,
+            items,
+            bodies,
+        }))
+    }
+
+    fn patient_id(&self, nhs_number: &str) -> Result<Option<String>, ReplicaError> {
+        // Two single-table lookups: SQLite re-plans a join on this key at every run.
+        self.conn
+            .prepare_cached("SELECT id FROM patient WHERE nhs_number = ?1")
+            .and_then(|mut stmt| stmt.query_row([nhs_number], |row| row.get(0)).optional())
+            .map_err(sql("finding a patient"))
+    }
+
+    fn patient_row(
+        &self,
+        id: String,
+        nhs_number: &str,
+    ) -> Result<Option<PatientRow>, ReplicaError> {
         let mut stmt = self
             .conn
             .prepare_cached(
@@ -260,7 +407,7 @@ impl ReplicaReader {
             .conn
             .prepare_cached(
                 "SELECT facts, body, type, id FROM resource
-                 WHERE patient_id = ?1 AND type <> 'Patient'",
+                 WHERE patient_id = ?1 AND type <> 'Patient' ORDER BY rowid",
             )
             .map_err(sql("reading a patient's items"))?;
         let mut rows = stmt

@@ -400,7 +400,9 @@ fn an_old_replica_gains_the_statistics_index_and_a_bad_condition_list_is_refused
         let conn = rusqlite::Connection::open(&path).unwrap();
         conn.execute_batch(&format!(
             "PRAGMA key = \"x'{}'\"; PRAGMA cipher_page_size = 16384; PRAGMA cipher_hmac_algorithm = HMAC_SHA256;
-             DROP INDEX resource_statistics; DROP TABLE reorder_pending; PRAGMA user_version = 2;",
+             DROP INDEX resource_statistics; DROP TRIGGER resource_deleted_unpacks;
+             DROP TRIGGER resource_moved_unpacks; DROP TABLE patient_record; DROP TABLE record_pending;
+             PRAGMA user_version = 2;",
             hex::encode(KEY)
         ))
         .unwrap();

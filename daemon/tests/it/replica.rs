@@ -365,7 +365,8 @@ fn upgrading_a_version_2_replica_rederives_every_items_facts() {
         conn.execute_batch(&format!(
             "PRAGMA key = \"x'{}'\"; PRAGMA cipher_page_size = 16384; PRAGMA cipher_hmac_algorithm = HMAC_SHA256;
              UPDATE resource SET facts = x'ff'; DROP INDEX resource_statistics;
-             DROP TABLE reorder_pending; PRAGMA user_version = 2;",
+             DROP TRIGGER resource_deleted_unpacks; DROP TRIGGER resource_moved_unpacks;
+             DROP TABLE patient_record; DROP TABLE record_pending; PRAGMA user_version = 2;",
             hex::encode(KEY)
         ))
         .unwrap();
@@ -401,21 +402,44 @@ fn raw(path: &Path) -> rusqlite::Connection {
     conn
 }
 
-fn rowids(conn: &rusqlite::Connection, patient_id: &str) -> Vec<i64> {
-    let mut stmt = conn
-        .prepare("SELECT rowid FROM resource WHERE patient_id = ?1 ORDER BY rowid")
-        .unwrap();
-    stmt.query_map([patient_id], |row| row.get(0))
+/// What a reader gets for a patient, the way the API reads it (packed or not).
+type Read = Option<(String, String, Vec<(String, String)>)>;
+
+fn read_record(reader: &ReplicaReader, nhs: &str) -> Read {
+    reader.patient_record(nhs).unwrap().map(|record| {
+        assert_eq!(record.items.len(), record.bodies.len());
+        let items = record
+            .items
+            .iter()
+            .zip(record.bodies.iter())
+            .map(|(facts, body)| (facts.reference(), body.to_owned()))
+            .collect();
+        (record.patient.id, record.patient.body, items)
+    })
+}
+
+/// The same from the rows alone (the truth a packed record copies).
+fn read_rows(reader: &ReplicaReader, nhs: &str) -> Read {
+    let patient = reader.patient_by_nhs_number(nhs).unwrap()?;
+    let items = reader
+        .patient_items(&patient.id)
         .unwrap()
-        .collect::<Result<_, _>>()
+        .into_iter()
+        .map(|i| (i.facts.reference(), i.body))
+        .collect();
+    Some((patient.id, patient.body, items))
+}
+
+fn packed_count(path: &Path) -> i64 {
+    raw(path)
+        .query_row("SELECT count(*) FROM patient_record", [], |row| row.get(0))
         .unwrap()
 }
 
-/// A Bulk Data export arrives one type per file, so each patient's rows are interleaved with
-/// everyone else's; laying them out moves each patient's rows together and changes nothing a
-/// reader sees, in the same order.
+/// Three patients imported one type per file (as a Bulk Data export arrives): packing their
+/// records changes nothing a reader sees, in the same order, and raises no generation.
 #[test]
-fn patients_imported_type_by_type_are_laid_out_contiguously_and_read_the_same() {
+fn patients_imported_type_by_type_are_packed_and_read_the_same() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("replica.db");
     let mut replica = Replica::create(&path, &KEY).unwrap();
@@ -435,66 +459,189 @@ fn patients_imported_type_by_type_are_laid_out_contiguously_and_read_the_same() 
             .collect();
         replica.import_ndjson(&ndjson(&file)[..]).unwrap();
     }
-    assert_eq!(replica.stats().unwrap().reorder_pending, 3);
+    assert_eq!(replica.stats().unwrap().records_pending, 3);
     let reader = replica.reader(&KEY).unwrap();
-    let read = |reader: &ReplicaReader| -> Vec<(String, String)> {
-        ids.iter()
-            .flat_map(|id| reader.patient_items(id).unwrap())
-            .map(|i| (i.facts.reference(), i.body))
+    let read_all = |reader: &ReplicaReader| -> Vec<Read> {
+        (0..ids.len())
+            .map(|n| read_record(reader, &nhs_number(n)))
             .collect()
     };
-    let before = read(&reader);
+    let before = read_all(&reader);
+    assert_eq!(before[1].as_ref().unwrap().2.len(), 9);
     let generation = reader.generation().unwrap();
-    let spread = |rows: &[i64]| rows.last().unwrap() - rows.first().unwrap() + 1;
-    assert!(
-        spread(&rowids(&raw(&path), "p1")) > 10,
-        "interleaved at first"
-    );
+    assert_eq!(packed_count(&path), 0);
 
-    assert_eq!(replica.reorder_some(2).unwrap(), 2);
-    assert_eq!(replica.stats().unwrap().reorder_pending, 1);
-    assert_eq!(replica.reorder_some(16).unwrap(), 1);
-    assert_eq!(replica.reorder_some(16).unwrap(), 0);
+    assert_eq!(replica.pack_some(2).unwrap(), 2);
+    assert_eq!(replica.stats().unwrap().records_pending, 1);
+    assert_eq!(replica.pack_some(16).unwrap(), 1);
+    assert_eq!(replica.pack_some(16).unwrap(), 0);
 
-    let conn = raw(&path);
-    for id in ids {
-        let rows = rowids(&conn, id);
-        assert_eq!(rows.len(), 10, "Patient and nine items");
-        assert_eq!(spread(&rows), 10, "{id}: {rows:?}");
-    }
-    assert_eq!(read(&reader), before, "same rows, same order");
+    assert_eq!(packed_count(&path), 3);
+    assert_eq!(read_all(&reader), before, "same record, same order");
     assert_eq!(
         reader.generation().unwrap(),
         generation,
         "no record changed"
     );
-    assert!(reader
-        .patient_by_nhs_number(&nhs_number(1))
-        .unwrap()
-        .is_some());
 }
 
-/// A replica from before the layout list (version 4) gets every patient named in it by the
-/// upgrade, in the upgrade's transaction.
+/// Every kind of write to a packed patient's rows is seen by the very next read: an item
+/// added, changed, deleted, moved to another patient, and the patient purged.
 #[test]
-fn upgrading_a_version_4_replica_names_every_patient_to_lay_out() {
+fn a_packed_record_is_never_older_than_the_rows() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("replica.db");
-    {
-        let mut replica = Replica::create(&path, &KEY).unwrap();
-        replica
-            .import_ndjson(&ndjson(&[patient("p1", NHS), item("Condition", "c1", "p1")])[..])
-            .unwrap();
-        replica.reorder_some(16).unwrap();
-    }
-    raw(&path)
-        .execute_batch("DROP TABLE reorder_pending; PRAGMA user_version = 4;")
+    let mut replica = Replica::create(&path, &KEY).unwrap();
+    let (nhs1, nhs2) = (nhs_number(1), nhs_number(2));
+    replica
+        .import_ndjson(
+            &ndjson(&[
+                patient("p1", &nhs1),
+                patient("p2", &nhs2),
+                item("Condition", "c1", "p1"),
+                item("Condition", "c2", "p1"),
+                item("Observation", "o1", "p2"),
+            ])[..],
+        )
         .unwrap();
-    let mut replica = Replica::open(&path, &KEY).unwrap();
-    assert_eq!(replica.stats().unwrap().reorder_pending, 1);
-    assert_eq!(replica.reorder_some(16).unwrap(), 1);
     let reader = replica.reader(&KEY).unwrap();
-    assert_eq!(item_ids(&reader, "p1"), ["Condition/c1"]);
+    let pack_all = |replica: &mut Replica| while replica.pack_some(16).unwrap() > 0 {};
+    let check = |replica: &mut Replica, what: &str, p1_items: &[&str], p2_items: &[&str]| {
+        for (nhs, expected) in [(&nhs1, p1_items), (&nhs2, p2_items)] {
+            let record = read_record(&reader, nhs);
+            assert_eq!(record, read_rows(&reader, nhs), "{what}: as the rows say");
+            let mut items: Vec<String> = record
+                .map(|(_, _, items)| items.into_iter().map(|(id, _)| id).collect())
+                .unwrap_or_default();
+            items.sort();
+            assert_eq!(items, expected, "{what}: {nhs}");
+        }
+        pack_all(replica);
+        assert_eq!(
+            read_record(&reader, &nhs1),
+            read_rows(&reader, &nhs1),
+            "{what}: repacked"
+        );
+    };
+    pack_all(&mut replica);
+    assert_eq!(packed_count(&path), 2);
+    check(
+        &mut replica,
+        "packed",
+        &["Condition/c1", "Condition/c2"],
+        &["Observation/o1"],
+    );
+
+    let mut changed = item("Condition", "c1", "p1");
+    changed["note"] = json!([{"text": "changed"}]);
+    replica
+        .import_ndjson(&ndjson(&[changed, item("Condition", "c3", "p1")])[..])
+        .unwrap();
+    let body = read_record(&reader, &nhs1).unwrap().2[0].1.clone();
+    assert!(body.contains("changed"), "{body}");
+    check(
+        &mut replica,
+        "added and changed by import",
+        &["Condition/c1", "Condition/c2", "Condition/c3"],
+        &["Observation/o1"],
+    );
+
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"request": {"method": "DELETE", "url": "Condition/c2"}},
+        {"request": {"method": "PUT", "url": "Condition/c3"}, "resource": item("Condition", "c3", "p2")},
+    ]});
+    replica.apply_bundle(bundle.to_string().as_bytes()).unwrap();
+    check(
+        &mut replica,
+        "deleted and moved by a Bundle",
+        &["Condition/c1"],
+        &["Condition/c3", "Observation/o1"],
+    );
+
+    let purge = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"request": {"method": "DELETE", "url": "Patient/p1"}},
+    ]});
+    replica.apply_bundle(purge.to_string().as_bytes()).unwrap();
+    assert_eq!(read_record(&reader, &nhs1), None);
+    check(
+        &mut replica,
+        "purged",
+        &[],
+        &["Condition/c3", "Observation/o1"],
+    );
+    assert_eq!(
+        packed_count(&path),
+        1,
+        "the purged patient's packed record is gone"
+    );
+}
+
+/// A packed record altered by someone with the key is refused, naming it, not served.
+#[test]
+fn a_corrupt_packed_record_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("replica.db");
+    let mut replica = Replica::create(&path, &KEY).unwrap();
+    replica
+        .import_ndjson(&ndjson(&[patient("p1", NHS), item("Condition", "c1", "p1")])[..])
+        .unwrap();
+    replica.pack_some(16).unwrap();
+    let reader = replica.reader(&KEY).unwrap();
+    assert!(reader.patient_record(NHS).unwrap().is_some());
+    for bad in [
+        "x'00'",
+        "x'ffffffff00'",
+        "x'1000000000'",
+        "substr(record, 1, length(record) - 3)",
+    ] {
+        let packed: Vec<u8> = raw(&path)
+            .query_row("SELECT record FROM patient_record", [], |row| row.get(0))
+            .unwrap();
+        raw(&path)
+            .execute(&format!("UPDATE patient_record SET record = {bad}"), [])
+            .unwrap();
+        match reader.patient_record(NHS) {
+            Err(ReplicaError::CorruptRow(row)) => assert_eq!(row, "patient_record/p1"),
+            other => panic!("{bad}: {:?}", other.map(|r| r.is_some())),
+        }
+        raw(&path)
+            .execute("UPDATE patient_record SET record = ?1", [packed])
+            .unwrap();
+    }
+    assert!(reader.patient_record(NHS).unwrap().is_some());
+}
+
+/// A replica from before the packing list (version 4) or before packed records (version 5,
+/// rows laid out in patient order) gets every patient named for packing by the upgrade, in the
+/// upgrade's transaction.
+#[test]
+fn upgrading_a_version_4_or_5_replica_names_every_patient_to_pack() {
+    const BACK_TO_5: &str =
+        "DROP TRIGGER resource_deleted_unpacks; DROP TRIGGER resource_moved_unpacks;
+        DROP TABLE patient_record; ALTER TABLE record_pending RENAME TO reorder_pending;
+        PRAGMA user_version = 5;";
+    for back in [
+        format!("{BACK_TO_5} DROP TABLE reorder_pending; PRAGMA user_version = 4;"),
+        BACK_TO_5.to_owned(),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("replica.db");
+        {
+            let mut replica = Replica::create(&path, &KEY).unwrap();
+            replica
+                .import_ndjson(&ndjson(&[patient("p1", NHS), item("Condition", "c1", "p1")])[..])
+                .unwrap();
+            replica.pack_some(16).unwrap();
+        }
+        raw(&path).execute_batch(&back).unwrap();
+        let mut replica = Replica::open(&path, &KEY).unwrap();
+        assert_eq!(replica.stats().unwrap().records_pending, 1, "{back}");
+        assert_eq!(replica.pack_some(16).unwrap(), 1);
+        assert_eq!(packed_count(&path), 1);
+        let reader = replica.reader(&KEY).unwrap();
+        assert_eq!(item_ids(&reader, "p1"), ["Condition/c1"]);
+        assert_eq!(read_record(&reader, NHS), read_rows(&reader, NHS));
+    }
 }
 
 const CHILD_ENV: &str = "MIG_TEST_IMPORT_CHILD";
