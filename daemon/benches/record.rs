@@ -68,6 +68,16 @@ fn request(nhs: &str, token: &str, html: bool) -> Result<http::Request<Bytes>, h
         ))
 }
 
+/// This process's anonymous resident memory (heap), KiB.
+fn anonymous_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     mig::system::disable_huge_pages()?;
     let patients: u64 = std::env::var("MIG_BENCH_PATIENTS")
@@ -169,11 +179,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         let seconds = started.elapsed().as_secs_f64();
         println!(
-            "{label}: {} records in {seconds:.2} s, {:.0} µs/record ({:.0} records/s on one core), {:.1} KB/record",
+            "{label}: {} records in {seconds:.2} s, {:.0} µs/record ({:.0} records/s on one core), {:.1} KB/record, {} MiB anonymous memory",
             nhs_numbers.len(),
             seconds * 1e6 / nhs_numbers.len() as f64,
             nhs_numbers.len() as f64 / seconds,
-            bytes as f64 / nhs_numbers.len() as f64 / 1e3
+            bytes as f64 / nhs_numbers.len() as f64 / 1e3,
+            anonymous_kib() / 1024
         );
         Ok(seconds / nhs_numbers.len() as f64)
     };

@@ -261,8 +261,9 @@ fn main() -> Result<(), String> {
         &migd_conditions,
     );
     println!(
-        "migd resident memory: {} MiB now, {} MiB peak",
+        "migd resident memory: {} MiB now ({} MiB anonymous), {} MiB peak",
         rss_kib(pid, "VmRSS:") / 1024,
+        rss_kib(pid, "RssAnon:") / 1024,
         rss_kib(pid, "VmHWM:") / 1024
     );
     // The same load spread over many patients: far more than the record cache holds, so
@@ -294,8 +295,10 @@ fn main() -> Result<(), String> {
         &conditions,
     );
     println!(
-        "migd resident memory: {} MiB now",
-        rss_kib(pid, "VmRSS:") / 1024
+        "migd resident memory: {} MiB now ({} MiB anonymous, {} MiB file-backed and shared)",
+        rss_kib(pid, "VmRSS:") / 1024,
+        rss_kib(pid, "RssAnon:") / 1024,
+        (rss_kib(pid, "RssFile:") + rss_kib(pid, "RssShmem:")) / 1024
     );
 
     // The same bytes from nginx, in the same run.

@@ -73,6 +73,8 @@ pub struct RecordParts<'a> {
 #[derive(Debug, Default)]
 pub struct WrittenEntries {
     variants: Mutex<Vec<Arc<Written>>>,
+    /// Bundles written from this record so far.
+    bundles: std::sync::atomic::AtomicU32,
 }
 
 /// How many sets of entries one record keeps (two partners asking in turn both hit).
@@ -87,6 +89,15 @@ struct Written {
 }
 
 impl WrittenEntries {
+    /// Whether entries written now are worth a copy: not for a record's first Bundle, since
+    /// most records are asked for once before they leave the cache (an uncached read), and the
+    /// copy costs as much memory again as the entries.
+    fn worth_keeping(&self) -> bool {
+        self.bundles
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            > 0
+    }
+
     fn get(&self, key: &[u8]) -> Option<Arc<Written>> {
         let variants = self.variants.lock().ok()?;
         variants.iter().find(|w| w.key == key).cloned()
@@ -306,31 +317,27 @@ impl<'a> Included<'a> {
 /// something outside the Bundle; the rest is written directly, as this runs for every record.
 pub fn structured_record(parts: &RecordParts<'_>) -> Vec<u8> {
     let item_count: usize = parts.lists.iter().map(|l| l.items.len()).sum();
-    let written = match parts.written {
-        Some(cache) => {
-            let key = written_key(parts);
-            match cache.get(&key) {
-                Some(hit) => hit,
-                None => {
-                    let written = Arc::new(Written {
-                        key,
-                        ..write_entries(parts, item_count)
-                    });
-                    cache.keep(written.clone());
-                    written
-                }
-            }
-        }
-        None => Arc::new(write_entries(parts, item_count)),
+    let keyed = parts.written.map(|cache| (cache, written_key(parts)));
+    // Entries not written before are written straight into the Bundle.
+    let source = match keyed.as_ref().and_then(|(cache, key)| cache.get(key)) {
+        Some(written) => Source::Kept(written),
+        None => Source::Fresh(EntryWriter::new(parts, item_count)),
     };
 
     // Room for the entries and each List's own fields, so the buffer is allocated once:
     // growing a 100+ KB buffer copies it each time.
     const LIST_ENTRY: usize = 96;
-    let capacity = written.patient.len()
-        + written.entries.len()
-        + LIST_ENTRY * item_count
-        + 1024 * (parts.lists.len() + 2);
+    const FULL_URL: usize = 128;
+    let entries = match &source {
+        Source::Kept(written) => written.patient.len() + written.entries.len(),
+        Source::Fresh(_) => {
+            parts.patient_body.len()
+                + entries(parts)
+                    .map(|e| e.body.len() + FULL_URL)
+                    .sum::<usize>()
+        }
+    };
+    let capacity = entries + LIST_ENTRY * item_count + 1024 * (parts.lists.len() + 2);
     let base = escaped_base(parts.fhir_base);
     let mut out = Vec::with_capacity(capacity);
     out.extend_from_slice(br#"{"resourceType":"Bundle","id":""#);
@@ -339,7 +346,12 @@ pub fn structured_record(parts: &RecordParts<'_>) -> Vec<u8> {
     push_str(&mut out, parts.assembled_at);
     out.extend_from_slice(br#"},"type":"collection","entry":["#);
     full_url(&mut out, &base, "Patient", parts.patient_id);
-    out.extend_from_slice(&written.patient);
+    let patient_start = out.len();
+    match &source {
+        Source::Kept(written) => out.extend_from_slice(&written.patient),
+        Source::Fresh(writer) => writer.patient(&mut out, parts),
+    }
+    let patient_end = out.len();
     out.extend_from_slice(b"},");
     // The practice's ODS code (config checks it is alphanumeric) is the Organization's id.
     full_url(&mut out, &base, "Organization", parts.practice_ods);
@@ -360,7 +372,20 @@ pub fn structured_record(parts: &RecordParts<'_>) -> Vec<u8> {
         push_section_list(&mut out, list, id, parts);
         out.push(b'}');
     }
-    out.extend_from_slice(&written.entries);
+    let entries_start = out.len();
+    match &source {
+        Source::Kept(written) => out.extend_from_slice(&written.entries),
+        Source::Fresh(writer) => writer.entries(&mut out, parts),
+    }
+    if let (Source::Fresh(_), Some((cache, key))) = (&source, keyed) {
+        if cache.worth_keeping() {
+            cache.keep(Arc::new(Written {
+                key,
+                patient: out[patient_start..patient_end].to_vec(),
+                entries: out[entries_start..].to_vec(),
+            }));
+        }
+    }
     if !parts.not_implemented.is_empty() {
         let outcome = not_implemented_outcome(parts.not_implemented);
         let id = outcome["id"].as_str().unwrap_or_default();
@@ -393,48 +418,69 @@ fn full_url(out: &mut Vec<u8>, base: &[u8], resource_type: &str, id: &str) {
     out.extend_from_slice(br#"","resource":"#);
 }
 
-/// The Patient resource and the `,{entry}` of every item and shared resource: what depends only
-/// on which entries the Bundle holds (`written_key`), not on the request.
-fn write_entries(parts: &RecordParts<'_>, item_count: usize) -> Written {
-    let items = || parts.lists.iter().flat_map(|l| l.items.iter());
-    let included = Included::new(
-        item_count + parts.shared.len() + 2,
-        items()
-            .chain(&parts.shared)
-            .map(|e| (e.facts.resource_type.as_str(), e.facts.id.as_str()))
-            .chain([
-                ("Patient", parts.patient_id),
-                ("Organization", parts.practice_ods),
-            ]),
-    )
-    .for_patient(parts.patient_nhs_number);
-    let mut patient = Vec::with_capacity(parts.patient_body.len());
-    push_stripped(&mut patient, parts.patient_body, &included);
-    const FULL_URL: usize = 128;
-    let bodies: usize = items().chain(&parts.shared).map(|e| e.body.len()).sum();
-    let base = escaped_base(parts.fhir_base);
-    let mut out = Vec::with_capacity(bodies + FULL_URL * (item_count + parts.shared.len()));
-    for entry in items().chain(&parts.shared) {
-        if included.names_outside(entry.facts) {
-            // Bodies were parsed at ingest; one that no longer parses is left out.
-            let Ok(mut value) = serde_json::from_str::<Value>(entry.body) else {
-                continue;
-            };
-            strip_outside_references(&mut value, &included);
-            out.push(b',');
-            full_url(&mut out, &base, &entry.facts.resource_type, &entry.facts.id);
-            push_value(&mut out, &value);
-        } else {
-            out.push(b',');
-            full_url(&mut out, &base, &entry.facts.resource_type, &entry.facts.id);
-            out.extend_from_slice(entry.body.as_bytes());
+/// Every item and shared resource in the Bundle, in order.
+fn entries<'p>(parts: &'p RecordParts<'_>) -> impl Iterator<Item = &'p Entry<'p>> {
+    parts
+        .lists
+        .iter()
+        .flat_map(|l| l.items.iter())
+        .chain(&parts.shared)
+}
+
+/// Where a Bundle's Patient and item entries come from.
+enum Source<'p> {
+    /// Written for an earlier request that released the same entries.
+    Kept(Arc<Written>),
+    Fresh(EntryWriter<'p>),
+}
+
+/// Writes the Patient resource and the `,{entry}` of every item and shared resource: what
+/// depends only on which entries the Bundle holds (`written_key`), not on the request.
+struct EntryWriter<'p> {
+    included: Included<'p>,
+    base: Vec<u8>,
+}
+
+impl<'p> EntryWriter<'p> {
+    fn new(parts: &'p RecordParts<'_>, item_count: usize) -> EntryWriter<'p> {
+        let included = Included::new(
+            item_count + parts.shared.len() + 2,
+            entries(parts)
+                .map(|e| (e.facts.resource_type.as_str(), e.facts.id.as_str()))
+                .chain([
+                    ("Patient", parts.patient_id),
+                    ("Organization", parts.practice_ods),
+                ]),
+        )
+        .for_patient(parts.patient_nhs_number);
+        EntryWriter {
+            included,
+            base: escaped_base(parts.fhir_base),
         }
-        out.push(b'}');
     }
-    Written {
-        key: Vec::new(),
-        patient,
-        entries: out,
+
+    fn patient(&self, out: &mut Vec<u8>, parts: &RecordParts<'_>) {
+        push_stripped(out, parts.patient_body, &self.included);
+    }
+
+    fn entries(&self, out: &mut Vec<u8>, parts: &RecordParts<'_>) {
+        for entry in entries(parts) {
+            if self.included.names_outside(entry.facts) {
+                // Bodies were parsed at ingest; one that no longer parses is left out.
+                let Ok(mut value) = serde_json::from_str::<Value>(entry.body) else {
+                    continue;
+                };
+                strip_outside_references(&mut value, &self.included);
+                out.push(b',');
+                full_url(out, &self.base, &entry.facts.resource_type, &entry.facts.id);
+                push_value(out, &value);
+            } else {
+                out.push(b',');
+                full_url(out, &self.base, &entry.facts.resource_type, &entry.facts.id);
+                out.extend_from_slice(entry.body.as_bytes());
+            }
+            out.push(b'}');
+        }
     }
 }
 
