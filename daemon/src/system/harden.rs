@@ -45,7 +45,8 @@ pub fn is_dumpable() -> Result<bool, SystemError> {
 /// advises huge pages for its arenas, so every page it returns to the kernel and touches again
 /// costs a fault that zeroes 2 MiB, and resident memory grows in 2 MiB steps. With THP off an
 /// uncached structured record took about a quarter less CPU and peak RSS fell by a quarter
-/// (docs/performance.md). Call first thing in `main`; it applies to every later page fault.
+/// (measured on a loaded machine; in the history of docs/performance.md). Call first thing in
+/// `main`; it applies to every later page fault.
 pub fn disable_huge_pages() -> Result<(), SystemError> {
     nix::sys::prctl::set_thp_disable(true).map_err(|source| SystemError::Harden {
         operation: "prctl(PR_SET_THP_DISABLE, 1)",
