@@ -183,7 +183,7 @@ pub struct PatientAndItems {
 #[derive(Debug, Default)]
 pub struct Bodies {
     text: String,
-    ranges: Vec<(u32, u32)>,
+    ranges: Vec<(usize, usize)>,
     /// How much of `text` the ranges cover so far.
     covered: usize,
 }
@@ -204,8 +204,7 @@ impl Bodies {
         if end > self.text.len() || !self.text.is_char_boundary(end) {
             return None;
         }
-        self.ranges
-            .push((u32::try_from(self.covered).ok()?, u32::try_from(end).ok()?));
+        self.ranges.push((self.covered, end));
         self.covered = end;
         Some(())
     }
@@ -218,8 +217,7 @@ impl Bodies {
     pub fn push(&mut self, body: &str) {
         self.text.push_str(body);
         let end = self.text.len();
-        // A record's bodies stay far below 4 GiB (`packed::MAX_UNPACKED`).
-        self.ranges.push((self.covered as u32, end as u32));
+        self.ranges.push((self.covered, end));
         self.covered = end;
     }
 
@@ -232,7 +230,7 @@ impl Bodies {
 
     pub fn get(&self, index: usize) -> Option<&str> {
         let &(start, end) = self.ranges.get(index)?;
-        self.text.get(start as usize..end as usize)
+        self.text.get(start..end)
     }
 
     pub fn len(&self) -> usize {
@@ -249,7 +247,7 @@ impl Bodies {
 
     /// Bytes held, for the record cache's budget.
     pub fn heap_bytes(&self) -> usize {
-        self.text.capacity() + self.ranges.capacity() * std::mem::size_of::<(u32, u32)>()
+        self.text.capacity() + self.ranges.capacity() * std::mem::size_of::<(usize, usize)>()
     }
 }
 
@@ -500,4 +498,25 @@ fn stored_item(row: &rusqlite::Row<'_>) -> Result<StoredItem, ReplicaError> {
         .ok_or_else(corrupt)?;
     let body = row.get(1).map_err(|_| corrupt())?;
     Ok(StoredItem { facts, body })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Bodies;
+
+    /// A packed record's body lengths come from its bytes: a length that ends inside a
+    /// character or past the text delimits nothing.
+    #[test]
+    fn bodies_are_delimited_only_on_character_boundaries() {
+        let mut bodies = Bodies::from_text("aé{}".to_owned());
+        assert!(bodies.mark_end(2).is_none(), "inside é");
+        assert!(bodies.mark_end(3).is_some());
+        assert!(!bodies.is_complete());
+        assert!(bodies.mark_end(3).is_none(), "past the end");
+        assert!(bodies.mark_end(2).is_some());
+        assert!(bodies.is_complete());
+        assert_eq!(bodies.iter().collect::<Vec<_>>(), ["aé", "{}"]);
+        assert_eq!(bodies.take_first().as_deref(), Some("aé"));
+        assert_eq!(bodies.get(0), Some("{}"));
+    }
 }
