@@ -375,7 +375,7 @@ pub fn structured_record(parts: &RecordParts<'_>) -> Vec<u8> {
     let entries_start = out.len();
     match &source {
         Source::Kept(written) => out.extend_from_slice(&written.entries),
-        Source::Fresh(writer) => writer.entries(&mut out, parts),
+        Source::Fresh(writer) => writer.entries(&mut out, parts, &base),
     }
     if let (Source::Fresh(_), Some((cache, key))) = (&source, keyed) {
         if cache.worth_keeping() {
@@ -438,7 +438,6 @@ enum Source<'p> {
 /// depends only on which entries the Bundle holds (`written_key`), not on the request.
 struct EntryWriter<'p> {
     included: Included<'p>,
-    base: Vec<u8>,
 }
 
 impl<'p> EntryWriter<'p> {
@@ -453,17 +452,15 @@ impl<'p> EntryWriter<'p> {
                 ]),
         )
         .for_patient(parts.patient_nhs_number);
-        EntryWriter {
-            included,
-            base: escaped_base(parts.fhir_base),
-        }
+        EntryWriter { included }
     }
 
     fn patient(&self, out: &mut Vec<u8>, parts: &RecordParts<'_>) {
         push_stripped(out, parts.patient_body, &self.included);
     }
 
-    fn entries(&self, out: &mut Vec<u8>, parts: &RecordParts<'_>) {
+    /// `base` is `escaped_base` of the parts' FHIR base.
+    fn entries(&self, out: &mut Vec<u8>, parts: &RecordParts<'_>, base: &[u8]) {
         for entry in entries(parts) {
             if self.included.names_outside(entry.facts) {
                 // Bodies were parsed at ingest; one that no longer parses is left out.
@@ -472,11 +469,11 @@ impl<'p> EntryWriter<'p> {
                 };
                 strip_outside_references(&mut value, &self.included);
                 out.push(b',');
-                full_url(out, &self.base, &entry.facts.resource_type, &entry.facts.id);
+                full_url(out, base, &entry.facts.resource_type, &entry.facts.id);
                 push_value(out, &value);
             } else {
                 out.push(b',');
-                full_url(out, &self.base, &entry.facts.resource_type, &entry.facts.id);
+                full_url(out, base, &entry.facts.resource_type, &entry.facts.id);
                 out.extend_from_slice(entry.body.as_bytes());
             }
             out.push(b'}');

@@ -147,11 +147,7 @@ pub struct NdjsonImport<'r> {
 type Touched = rustc_hash::FxHashSet<String>;
 
 fn touch(patients: &mut Touched, patient: Option<String>) {
-    if let Some(patient) = patient {
-        if !patients.contains(&patient) {
-            patients.insert(patient);
-        }
-    }
+    patients.extend(patient);
 }
 
 impl std::fmt::Debug for NdjsonImport<'_> {

@@ -441,8 +441,8 @@ fn packed_count(path: &Path) -> i64 {
 #[test]
 fn patients_imported_type_by_type_are_packed_and_read_the_same() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("replica.db");
-    let mut replica = Replica::create(&path, &KEY).unwrap();
+    let mut replica = fresh(dir.path());
+    let path = replica.path().to_owned();
     let ids = ["p1", "p2", "p3"];
     let patients: Vec<Value> = ids
         .iter()
@@ -490,8 +490,8 @@ fn patients_imported_type_by_type_are_packed_and_read_the_same() {
 #[test]
 fn a_packed_record_is_never_older_than_the_rows() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("replica.db");
-    let mut replica = Replica::create(&path, &KEY).unwrap();
+    let mut replica = fresh(dir.path());
+    let path = replica.path().to_owned();
     let (nhs1, nhs2) = (nhs_number(1), nhs_number(2));
     replica
         .import_ndjson(
@@ -580,8 +580,8 @@ fn a_packed_record_is_never_older_than_the_rows() {
 #[test]
 fn a_corrupt_packed_record_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("replica.db");
-    let mut replica = Replica::create(&path, &KEY).unwrap();
+    let mut replica = fresh(dir.path());
+    let path = replica.path().to_owned();
     replica
         .import_ndjson(&ndjson(&[patient("p1", NHS), item("Condition", "c1", "p1")])[..])
         .unwrap();
